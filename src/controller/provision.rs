@@ -1,0 +1,163 @@
+//! Creating and destroying a volume as a sequence of idempotent steps recorded in the
+//! registry, so that a controller killed at any point leaves a state its retry (or a
+//! DeleteVolume) finishes:
+//!
+//! create: reserve name + database (state creating) -> bucket -> juicefs_uuid object
+//!         -> JuiceFS format -> state ready
+//! delete: state deleting -> bucket with all objects -> FLUSHDB -> release database
+//!
+//! A failure that is not a crash rolls the creation back at once, so bad luck with a
+//! backend does not leave a half-made volume behind either.
+
+use super::Backends;
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::juicefs::{self, FormatSpec, Setting};
+use crate::keydb::{Reservation, VolumeRecord, VolumeState};
+use crate::volume::{bucket_for, capacity_fits, Params, Spec, VolumeId};
+use crate::proto::csi::CapacityRange;
+use tracing::{info, warn};
+
+/// S3 credentials written (sealed) into the file system's setting.
+pub struct S3Credentials {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+pub struct CreateRequest<'a> {
+    pub name: &'a str,
+    pub fs_name: String,
+    pub capacity: u64,
+    pub range: Option<&'a CapacityRange>,
+    pub params: Params,
+    pub credentials: S3Credentials,
+}
+
+/// Creates the volume or finishes an interrupted creation; returns its id and spec.
+pub async fn create(b: &Backends, req: CreateRequest<'_>) -> Result<(VolumeId, Spec)> {
+    let now = crate::unix_now();
+    let spec = Spec {
+        name: req.name.to_string(),
+        uuid: uuid::Uuid::new_v4().to_string(),
+        capacity_bytes: req.capacity,
+        params: req.params.clone(),
+        created_unix: now,
+    };
+    let spec_json = serde_json::to_string(&spec).expect("spec serialises");
+    let record = match b.meta.reserve_volume(&req.fs_name, &spec_json, b.databases).await? {
+        Reservation::New(r) => {
+            info!(fs_name = %req.fs_name, db = r.db, "reserved database for new volume");
+            r
+        }
+        Reservation::Existing(r) => {
+            check_compatible(&r, &req)?;
+            r
+        }
+    };
+    failpoint::hit("create:reserved");
+    let spec: Spec = parse_spec(&record)?;
+    let id = VolumeId { db: record.db, fs_name: req.fs_name.clone() };
+    if record.state == VolumeState::Ready {
+        return Ok((id, spec));
+    }
+    if let Err(e) = build(b, &id, &spec, &req.credentials, now).await {
+        warn!(volume_id = %id, error = %e, "creation failed; rolling back");
+        if let Err(cleanup) = destroy(b, &id).await {
+            warn!(volume_id = %id, error = %cleanup, "rollback incomplete; a retry of CreateVolume or DeleteVolume finishes it");
+        }
+        return Err(e);
+    }
+    b.meta.set_volume_state(&id.fs_name, VolumeState::Ready).await?;
+    info!(volume_id = %id, capacity = spec.capacity_bytes, "volume ready");
+    Ok((id, spec))
+}
+
+fn check_compatible(existing: &VolumeRecord, req: &CreateRequest<'_>) -> Result<()> {
+    let spec = parse_spec(existing)?;
+    if spec.name != req.name {
+        return Err(Error::AlreadyExists(format!(
+            "volume name {:?} maps to file system {:?}, which volume {:?} already uses; choose another name",
+            req.name, existing.fs_name, spec.name
+        )));
+    }
+    if existing.state == VolumeState::Deleting {
+        return Err(Error::Aborted(format!("volume {:?} is being deleted; retry once that finishes", req.name)));
+    }
+    if !capacity_fits(spec.capacity_bytes, req.range) {
+        return Err(Error::AlreadyExists(format!(
+            "volume {:?} exists with capacity {} bytes, outside the requested range",
+            req.name, spec.capacity_bytes
+        )));
+    }
+    if spec.params != req.params {
+        return Err(Error::AlreadyExists(format!("volume {:?} exists with other parameters", req.name)));
+    }
+    Ok(())
+}
+
+async fn build(b: &Backends, id: &VolumeId, spec: &Spec, creds: &S3Credentials, now: i64) -> Result<()> {
+    let bucket = id.bucket();
+    b.filer.ensure_bucket(&bucket, spec.capacity_bytes).await?;
+    if let Some(r) = &spec.params.replication {
+        b.filer.set_replication(&bucket, Some(r)).await?;
+    }
+    failpoint::hit("create:bucket");
+    // The same marker `juicefs format` leaves, so a later real format refuses the prefix.
+    b.filer
+        .put_small_file(&bucket, &format!("{}/juicefs_uuid", id.fs_name), spec.uuid.as_bytes())
+        .await?;
+    let setting = Setting::new(&FormatSpec {
+        name: id.fs_name.clone(),
+        uuid: spec.uuid.clone(),
+        bucket_url: format!("{}/{bucket}", b.s3_endpoint.trim_end_matches('/')),
+        access_key: creds.access_key.clone(),
+        secret_key: creds.secret_key.clone(),
+        block_size_kib: spec.params.block_size_kib,
+        compression: spec.params.compression.clone(),
+        capacity_bytes: spec.capacity_bytes,
+        inodes: spec.params.inodes,
+        trash_days: spec.params.trash_days,
+    });
+    juicefs::write_format(&b.meta, id.db, &setting, now).await?;
+    failpoint::hit("create:formatted");
+    Ok(())
+}
+
+/// Deletes the volume with all its data. Unknown volumes and stale ids succeed.
+pub async fn delete(b: &Backends, id: &VolumeId) -> Result<()> {
+    let Some(record) = b.meta.volume(&id.fs_name).await? else { return Ok(()) };
+    if record.db != id.db {
+        // The name now belongs to a newer volume; this id's volume is long gone.
+        return Ok(());
+    }
+    destroy(b, id).await?;
+    info!(volume_id = %id, "volume deleted");
+    Ok(())
+}
+
+async fn destroy(b: &Backends, id: &VolumeId) -> Result<()> {
+    b.meta.set_volume_state(&id.fs_name, VolumeState::Deleting).await?;
+    failpoint::hit("delete:marked");
+    b.filer.delete_bucket(&bucket_for(&id.fs_name)).await?;
+    failpoint::hit("delete:bucket");
+    b.meta.flush_database(id.db).await?;
+    failpoint::hit("delete:flushed");
+    b.meta.release_volume(&id.fs_name, id.db).await?;
+    Ok(())
+}
+
+/// Looks up a ready volume by id; `NotFound` for unknown, stale or unfinished ones.
+pub async fn lookup(b: &Backends, id: &VolumeId) -> Result<(VolumeRecord, Spec)> {
+    match b.meta.volume(&id.fs_name).await? {
+        Some(r) if r.db == id.db && r.state == VolumeState::Ready => {
+            let spec = parse_spec(&r)?;
+            Ok((r, spec))
+        }
+        _ => Err(Error::NotFound(format!("volume {id} does not exist"))),
+    }
+}
+
+pub fn parse_spec(r: &VolumeRecord) -> Result<Spec> {
+    serde_json::from_str(&r.spec)
+        .map_err(|e| Error::Internal(format!("registry entry of {} is unreadable: {e}", r.fs_name)))
+}

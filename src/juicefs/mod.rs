@@ -1,0 +1,114 @@
+//! JuiceFS file systems as kelp sees them: written natively into a volume's database,
+//! resized by rewriting `Capacity`, measured from the counters clients maintain.
+
+pub mod format;
+
+use crate::keydb::{self, MetaServer};
+pub use format::{FormatSpec, Setting};
+
+/// Errors of the JuiceFS layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Meta(#[from] keydb::Error),
+    #[error("database {db} already holds file system {found:?} (uuid {uuid}), not the one being created; it was not touched")]
+    Foreign { db: u32, found: String, uuid: String },
+    #[error("database {db} holds no JuiceFS file system")]
+    Missing { db: u32 },
+    #[error("the setting in database {db} is unreadable: {detail}")]
+    BadSetting { db: u32, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Space and inode usage as the clients account it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub used_bytes: u64,
+    pub used_inodes: u64,
+    pub capacity_bytes: u64,
+    pub max_inodes: u64,
+}
+
+/// Writes `setting`, the root inode and (with trash) the trash inode into `db`,
+/// exactly the keys `juicefs format` writes. Each key is written only if absent, so a
+/// retry after a crash finishes the job and never changes what a client may already
+/// have seen; a database holding another file system is refused untouched.
+pub async fn write_format(meta: &MetaServer, db: u32, setting: &Setting, now_secs: i64) -> Result<()> {
+    let mut c = meta.database(db).await?;
+    let existing: Option<String> = redis::cmd("GET")
+        .arg("setting")
+        .query_async(&mut c)
+        .await
+        .map_err(|e| meta.err(e))?;
+    if let Some(json) = existing {
+        let found = Setting::from_json(&json).map_err(|e| Error::BadSetting { db, detail: e.to_string() })?;
+        if found.uuid != setting.uuid {
+            return Err(Error::Foreign { db, found: found.name, uuid: found.uuid });
+        }
+    }
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET").arg("setting").arg(setting.to_json()).arg("NX").ignore();
+    pipe.cmd("SET")
+        .arg(format::inode_key(format::ROOT_INODE))
+        .arg(&format::root_attr(now_secs)[..])
+        .arg("NX")
+        .ignore();
+    if setting.trash_days > 0 {
+        pipe.cmd("SET")
+            .arg(format::inode_key(format::TRASH_INODE))
+            .arg(&format::trash_attr(now_secs)[..])
+            .arg("NX")
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut c).await.map_err(|e| meta.err(e))?;
+    Ok(())
+}
+
+/// Reads the setting of the file system in `db`.
+pub async fn read_setting(meta: &MetaServer, db: u32) -> Result<Setting> {
+    let mut c = meta.database(db).await?;
+    let json: Option<String> =
+        redis::cmd("GET").arg("setting").query_async(&mut c).await.map_err(|e| meta.err(e))?;
+    let json = json.ok_or(Error::Missing { db })?;
+    Setting::from_json(&json).map_err(|e| Error::BadSetting { db, detail: e.to_string() })
+}
+
+/// Sets the hard capacity. Mounted clients reload the setting on their heartbeat and
+/// enforce the new limit without a remount. Only `Capacity` changes; the UUID and the
+/// sealed secret stay byte-identical.
+pub async fn set_capacity(meta: &MetaServer, db: u32, capacity_bytes: u64) -> Result<()> {
+    let mut setting = read_setting(meta, db).await?;
+    if setting.capacity == capacity_bytes {
+        return Ok(());
+    }
+    setting.capacity = capacity_bytes;
+    let mut c = meta.database(db).await?;
+    redis::cmd("SET")
+        .arg("setting")
+        .arg(setting.to_json())
+        .query_async::<()>(&mut c)
+        .await
+        .map_err(|e| meta.err(e))?;
+    Ok(())
+}
+
+/// Current usage; counters absent before the first client wrote are zero.
+pub async fn usage(meta: &MetaServer, db: u32) -> Result<Usage> {
+    let setting = read_setting(meta, db).await?;
+    let mut c = meta.database(db).await?;
+    let (space, inodes): (Option<i64>, Option<i64>) = redis::pipe()
+        .cmd("GET")
+        .arg("usedSpace")
+        .cmd("GET")
+        .arg("totalInodes")
+        .query_async(&mut c)
+        .await
+        .map_err(|e| meta.err(e))?;
+    Ok(Usage {
+        used_bytes: space.unwrap_or(0).max(0) as u64,
+        used_inodes: inodes.unwrap_or(0).max(0) as u64,
+        capacity_bytes: setting.capacity,
+        max_inodes: setting.inodes,
+    })
+}

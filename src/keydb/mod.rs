@@ -1,0 +1,117 @@
+//! The metadata servers: one small typed client over a Redis-protocol server.
+//!
+//! Database 0 of the controller's server holds kelp's own registry (volumes, database
+//! allocation, known nodes); every volume's JuiceFS metadata lives alone in a database
+//! of its own, so destroying a volume is one `FLUSHDB` and nothing else is touched.
+
+mod registry;
+mod url;
+
+pub use registry::{NodeRecord, Reservation, VolumeRecord, VolumeState};
+pub use url::MetaUrl;
+
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use std::time::Duration;
+
+/// Errors of the metadata layer. Messages name the server (password redacted) and
+/// never carry a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("metadata server {server} is unreachable ({detail}); check that it runs and that --meta-url and the password are right")]
+    Unreachable { server: String, detail: String },
+    #[error("metadata server {server} failed: {detail}")]
+    Command { server: String, detail: String },
+    #[error("metadata server {server} has no free database for a new volume (it has {databases}); raise `databases` in its configuration")]
+    NoFreeDatabase { server: String, databases: u32 },
+    #[error("registry entry {key} is unreadable: {detail}")]
+    Corrupt { key: String, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Connection timeout: a metadata server that does not answer within this is
+/// reported unreachable instead of stalling an RPC past Swarm's 15 s deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One Redis-protocol server; cheap to clone.
+#[derive(Clone)]
+pub struct MetaServer {
+    url: MetaUrl,
+    registry: ConnectionManager,
+}
+
+impl MetaServer {
+    /// Connects lazily-reconnecting to database 0 (the registry).
+    pub async fn connect(url: MetaUrl) -> Result<MetaServer> {
+        let client = redis::Client::open(url.connection_info(0)).map_err(|e| unreachable(&url, e))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2);
+        let registry = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| unreachable(&url, e))?;
+        Ok(MetaServer { url, registry })
+    }
+
+    pub fn url(&self) -> &MetaUrl {
+        &self.url
+    }
+
+    pub(crate) fn registry_conn(&self) -> ConnectionManager {
+        self.registry.clone()
+    }
+
+    /// A fresh connection to one volume's database. Volume operations are rare
+    /// (provisioning, stats), so a short-lived connection is simpler than a pool.
+    pub async fn database(&self, db: u32) -> Result<MultiplexedConnection> {
+        let client =
+            redis::Client::open(self.url.connection_info(db)).map_err(|e| unreachable(&self.url, e))?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| unreachable(&self.url, e))
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        let mut c = self.registry.clone();
+        redis::cmd("PING").query_async::<String>(&mut c).await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// How many logical databases the server offers (`databases` in its config).
+    /// Servers that refuse CONFIG (managed offerings) are assumed to have the default 16.
+    pub async fn database_count(&self) -> Result<u32> {
+        let mut c = self.registry.clone();
+        let reply: redis::RedisResult<Vec<String>> =
+            redis::cmd("CONFIG").arg("GET").arg("databases").query_async(&mut c).await;
+        match reply {
+            Ok(v) => Ok(v.get(1).and_then(|n| n.parse().ok()).unwrap_or(16)),
+            Err(e) if e.is_io_error() || e.is_timeout() => Err(self.err(e)),
+            Err(_) => Ok(16),
+        }
+    }
+
+    /// Empties one volume's database. Idempotent.
+    pub async fn flush_database(&self, db: u32) -> Result<()> {
+        debug_assert!(db != 0, "database 0 is the registry");
+        let mut c = self.database(db).await?;
+        redis::cmd("FLUSHDB").query_async::<()>(&mut c).await.map_err(|e| self.err(e))
+    }
+
+    pub(crate) fn err(&self, e: redis::RedisError) -> Error {
+        if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
+            unreachable(&self.url, e)
+        } else {
+            Error::Command { server: self.url.to_string(), detail: e.to_string() }
+        }
+    }
+}
+
+fn unreachable(url: &MetaUrl, e: redis::RedisError) -> Error {
+    Error::Unreachable { server: url.to_string(), detail: e.to_string() }
+}

@@ -1,0 +1,224 @@
+//! kelp's registry in database 0: which volume owns which database, in what state,
+//! and which nodes exist. Allocation and release are Lua scripts, so two controllers
+//! (or a controller racing its own retry after a crash) can never hand one database to
+//! two volumes, and a released database is reused.
+
+use super::{Error, MetaServer, Result};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+const VOLUMES: &str = "kelp:volumes";
+const DATABASES: &str = "kelp:dbs";
+const NODES: &str = "kelp:nodes";
+
+fn volume_key(fs_name: &str) -> String {
+    format!("kelp:vol:{fs_name}")
+}
+
+/// Where a volume is in its life. A volume is usable only when `Ready`; the other two
+/// states mark work a crashed controller left for its retry to finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeState {
+    Creating,
+    Ready,
+    Deleting,
+}
+
+impl VolumeState {
+    fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::Creating => "creating",
+            VolumeState::Ready => "ready",
+            VolumeState::Deleting => "deleting",
+        }
+    }
+    fn parse(s: &str) -> Option<VolumeState> {
+        match s {
+            "creating" => Some(VolumeState::Creating),
+            "ready" => Some(VolumeState::Ready),
+            "deleting" => Some(VolumeState::Deleting),
+            _ => None,
+        }
+    }
+}
+
+/// Everything kelp remembers about one volume. `spec` is the caller's JSON (the
+/// controller's volume description); the registry only guards `db` and `state`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeRecord {
+    pub fs_name: String,
+    pub db: u32,
+    pub state: VolumeState,
+    pub spec: String,
+}
+
+/// Outcome of [`MetaServer::reserve_volume`].
+#[derive(Debug)]
+pub enum Reservation {
+    /// A database was allocated and a `Creating` record written.
+    New(VolumeRecord),
+    /// The name was already registered; the caller decides if it is compatible.
+    Existing(VolumeRecord),
+}
+
+/// A node's announcement, refreshed while its node service runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: String,
+    /// The metadata server this node mounts against (redacted form).
+    pub local_meta: String,
+    pub updated_unix: i64,
+}
+
+// Allocate the lowest free database number >= 1 and register the volume, atomically.
+// KEYS: volume key, databases set, volumes index. ARGV: fs name, spec json, db count.
+const RESERVE: &str = r#"
+local cur = redis.call('HGETALL', KEYS[1])
+if #cur > 0 then return {0, cur} end
+local limit = tonumber(ARGV[3])
+for db = 1, limit - 1 do
+  if redis.call('SISMEMBER', KEYS[2], db) == 0 then
+    redis.call('SADD', KEYS[2], db)
+    redis.call('HSET', KEYS[1], 'db', db, 'state', 'creating', 'spec', ARGV[2])
+    redis.call('ZADD', KEYS[3], 0, ARGV[1])
+    return {1, db}
+  end
+end
+return {2, limit}
+"#;
+
+// Drop the record and give its database back, only if it still names that database.
+// KEYS: volume key, databases set, volumes index. ARGV: fs name, db.
+const RELEASE: &str = r#"
+local db = redis.call('HGET', KEYS[1], 'db')
+if db == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('SREM', KEYS[2], db)
+  return 1
+end
+return 0
+"#;
+
+impl MetaServer {
+    /// Registers `fs_name` in state `Creating` with a fresh database, or returns the
+    /// record it already has.
+    pub async fn reserve_volume(&self, fs_name: &str, spec: &str, databases: u32) -> Result<Reservation> {
+        let key = volume_key(fs_name);
+        let mut c = self.registry_conn();
+        let reply: (i64, redis::Value) = redis::Script::new(RESERVE)
+            .key(&key)
+            .key(DATABASES)
+            .key(VOLUMES)
+            .arg(fs_name)
+            .arg(spec)
+            .arg(databases)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        match reply {
+            (1, v) => {
+                let db: u32 = redis::from_redis_value(v).map_err(|e| corrupt(&key, e))?;
+                Ok(Reservation::New(VolumeRecord {
+                    fs_name: fs_name.into(),
+                    db,
+                    state: VolumeState::Creating,
+                    spec: spec.into(),
+                }))
+            }
+            (0, v) => {
+                let fields: Vec<(String, String)> =
+                    redis::from_redis_value(v).map_err(|e| corrupt(&key, e))?;
+                Ok(Reservation::Existing(record_from_fields(fs_name, fields)?))
+            }
+            _ => Err(Error::NoFreeDatabase { server: self.url().to_string(), databases }),
+        }
+    }
+
+    pub async fn volume(&self, fs_name: &str) -> Result<Option<VolumeRecord>> {
+        let key = volume_key(fs_name);
+        let mut c = self.registry_conn();
+        let fields: Vec<(String, String)> = c.hgetall(&key).await.map_err(|e| self.err(e))?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        record_from_fields(fs_name, fields).map(Some)
+    }
+
+    pub async fn set_volume_state(&self, fs_name: &str, state: VolumeState) -> Result<()> {
+        let mut c = self.registry_conn();
+        let _: () = c.hset(volume_key(fs_name), "state", state.as_str()).await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Replaces the volume's spec (e.g. after an expansion).
+    pub async fn set_volume_spec(&self, fs_name: &str, spec: &str) -> Result<()> {
+        let mut c = self.registry_conn();
+        let _: () = c.hset(volume_key(fs_name), "spec", spec).await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Forgets the volume and frees its database. Idempotent.
+    pub async fn release_volume(&self, fs_name: &str, db: u32) -> Result<()> {
+        let mut c = self.registry_conn();
+        let _: i64 = redis::Script::new(RELEASE)
+            .key(volume_key(fs_name))
+            .key(DATABASES)
+            .key(VOLUMES)
+            .arg(fs_name)
+            .arg(db)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Up to `count` registered volume names in lexical order, after `after` (exclusive)
+    /// or from the start. Paging by name rather than offset keeps a page token valid
+    /// when volumes are created or deleted between pages.
+    pub async fn volume_names_after(&self, after: Option<&str>, count: usize) -> Result<Vec<String>> {
+        let mut c = self.registry_conn();
+        let min = after.map(|a| format!("({a}")).unwrap_or_else(|| "-".into());
+        redis::cmd("ZRANGEBYLEX")
+            .arg(VOLUMES)
+            .arg(min)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(count)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    pub async fn register_node(&self, node: &NodeRecord) -> Result<()> {
+        let mut c = self.registry_conn();
+        let json = serde_json::to_string(node).expect("node record serialises");
+        let _: () = c.hset(NODES, &node.node_id, json).await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub async fn node(&self, node_id: &str) -> Result<Option<NodeRecord>> {
+        let mut c = self.registry_conn();
+        let json: Option<String> = c.hget(NODES, node_id).await.map_err(|e| self.err(e))?;
+        json.map(|j: String| serde_json::from_str(&j).map_err(|e| corrupt(NODES, e))).transpose()
+    }
+}
+
+fn record_from_fields(fs_name: &str, fields: Vec<(String, String)>) -> Result<VolumeRecord> {
+    let key = volume_key(fs_name);
+    let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let db = get("db").and_then(|d| d.parse().ok());
+    let state = get("state").as_deref().and_then(VolumeState::parse);
+    match (db, state, get("spec")) {
+        (Some(db), Some(state), Some(spec)) => {
+            Ok(VolumeRecord { fs_name: fs_name.into(), db, state, spec })
+        }
+        _ => Err(Error::Corrupt { key, detail: "missing db, state or spec".into() }),
+    }
+}
+
+fn corrupt(key: &str, e: impl std::fmt::Display) -> Error {
+    Error::Corrupt { key: key.into(), detail: e.to_string() }
+}

@@ -1,0 +1,64 @@
+//! Per-volume operation guard: RPCs for one volume run one at a time, RPCs for
+//! different volumes run in parallel. A caller that cannot get the guard within the
+//! wait gets `Aborted`, the code CSI reserves for "an operation is pending for this
+//! volume", and the CO retries.
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+#[derive(Clone, Default)]
+pub struct VolumeLocks {
+    inner: Arc<Mutex<HashMap<String, Arc<AsyncMutex<()>>>>>,
+}
+
+/// Held while an operation runs; dropping it lets the next one in.
+pub struct Guard {
+    _guard: OwnedMutexGuard<()>,
+    key: String,
+    locks: VolumeLocks,
+}
+
+impl VolumeLocks {
+    /// Waits up to `wait` for the volume's guard.
+    pub async fn lock(&self, key: &str, wait: Duration) -> Result<Guard> {
+        let m = self.inner.lock().expect("lock map").entry(key.to_string()).or_default().clone();
+        match tokio::time::timeout(wait, m.lock_owned()).await {
+            Ok(g) => Ok(Guard { _guard: g, key: key.to_string(), locks: self.clone() }),
+            Err(_) => Err(Error::Aborted(format!(
+                "another operation on volume {key} is still running; retry later"
+            ))),
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // Forget the entry when nobody else holds or waits for it, so the map does
+        // not grow with every volume ever seen.
+        let mut map = self.locks.inner.lock().expect("lock map");
+        if let Some(m) = map.get(&self.key) {
+            if Arc::strong_count(m) <= 2 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn same_volume_serialises_other_volumes_do_not() {
+        let locks = VolumeLocks::default();
+        let a = locks.lock("a", Duration::from_millis(10)).await.unwrap();
+        let _b = locks.lock("b", Duration::from_millis(10)).await.unwrap();
+        let err = locks.lock("a", Duration::from_millis(20)).await.err().unwrap();
+        assert!(matches!(err, Error::Aborted(_)));
+        drop(a);
+        let _a2 = locks.lock("a", Duration::from_millis(10)).await.unwrap();
+    }
+}

@@ -1,0 +1,122 @@
+//! Running `juicefs mount` for a staged volume. The daemon outlives kelp on purpose: a
+//! restarted or upgraded driver must not take every task's file system down with it,
+//! and kelp re-adopts the mounts on start (see `supervisor`).
+
+use super::mount::{self, Error, Health, Result};
+use crate::keydb::MetaUrl;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+
+/// How kelp runs juicefs on this node.
+#[derive(Debug, Clone)]
+pub struct JuicefsConfig {
+    pub binary: PathBuf,
+    /// Per-volume cache directories are made below this.
+    pub cache_dir: PathBuf,
+    /// Local read cache per volume, MiB.
+    pub cache_size_mib: u64,
+    /// juicefs logs go to `<log_dir>/<fs name>.log`.
+    pub log_dir: PathBuf,
+    /// How long a mount may take to show its root before staging fails.
+    pub ready_timeout: Duration,
+}
+
+/// One mount to make.
+pub struct MountSpec<'a> {
+    pub fs_name: &'a str,
+    pub meta: &'a MetaUrl,
+    pub db: u32,
+    pub mount_point: &'a Path,
+    pub read_only: bool,
+    /// Per-volume override of the cache size (MiB).
+    pub cache_size_mib: Option<u64>,
+}
+
+impl JuicefsConfig {
+    pub fn log_path(&self, fs_name: &str) -> PathBuf {
+        self.log_dir.join(format!("{fs_name}.log"))
+    }
+
+    /// Mounts and returns once the root inode is visible at the mount point.
+    pub async fn mount(&self, m: &MountSpec<'_>) -> Result<()> {
+        let log = self.log_path(m.fs_name);
+        std::fs::create_dir_all(&self.log_dir).map_err(mount::io("create", &self.log_dir))?;
+        let cache = self.cache_dir.join(m.fs_name);
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("mount")
+            .arg("--background")
+            .arg("--no-usage-report")
+            .arg("--backup-meta=0")
+            .arg(format!("--log={}", log.display()))
+            .arg(format!("--cache-dir={}", cache.display()))
+            .arg(format!("--cache-size={}", m.cache_size_mib.unwrap_or(self.cache_size_mib)))
+            .arg("--metrics=127.0.0.1:0");
+        if m.read_only {
+            cmd.arg("--read-only");
+        }
+        cmd.arg(m.meta.public_db_url(m.db)).arg(m.mount_point);
+        // The password goes by environment, never on a command line others can read.
+        cmd.env_remove("META_PASSWORD");
+        if let Some(p) = m.meta.password() {
+            cmd.env("META_PASSWORD", p);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(false);
+        let started = Instant::now();
+        let child = cmd.spawn().map_err(mount::io("run juicefs", &self.binary))?;
+        let out = tokio::time::timeout(self.ready_timeout, child.wait_with_output()).await;
+        let log_tail = || self.log_tail(m.fs_name);
+        match out {
+            Err(_) => {
+                let _ = mount::unmount(m.mount_point);
+                return Err(Error::Timeout {
+                    volume: m.fs_name.into(),
+                    path: m.mount_point.display().to_string(),
+                    secs: self.ready_timeout.as_secs(),
+                    log_tail: log_tail(),
+                });
+            }
+            Ok(Err(e)) => return Err(mount::io("wait for juicefs", &self.binary)(e)),
+            Ok(Ok(o)) if !o.status.success() => {
+                let mut tail = log_tail();
+                tail.push_str(&String::from_utf8_lossy(&o.stderr));
+                return Err(Error::Juicefs {
+                    volume: m.fs_name.into(),
+                    path: m.mount_point.display().to_string(),
+                    status: o.status.to_string(),
+                    log_tail: last_lines(&tail, 15),
+                });
+            }
+            Ok(Ok(_)) => {}
+        }
+        // `--background` returns once the mount answers; make sure it is JuiceFS's root.
+        let left = self.ready_timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+        let deadline = Instant::now() + left;
+        loop {
+            if mount::health(m.mount_point, Duration::from_secs(2)).await == (Health::Alive { root: true }) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    volume: m.fs_name.into(),
+                    path: m.mount_point.display().to_string(),
+                    secs: self.ready_timeout.as_secs(),
+                    log_tail: log_tail(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines of the volume's juicefs log, for error messages.
+    pub fn log_tail(&self, fs_name: &str) -> String {
+        let text = std::fs::read_to_string(self.log_path(fs_name)).unwrap_or_default();
+        last_lines(&text, 15)
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,181 @@
+//! Mount helpers: reading the mount table, bind mounts, unmounts that cope with dead
+//! FUSE connections, and a health probe that never hangs the caller forever.
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} {path}: {errno}")]
+    Sys { op: &'static str, path: String, errno: Errno },
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: String, source: std::io::Error },
+    #[error("mount of {volume} at {path} was not ready after {secs} s; juicefs log tail:\n{log_tail}")]
+    Timeout { volume: String, path: String, secs: u64, log_tail: String },
+    #[error("juicefs mount of {volume} at {path} failed ({status}); juicefs log tail:\n{log_tail}")]
+    Juicefs { volume: String, path: String, status: String, log_tail: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn sys<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> Error + 'a {
+    move |errno| Error::Sys { op, path: path.display().to_string(), errno }
+}
+
+pub fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io { op, path: path.display().to_string(), source }
+}
+
+/// One line of /proc/self/mountinfo, the parts kelp looks at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountEntry {
+    /// `major:minor` of the file system: a bind mount shares it with its source.
+    pub device: String,
+    pub mount_point: PathBuf,
+    pub options: String,
+    pub fs_type: String,
+    pub source: String,
+}
+
+/// Parses the mount table; unescapes the octal escapes the kernel uses for spaces.
+pub fn mount_table() -> Vec<MountEntry> {
+    std::fs::read_to_string("/proc/self/mountinfo").map(|t| parse_mountinfo(&t)).unwrap_or_default()
+}
+
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let l: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            Some(MountEntry {
+                device: l.get(2)?.to_string(),
+                mount_point: PathBuf::from(unescape(l.get(4)?)),
+                options: l.get(5)?.to_string(),
+                fs_type: r.first()?.to_string(),
+                source: unescape(r.get(1).copied().unwrap_or_default()),
+            })
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The topmost mount at exactly `path`, if any.
+pub fn mount_at(path: &Path) -> Option<MountEntry> {
+    mount_table().into_iter().rev().find(|m| m.mount_point == path)
+}
+
+/// All mounts at or below `path`, deepest first (the order to unmount them in).
+pub fn mounts_under(path: &Path) -> Vec<MountEntry> {
+    let mut v: Vec<_> = mount_table().into_iter().filter(|m| m.mount_point.starts_with(path)).collect();
+    v.reverse();
+    v
+}
+
+/// What `stat` on a mount point says about the file system behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Answers; `root` tells if the inode is 1 (a JuiceFS root is inode 1).
+    Alive { root: bool },
+    /// The FUSE server is gone ("transport endpoint is not connected").
+    Dead,
+    /// Did not answer in time (a hung server).
+    Hung,
+    Missing,
+}
+
+/// Stats `path` on a blocking thread with a timeout, so a hung FUSE server cannot
+/// hang the RPC that asked.
+pub async fn health(path: &Path, within: Duration) -> Health {
+    use std::os::unix::fs::MetadataExt;
+    let p = path.to_path_buf();
+    let probe = tokio::task::spawn_blocking(move || std::fs::metadata(&p));
+    match tokio::time::timeout(within, probe).await {
+        Err(_) => Health::Hung,
+        Ok(Err(_)) => Health::Hung,
+        Ok(Ok(Ok(m))) => Health::Alive { root: m.ino() == 1 },
+        Ok(Ok(Err(e))) if e.raw_os_error() == Some(libc_enotconn()) => Health::Dead,
+        Ok(Ok(Err(e))) if e.kind() == std::io::ErrorKind::NotFound => Health::Missing,
+        Ok(Ok(Err(_))) => Health::Dead,
+    }
+}
+
+fn libc_enotconn() -> i32 {
+    Errno::ENOTCONN as i32
+}
+
+/// Bind-mounts `source` on `target`; a read-only bind is made read-only for real
+/// (a second remount pass, as the kernel ignores MS_RDONLY on the first).
+pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
+    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(sys("bind mount", target))?;
+    if read_only {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+            let _ = umount2(target, MntFlags::MNT_DETACH);
+            return Err(sys("read-only remount", target)(e));
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts everything at `path`. A busy or dead mount is detached lazily so the
+/// path is free at once; nothing mounted is success.
+pub fn unmount(path: &Path) -> Result<()> {
+    for _ in 0..8 {
+        if mount_at(path).is_none() {
+            return Ok(());
+        }
+        match umount2(path, MntFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(()),
+            Err(Errno::EBUSY) | Err(Errno::ENOTCONN) | Err(Errno::EIO) => {
+                umount2(path, MntFlags::MNT_DETACH).map_err(sys("lazy unmount", path))?
+            }
+            Err(e) => return Err(sys("unmount", path)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Removes an empty directory the driver created; a missing one is fine.
+pub fn remove_dir(path: &Path) -> Result<()> {
+    match std::fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc_enotconn()) => Ok(()),
+        Err(e) => Err(io("remove", path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo_lines() {
+        let t = "36 35 98:0 /mnt1 /mnt\\040x rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
+                 40 22 0:52 / /var/lib/kelp/st rw,relatime shared:3 - fuse.juicefs JuiceFS:media rw,user_id=0\n";
+        let m = parse_mountinfo(t);
+        assert_eq!(m[0].mount_point, PathBuf::from("/mnt x"));
+        assert_eq!(m[1].fs_type, "fuse.juicefs");
+        assert_eq!(m[1].source, "JuiceFS:media");
+        assert_eq!(m[1].device, "0:52");
+    }
+}

@@ -1,0 +1,88 @@
+//! What this node has staged and published, kept on disk so a restarted driver knows
+//! which mounts are its own. Written atomically (temp file + rename) after every
+//! change; a torn write can never leave a half file.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// Keyed by CSI volume id.
+    pub volumes: BTreeMap<String, StagedVolume>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StagedVolume {
+    pub staging_path: PathBuf,
+    /// Mounted with `--read-only` (a reader-only access mode).
+    pub read_only: bool,
+    /// SINGLE_NODE_SINGLE_WRITER: at most one target.
+    pub single_target: bool,
+    pub cache_size_mib: Option<u64>,
+    /// Published targets and whether each is a read-only bind.
+    pub targets: BTreeMap<PathBuf, bool>,
+    /// Unix time since when no target publishes the volume (for the idle release).
+    #[serde(default)]
+    pub idle_since: Option<i64>,
+}
+
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    pub fn new(dir: &Path) -> StateFile {
+        StateFile { path: dir.join("node-state.json") }
+    }
+
+    pub fn load(&self) -> std::io::Result<NodeState> {
+        match std::fs::read(&self.path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", self.path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NodeState::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn save(&self, state: &NodeState) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let data = serde_json::to_vec_pretty(state).expect("state serialises");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path());
+        assert_eq!(f.load().unwrap(), NodeState::default());
+        let mut s = NodeState::default();
+        s.volumes.insert(
+            "kelp1:1:a".into(),
+            StagedVolume {
+                staging_path: "/s".into(),
+                read_only: false,
+                single_target: false,
+                cache_size_mib: Some(10),
+                targets: [(PathBuf::from("/t"), true)].into(),
+                idle_since: None,
+            },
+        );
+        f.save(&s).unwrap();
+        assert_eq!(f.load().unwrap(), s);
+    }
+}

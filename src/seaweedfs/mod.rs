@@ -1,0 +1,290 @@
+//! SeaweedFS buckets through the filer's gRPC API: a bucket is a directory under
+//! `/buckets` whose data lives in the collection of the same name. Using the filer
+//! rather than the S3 gateway means no request signing and a delete that drops the
+//! whole collection in one call.
+
+use crate::proto::filer::{
+    seaweed_filer_client::SeaweedFilerClient, CreateEntryRequest, DeleteEntryRequest, Entry,
+    FuseAttributes, LookupDirectoryEntryRequest, StatisticsRequest, UpdateEntryRequest,
+};
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+const BUCKETS_DIR: &str = "/buckets";
+const CONF_DIR: &str = "/etc/seaweedfs";
+const CONF_NAME: &str = "filer.conf";
+/// Go's `os.ModeDir`, which the filer expects in a directory's mode.
+const MODE_DIR: u32 = 1 << 31;
+
+/// Errors of the SeaweedFS layer; messages name the filer and say what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("SeaweedFS filer {filer} is unreachable ({detail}); check that it runs and that --filer points at it")]
+    Unreachable { filer: String, detail: String },
+    #[error("SeaweedFS filer {filer} refused {op}: {detail}")]
+    Refused { filer: String, op: &'static str, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Cluster-wide space as the filer reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterSpace {
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+}
+
+/// A filer; cheap to clone (one HTTP/2 channel shared by all clones).
+#[derive(Clone)]
+pub struct Filer {
+    addr: String,
+    client: SeaweedFilerClient<Channel>,
+    /// filer.conf is read-modify-written; serialise this process's edits.
+    conf_lock: std::sync::Arc<Mutex<()>>,
+}
+
+impl Filer {
+    /// `grpc_addr` is `host:port` of the filer's gRPC listener (HTTP port + 10000 by
+    /// default). The channel connects lazily, so a filer that starts later is fine.
+    pub fn new(grpc_addr: &str) -> Result<Filer> {
+        let endpoint = Endpoint::from_shared(format!("http://{grpc_addr}"))
+            .map_err(|e| Error::Unreachable { filer: grpc_addr.into(), detail: e.to_string() })?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(10));
+        Ok(Filer {
+            addr: grpc_addr.to_string(),
+            client: SeaweedFilerClient::new(endpoint.connect_lazy()),
+            conf_lock: Default::default(),
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn status(&self, op: &'static str, s: tonic::Status) -> Error {
+        match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                Error::Unreachable { filer: self.addr.clone(), detail: s.message().to_string() }
+            }
+            _ => Error::Refused { filer: self.addr.clone(), op, detail: s.message().to_string() },
+        }
+    }
+
+    fn refused(&self, op: &'static str, detail: String) -> Error {
+        Error::Refused { filer: self.addr.clone(), op, detail }
+    }
+
+    /// Answers whether the filer is up (used by Probe).
+    pub async fn ping(&self) -> Result<()> {
+        self.lookup(BUCKETS_DIR, ".").await.map(|_| ())
+    }
+
+    async fn lookup(&self, dir: &str, name: &str) -> Result<Option<Entry>> {
+        let req = LookupDirectoryEntryRequest { directory: dir.into(), name: name.into() };
+        match self.client.clone().lookup_directory_entry(req).await {
+            Ok(r) => Ok(r.into_inner().entry),
+            Err(s) if s.code() == tonic::Code::NotFound || s.message().contains("not found") => Ok(None),
+            Err(s) => Err(self.status("lookup", s)),
+        }
+    }
+
+    pub async fn bucket_exists(&self, bucket: &str) -> Result<bool> {
+        Ok(self.lookup(BUCKETS_DIR, bucket).await?.is_some_and(|e| e.is_directory))
+    }
+
+    /// Creates the bucket or, if it exists, sets its quota. Idempotent.
+    pub async fn ensure_bucket(&self, bucket: &str, quota_bytes: u64) -> Result<()> {
+        let quota = quota_bytes.min(i64::MAX as u64) as i64;
+        match self.lookup(BUCKETS_DIR, bucket).await? {
+            Some(mut e) if e.is_directory => {
+                if e.quota != quota {
+                    e.quota = quota;
+                    self.update(BUCKETS_DIR, e).await?;
+                }
+                Ok(())
+            }
+            Some(_) => Err(self.refused("create bucket", format!("{BUCKETS_DIR}/{bucket} exists and is a file"))),
+            None => self.create(BUCKETS_DIR, dir_entry(bucket, quota), "create bucket").await,
+        }
+    }
+
+    /// Sets a bucket's quota (bytes, 0 = none). SeaweedFS enforces it from the S3
+    /// gateway, about once a minute; JuiceFS's own Capacity is the exact limit.
+    pub async fn set_quota(&self, bucket: &str, quota_bytes: u64) -> Result<()> {
+        self.ensure_bucket(bucket, quota_bytes).await
+    }
+
+    /// Writes a small file whose bytes live inline in the filer entry.
+    pub async fn put_small_file(&self, bucket: &str, path: &str, content: &[u8]) -> Result<()> {
+        let full = format!("{BUCKETS_DIR}/{bucket}/{}", path.trim_start_matches('/'));
+        let (dir, name) = full.rsplit_once('/').expect("path has a slash");
+        let now = crate::unix_now();
+        let entry = Entry {
+            name: name.into(),
+            content: content.to_vec(),
+            attributes: Some(FuseAttributes {
+                file_size: content.len() as u64,
+                file_mode: 0o644,
+                mtime: now,
+                crtime: now,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.create(dir, entry, "write file").await
+    }
+
+    /// Deletes the bucket with every object in it; the filer drops the bucket's
+    /// collection as a whole. Deleting a missing bucket succeeds.
+    pub async fn delete_bucket(&self, bucket: &str) -> Result<()> {
+        let req = DeleteEntryRequest {
+            directory: BUCKETS_DIR.into(),
+            name: bucket.into(),
+            is_delete_data: true,
+            is_recursive: true,
+            ignore_recursive_error: false,
+            ..Default::default()
+        };
+        let resp = self.client.clone().delete_entry(req).await.map_err(|s| self.status("delete bucket", s))?;
+        let err = resp.into_inner().error;
+        if !err.is_empty() && !err.contains("not found") {
+            return Err(self.refused("delete bucket", err));
+        }
+        self.set_replication(bucket, None).await
+    }
+
+    /// Sets (or with `None` removes) the replication rule for the bucket's path in
+    /// filer.conf, as `weed shell fs.configure` does.
+    pub async fn set_replication(&self, bucket: &str, replication: Option<&str>) -> Result<()> {
+        let _guard = self.conf_lock.lock().await;
+        let prefix = format!("{BUCKETS_DIR}/{bucket}/");
+        let current = self.lookup(CONF_DIR, CONF_NAME).await?;
+        if current.as_ref().is_some_and(|e| e.content.is_empty() && e.attributes.as_ref().is_some_and(|a| a.file_size > 0)) {
+            return Err(self.refused(
+                "set replication",
+                format!("{CONF_DIR}/{CONF_NAME} is stored in chunks; set the rule for {prefix} with `weed shell fs.configure`"),
+            ));
+        }
+        let text = current.as_ref().map(|e| e.content.as_slice()).unwrap_or_default();
+        let Some(updated) = edit_filer_conf(text, &prefix, replication)
+            .map_err(|e| self.refused("set replication", format!("{CONF_DIR}/{CONF_NAME}: {e}")))?
+        else {
+            return Ok(());
+        };
+        let now = crate::unix_now();
+        let entry = Entry {
+            name: CONF_NAME.into(),
+            attributes: Some(FuseAttributes {
+                file_size: updated.len() as u64,
+                file_mode: 0o644,
+                mtime: now,
+                crtime: now,
+                ..Default::default()
+            }),
+            content: updated,
+            ..Default::default()
+        };
+        self.create(CONF_DIR, entry, "set replication").await
+    }
+
+    /// Total and used bytes of the cluster's volume servers.
+    pub async fn space(&self) -> Result<ClusterSpace> {
+        let r = self
+            .client
+            .clone()
+            .statistics(StatisticsRequest::default())
+            .await
+            .map_err(|s| self.status("statistics", s))?
+            .into_inner();
+        Ok(ClusterSpace { total_bytes: r.total_size, used_bytes: r.used_size })
+    }
+
+    async fn create(&self, dir: &str, entry: Entry, op: &'static str) -> Result<()> {
+        let req = CreateEntryRequest { directory: dir.into(), entry: Some(entry), ..Default::default() };
+        let resp = self.client.clone().create_entry(req).await.map_err(|s| self.status(op, s))?;
+        let err = resp.into_inner().error;
+        if err.is_empty() {
+            Ok(())
+        } else {
+            Err(self.refused(op, err))
+        }
+    }
+
+    async fn update(&self, dir: &str, entry: Entry) -> Result<()> {
+        let req = UpdateEntryRequest { directory: dir.into(), entry: Some(entry), ..Default::default() };
+        self.client.clone().update_entry(req).await.map_err(|s| self.status("update entry", s))?;
+        Ok(())
+    }
+}
+
+fn dir_entry(name: &str, quota: i64) -> Entry {
+    let now = crate::unix_now();
+    Entry {
+        name: name.into(),
+        is_directory: true,
+        quota,
+        attributes: Some(FuseAttributes {
+            file_mode: MODE_DIR | 0o755,
+            mtime: now,
+            crtime: now,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+
+/// Returns filer.conf (protobuf JSON) with the rule for `prefix` set to `replication`
+/// or removed; `None` when nothing changes. Other rules and fields are kept as they are.
+fn edit_filer_conf(text: &[u8], prefix: &str, replication: Option<&str>) -> std::result::Result<Option<Vec<u8>>, String> {
+    use serde_json::{json, Value};
+    let mut conf: Value = if text.iter().all(u8::is_ascii_whitespace) {
+        json!({"version": 0, "locations": []})
+    } else {
+        serde_json::from_slice(text).map_err(|e| e.to_string())?
+    };
+    let locations = conf
+        .as_object_mut()
+        .ok_or("not a JSON object")?
+        .entry("locations")
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+        .ok_or("locations is not a list")?;
+    let pos = locations.iter().position(|l| l["locationPrefix"] == prefix);
+    match (pos, replication) {
+        (None, None) => return Ok(None),
+        (Some(i), None) => {
+            locations.remove(i);
+        }
+        (Some(i), Some(r)) => {
+            if locations[i]["replication"] == r {
+                return Ok(None);
+            }
+            locations[i]["replication"] = json!(r);
+        }
+        (None, Some(r)) => locations.push(json!({"locationPrefix": prefix, "replication": r})),
+    }
+    serde_json::to_vec_pretty(&conf).map(Some).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit_filer_conf;
+
+    #[test]
+    fn filer_conf_rules_are_added_changed_and_removed() {
+        let added = edit_filer_conf(b"", "/buckets/a/", Some("010")).unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&added).unwrap();
+        assert_eq!(v["locations"][0]["replication"], "010");
+        assert!(edit_filer_conf(&added, "/buckets/a/", Some("010")).unwrap().is_none());
+        let other = br#"{"version":0,"locations":[{"locationPrefix":"/x/","ttl":"1d"}]}"#;
+        let both = edit_filer_conf(other, "/buckets/a/", Some("001")).unwrap().unwrap();
+        let removed = edit_filer_conf(&both, "/buckets/a/", None).unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&removed).unwrap();
+        assert_eq!(v["locations"].as_array().unwrap().len(), 1);
+        assert_eq!(v["locations"][0]["ttl"], "1d");
+        assert!(edit_filer_conf(b"[1]", "/b/", Some("1")).is_err());
+    }
+}

@@ -1,0 +1,227 @@
+//! The node service on real servers: stage and publish, read-only binds, clean
+//! unmounts, and recovery from a killed juicefs, a killed kelp and a restarted
+//! metadata server, each followed by I/O that works without a new publish call.
+
+mod common;
+
+use common::csi::{self, volume_capability::access_mode::Mode, Clients};
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+const GIB: i64 = 1 << 30;
+
+struct Bed {
+    redis: Redis,
+    weed: &'static Weed,
+    kelp: Kelp,
+    root: PathBuf,
+}
+
+/// Each test gets its own redis (some restart it) and kelp; SeaweedFS is shared.
+fn bed(name: &str) -> Bed {
+    let redis = Redis::start(Some(META_PASSWORD));
+    let weed = shared_weed();
+    let kelp = Kelp::start(KelpOpts {
+        redis: &redis,
+        weed,
+        services: "both",
+        extra: vec!["--repair-interval=1".into(), "--idle-release=3".into()],
+        env: vec![],
+    });
+    Bed { redis, weed, kelp, root: scratch(name) }
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Retries a write/read until it works or `within` passes (recovery is asynchronous).
+async fn eventually_io(path: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    let probe = path.join(format!("probe-{}", std::process::id()));
+    loop {
+        let ok = tokio::task::spawn_blocking({
+            let probe = probe.clone();
+            move || std::fs::write(&probe, b"alive").is_ok() && std::fs::read(&probe).map(|d| d == b"alive").unwrap_or(false)
+        });
+        if tokio::time::timeout(Duration::from_secs(5), ok).await.ok().and_then(|r| r.ok()).unwrap_or(false) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "I/O at {} did not come back", path.display());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn juicefs_pids(mount_point: &Path) -> Vec<i32> {
+    let out = Command::new("pgrep").args(["-f", &format!("juicefs mount.*{}", mount_point.display())]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+async fn cleanup(c: &mut Clients, id: &str, staging: &Path, targets: &[&Path]) {
+    for t in targets {
+        c.unpublish(id, &s(t)).await.unwrap();
+    }
+    c.unstage(id, &s(staging)).await.unwrap();
+    c.delete(id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stage_publish_twice_read_only_and_clean_unmount() {
+    let b = bed("node-basic");
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-basic", GIB).await.unwrap();
+    let id = vol.volume_id.as_str();
+    // Swarm does not create the staging parent; kelp must.
+    let staging = b.root.join("staged/missing-parent/vol");
+    let (t1, t2, ro) = (b.root.join("pub/t1"), b.root.join("pub/t2"), b.root.join("pub/ro"));
+
+    c.stage(id, &s(&staging), Mode::MultiNodeMultiWriter).await.unwrap();
+    c.stage(id, &s(&staging), Mode::MultiNodeMultiWriter).await.unwrap(); // idempotent
+    c.publish(id, &s(&staging), &s(&t1), Mode::MultiNodeMultiWriter, false).await.unwrap();
+    c.publish(id, &s(&staging), &s(&t1), Mode::MultiNodeMultiWriter, false).await.unwrap(); // idempotent
+    c.publish(id, &s(&staging), &s(&t2), Mode::MultiNodeMultiWriter, false).await.unwrap();
+    c.publish(id, &s(&staging), &s(&ro), Mode::MultiNodeMultiWriter, true).await.unwrap();
+
+    std::fs::write(t1.join("shared.txt"), b"from t1").unwrap();
+    assert_eq!(std::fs::read(t2.join("shared.txt")).unwrap(), b"from t1");
+    assert_eq!(std::fs::read(ro.join("shared.txt")).unwrap(), b"from t1");
+    let err = std::fs::write(ro.join("nope.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "read-only bind refuses writes");
+
+    // Stats of a target: capacity from the file system, condition normal.
+    let st = c
+        .node
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest { volume_id: id.into(), volume_path: s(&t1), staging_target_path: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.usage[0].total, GIB);
+    assert!(!st.volume_condition.unwrap().abnormal);
+    let e = c
+        .node
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest { volume_id: id.into(), volume_path: s(&b.root), staging_target_path: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    cleanup(&mut c, id, &staging, &[&t1, &t2, &ro]).await;
+    assert!(mounts_under(&b.root).is_empty(), "mounts left: {:?}", mounts_under(&b.root));
+    // Unknown targets and volumes unpublish/unstage fine.
+    c.unpublish(id, &s(&t1)).await.unwrap();
+    c.unstage(id, &s(&staging)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn single_node_single_writer_refuses_a_second_target() {
+    let b = bed("node-sw");
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-single-writer", GIB).await.unwrap();
+    let id = vol.volume_id.as_str();
+    let staging = b.root.join("st");
+    let (t1, t2) = (b.root.join("t1"), b.root.join("t2"));
+    c.stage(id, &s(&staging), Mode::SingleNodeSingleWriter).await.unwrap();
+    c.publish(id, &s(&staging), &s(&t1), Mode::SingleNodeSingleWriter, false).await.unwrap();
+    let e = c.publish(id, &s(&staging), &s(&t2), Mode::SingleNodeSingleWriter, false).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    cleanup(&mut c, id, &staging, &[&t1]).await;
+    assert!(mounts_under(&b.root).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_juicefs_is_remounted_and_targets_rebound() {
+    let b = bed("node-killfs");
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-kill-juicefs", GIB).await.unwrap();
+    let id = vol.volume_id.as_str();
+    let staging = b.root.join("st");
+    let t = b.root.join("t");
+    c.stage(id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
+    c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
+    std::fs::write(t.join("before.txt"), b"kept").unwrap();
+
+    let pids = juicefs_pids(&staging);
+    assert!(!pids.is_empty(), "juicefs runs");
+    for pid in pids {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    eventually_io(&t, Duration::from_secs(30)).await;
+    assert_eq!(std::fs::read(t.join("before.txt")).unwrap(), b"kept");
+    assert!(b.kelp.log_text().contains("remounting"));
+    cleanup(&mut c, id, &staging, &[&t]).await;
+    assert!(mounts_under(&b.root).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_kelp_readopts_its_mounts() {
+    let mut b = bed("node-killkelp");
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-kill-kelp", GIB).await.unwrap();
+    let id = vol.volume_id.clone();
+    let staging = b.root.join("st");
+    let t = b.root.join("t");
+    c.stage(&id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
+    c.publish(&id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
+    std::fs::write(t.join("a.txt"), b"1").unwrap();
+
+    // kill -9 of the driver: the mount lives on, and the restarted driver adopts it.
+    unsafe { libc::kill(b.kelp.proc.as_ref().unwrap().pid() as i32, libc::SIGKILL) };
+    b.kelp.wait_exit(Duration::from_secs(5));
+    std::fs::write(t.join("b.txt"), b"2").unwrap();
+    b.kelp.restart();
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    eventually_io(&t, Duration::from_secs(20)).await;
+    // Idempotent calls after the restart see the adopted state.
+    c.stage(&id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
+    c.publish(&id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
+    cleanup(&mut c, &id, &staging, &[&t]).await;
+    assert!(mounts_under(&b.root).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarted_metadata_server_loses_nothing() {
+    let mut b = bed("node-redis");
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-redis-restart", GIB).await.unwrap();
+    let id = vol.volume_id.clone();
+    let staging = b.root.join("st");
+    let t = b.root.join("t");
+    c.stage(&id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
+    c.publish(&id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
+    std::fs::write(t.join("before.txt"), b"durable").unwrap();
+    b.redis.restart();
+    eventually_io(&t, Duration::from_secs(30)).await;
+    assert_eq!(std::fs::read(t.join("before.txt")).unwrap(), b"durable");
+    cleanup(&mut c, &id, &staging, &[&t]).await;
+    assert!(mounts_under(&b.root).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_staged_volume_is_released_and_restaged_on_publish() {
+    let b = bed("node-idle");
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-idle", GIB).await.unwrap();
+    let id = vol.volume_id.as_str();
+    let staging = b.root.join("st");
+    let t = b.root.join("t");
+    c.stage(id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
+    c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
+    std::fs::write(t.join("x"), b"x").unwrap();
+    c.unpublish(id, &s(&t)).await.unwrap();
+    // No NodeUnstageVolume (as Swarm may do): the node releases it after the idle period.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mounts_under(&b.root).is_empty() {
+        assert!(Instant::now() < deadline, "staged mount was never released");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(b.kelp.log_text().contains("releasing staged volume"));
+    // A later publish without a new stage call stages again by itself.
+    c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
+    assert_eq!(std::fs::read(t.join("x")).unwrap(), b"x");
+    cleanup(&mut c, id, &staging, &[&t]).await;
+    assert!(mounts_under(&b.root).is_empty());
+    let _ = &b.weed;
+    let _ = &b.redis;
+}

@@ -1,0 +1,352 @@
+//! Provisioning on real servers: CreateVolume writes a file system an unmodified
+//! `juicefs mount` uses; DeleteVolume removes bucket and database; bad input changes
+//! nothing; a controller killed at every step leaves what a retry finishes.
+
+mod common;
+
+use common::csi;
+use common::*;
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+use tonic::Code;
+
+const GIB: i64 = 1 << 30;
+
+fn controller(redis: &Redis, weed: &Weed) -> Kelp {
+    Kelp::start(KelpOpts { redis, weed, services: "both", extra: vec![], env: vec![] })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_mount_write_df_delete() {
+    let (redis, weed) = (shared_redis(), shared_weed());
+    let kelp = controller(redis, weed);
+    let mut c = csi::connect(&kelp.endpoint).await;
+
+    let vol = c.create("Media Library", 2 * GIB).await.unwrap();
+    assert_eq!(vol.capacity_bytes, 2 * GIB);
+    let db = db_of(&vol.volume_id);
+    let fs = vol.volume_context["fsName"].clone();
+    assert!(weed.buckets().contains(&format!("kelp-{fs}")));
+    assert_eq!(redis.cli(db, &["exists", "setting"]), "1");
+    assert_eq!(redis.cli(db, &["exists", "i1"]), "1");
+
+    // Same name and size: the same volume. Same name, other size: AlreadyExists.
+    assert_eq!(c.create("Media Library", 2 * GIB).await.unwrap().volume_id, vol.volume_id);
+    assert_eq!(c.create("Media Library", 4 * GIB).await.unwrap_err().code(), Code::AlreadyExists);
+
+    // An unmodified juicefs mounts it, writes, reads, and df shows the capacity.
+    let mnt = scratch("mnt").join("m");
+    juicefs_mount(redis, db, &mnt);
+    std::fs::write(mnt.join("hello.txt"), b"kelp was here").unwrap();
+    assert_eq!(std::fs::read(mnt.join("hello.txt")).unwrap(), b"kelp was here");
+    let df = run(Command::new("df").arg("-B1").arg("--output=size").arg(&mnt));
+    let size: i64 = df.lines().nth(1).unwrap().trim().parse().unwrap();
+    assert_eq!(size, 2 * GIB, "df size");
+    // Writing past the capacity fails with ENOSPC.
+    umount(&mnt);
+    assert!(mounts_under(&mnt).is_empty());
+
+    c.delete(&vol.volume_id).await.unwrap();
+    assert!(!weed.buckets().contains(&format!("kelp-{fs}")));
+    assert_eq!(redis.cli(db, &["dbsize"]), "0");
+    // Deleting again, or an id kelp never issued, succeeds.
+    c.delete(&vol.volume_id).await.unwrap();
+    c.delete("no-such-volume").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn format_is_what_juicefs_format_writes() {
+    let (redis, weed) = (shared_redis(), shared_weed());
+    let kelp = controller(redis, weed);
+    let mut c = csi::connect(&kelp.endpoint).await;
+    let mut req = csi::create_req("fmt-check", GIB);
+    req.parameters = HashMap::from([
+        ("block-size".into(), "1M".into()),
+        ("compression".into(), "lz4".into()),
+        ("inodes".into(), "1000".into()),
+        ("trash-days".into(), "1".into()),
+    ]);
+    let vol = c.ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
+    let db = db_of(&vol.volume_id);
+
+    // The same file system made by hand with the real juicefs, in a spare database.
+    let spare = 250;
+    redis.cli(spare, &["flushdb"]);
+    let mut fmt = Command::new("juicefs");
+    fmt.args(["format", "--no-update", "--storage=s3", "--block-size=1024", "--compress=lz4", "--inodes=1000", "--capacity=1"])
+        .arg(format!("--bucket={}/kelp-byhand-fmt", weed.s3_endpoint()))
+        .arg(format!("--access-key={S3_ACCESS_KEY}"))
+        .arg(format!("--secret-key={S3_SECRET_KEY}"))
+        .arg(format!("redis://127.0.0.1:{}/{spare}", redis.port))
+        .arg("fmt-check")
+        .env("META_PASSWORD", META_PASSWORD);
+    run(&mut fmt);
+
+    let keys = |db| {
+        let mut k: Vec<String> = redis.cli(db, &["keys", "*"]).lines().map(String::from).collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(db), keys(spare));
+    let ours: serde_json::Value = serde_json::from_str(&redis.cli(db, &["get", "setting"])).unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(&redis.cli(spare, &["get", "setting"])).unwrap();
+    let field_names = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(field_names(&ours), field_names(&theirs), "same fields in the same order");
+    for (k, v) in theirs.as_object().unwrap() {
+        if !["UUID", "SecretKey", "Bucket"].contains(&k.as_str()) {
+            assert_eq!(&ours[k], v, "field {k}");
+        }
+    }
+    // Root and trash inode records differ only in their timestamps.
+    for key in ["i1", "i9223372032828243968"] {
+        let a = Command::new("redis-cli").args(["-p", &redis.port.to_string(), "-a", META_PASSWORD, "--no-auth-warning", "-n", &db.to_string(), "--no-raw", "strlen", key]).output().unwrap();
+        let b = Command::new("redis-cli").args(["-p", &redis.port.to_string(), "-a", META_PASSWORD, "--no-auth-warning", "-n", &spare.to_string(), "--no-raw", "strlen", key]).output().unwrap();
+        assert_eq!(a.stdout, b.stdout, "{key} length");
+    }
+    // The marker object is where juicefs puts it.
+    let fs = &vol.volume_context["fsName"];
+    assert_eq!(weed.list(&format!("/buckets/kelp-{fs}/{fs}")), vec!["juicefs_uuid".to_string()]);
+    redis.cli(spare, &["flushdb"]);
+    c.delete(&vol.volume_id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_the_right_code_and_creates_nothing() {
+    let (redis, weed) = (shared_redis(), shared_weed());
+    let kelp = controller(redis, weed);
+    let mut c = csi::connect(&kelp.endpoint).await;
+    let buckets_before = weed.buckets();
+    let registry_before = redis.cli(0, &["zrange", "kelp:volumes", "0", "-1"]);
+
+    let base = || csi::create_req("bad-input-case", GIB);
+    let with_params = |kv: &[(&str, &str)]| {
+        let mut r = base();
+        r.parameters = kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        r
+    };
+    let mut cases: Vec<(&str, csi::CreateVolumeRequest, Code)> = vec![
+        ("missing name", csi::CreateVolumeRequest { name: String::new(), ..base() }, Code::InvalidArgument),
+        ("no capabilities", csi::CreateVolumeRequest { volume_capabilities: vec![], ..base() }, Code::InvalidArgument),
+        ("block access", csi::CreateVolumeRequest { volume_capabilities: vec![csi::block_cap()], ..base() }, Code::InvalidArgument),
+        ("control chars in name", csi::CreateVolumeRequest { name: "a\u{7}b".into(), ..base() }, Code::InvalidArgument),
+        ("huge name", csi::CreateVolumeRequest { name: "n".repeat(5000), ..base() }, Code::InvalidArgument),
+        ("unknown key", with_params(&[("colour", "blue")]), Code::InvalidArgument),
+        ("huge value", with_params(&[("compression", &"z".repeat(10_000))]), Code::InvalidArgument),
+        ("bad block size", with_params(&[("block-size", "3G")]), Code::InvalidArgument),
+        ("bad replication", with_params(&[("replication", "9x")]), Code::InvalidArgument),
+        (
+            "limit below required",
+            csi::CreateVolumeRequest {
+                capacity_range: Some(csi::CapacityRange { required_bytes: 2 * GIB, limit_bytes: GIB }),
+                ..base()
+            },
+            Code::OutOfRange,
+        ),
+    ];
+    let mut only_access_key = base();
+    only_access_key.secrets = HashMap::from([("access-key".to_string(), "x".to_string())]);
+    cases.push(("half the S3 secrets", only_access_key, Code::InvalidArgument));
+    let many: HashMap<String, String> = (0..100).map(|i| (format!("k{i}"), "v".into())).collect();
+    cases.push(("too many params", csi::CreateVolumeRequest { parameters: many, ..base() }, Code::InvalidArgument));
+
+    for (what, req, code) in cases {
+        let err = c.ctl.create_volume(req).await.expect_err(what);
+        assert_eq!(err.code(), code, "{what}: {}", err.message());
+        assert!(!err.message().is_empty(), "{what} has a message");
+    }
+    let e = c.ctl.create_volume(with_params(&[("colour", "blue")])).await.unwrap_err();
+    assert!(e.message().contains("colour"), "names the key: {}", e.message());
+
+    assert_eq!(weed.buckets(), buckets_before, "no bucket was created");
+    assert_eq!(redis.cli(0, &["zrange", "kelp:volumes", "0", "-1"]), registry_before, "no volume was registered");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_validate_capacity_publish_and_expand() {
+    let (redis, weed) = (shared_redis(), shared_weed());
+    let kelp = controller(redis, weed);
+    let mut c = csi::connect(&kelp.endpoint).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(c.create(&format!("list-{i}"), GIB).await.unwrap().volume_id);
+    }
+    // Paging by two finds every volume exactly once.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = c.ctl.list_volumes(csi::ListVolumesRequest { max_entries: 2, starting_token: token }).await.unwrap().into_inner();
+        assert!(r.entries.len() <= 2);
+        seen.extend(r.entries.into_iter().map(|e| e.volume.unwrap().volume_id));
+        if r.next_token.is_empty() {
+            break;
+        }
+        token = r.next_token;
+    }
+    for id in &ids {
+        assert_eq!(seen.iter().filter(|s| *s == id).count(), 1, "{id} listed once");
+    }
+    let bad = c.ctl.list_volumes(csi::ListVolumesRequest { max_entries: 2, starting_token: "bogus".into() }).await;
+    assert_eq!(bad.unwrap_err().code(), Code::Aborted);
+
+    let cap = csi::mount_cap(csi::volume_capability::access_mode::Mode::SingleNodeWriter);
+    let v = c
+        .ctl
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: ids[0].clone(),
+            volume_capabilities: vec![cap.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.confirmed.is_some());
+    let v = c
+        .ctl
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: ids[0].clone(),
+            volume_capabilities: vec![csi::block_cap()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.confirmed.is_none() && !v.message.is_empty());
+    let nf = c
+        .ctl
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: "kelp1:200:nope".into(),
+            volume_capabilities: vec![cap.clone()],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(nf.unwrap_err().code(), Code::NotFound);
+
+    let capacity = c.ctl.get_capacity(csi::GetCapacityRequest::default()).await.unwrap().into_inner();
+    assert!(capacity.available_capacity > 0);
+
+    // Publish validates the node and the volume.
+    let publish = |vol: &str, node: &str| csi::ControllerPublishVolumeRequest {
+        volume_id: vol.into(),
+        node_id: node.into(),
+        volume_capability: Some(cap.clone()),
+        ..Default::default()
+    };
+    c.ctl.controller_publish_volume(publish(&ids[0], "test-node")).await.unwrap();
+    let e = c.ctl.controller_publish_volume(publish(&ids[0], "no-such-node")).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = c.ctl.controller_publish_volume(publish("kelp1:201:ghost", "test-node")).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Expansion rewrites Capacity; a mounted client sees it without remounting.
+    let db = db_of(&ids[1]);
+    let mnt = scratch("mnt").join("x");
+    juicefs_mount(redis, db, &mnt);
+    let r = c
+        .ctl
+        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+            volume_id: ids[1].clone(),
+            capacity_range: Some(csi::CapacityRange { required_bytes: 3 * GIB, limit_bytes: 0 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.capacity_bytes, 3 * GIB);
+    let mut seen_size = 0;
+    for _ in 0..40 {
+        let df = run(Command::new("df").arg("-B1").arg("--output=size").arg(&mnt));
+        seen_size = df.lines().nth(1).unwrap().trim().parse::<i64>().unwrap();
+        if seen_size == 3 * GIB {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(seen_size, 3 * GIB, "mounted client sees the new capacity");
+    umount(&mnt);
+    for id in ids {
+        c.delete(&id).await.unwrap();
+    }
+}
+
+/// Creation and deletion killed at each step: the retry finishes, nothing leaks.
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_at_every_step_is_finished_by_the_retry() {
+    let (redis, weed) = (shared_redis(), shared_weed());
+    let mut kelp = controller(redis, weed);
+    for (i, point) in ["create:reserved", "create:bucket", "create:formatted"].iter().enumerate() {
+        let name = format!("crash-create-{i}");
+        kelp.restart_with_env(&[("KELP_FAILPOINT", point)]);
+        let mut c = csi::connect(&kelp.endpoint).await;
+        assert!(c.create(&name, GIB).await.is_err(), "{point}: the process dies mid-call");
+        assert!(kelp.wait_exit(Duration::from_secs(5)), "{point}: aborted");
+        kelp.restart();
+        let mut c = csi::connect(&kelp.endpoint).await;
+        let vol = c.create(&name, GIB).await.unwrap_or_else(|e| panic!("{point}: retry: {e}"));
+        let db = db_of(&vol.volume_id);
+        let mnt = scratch("mnt").join("c");
+        juicefs_mount(redis, db, &mnt);
+        std::fs::write(mnt.join("f"), b"ok").unwrap();
+        umount(&mnt);
+        c.delete(&vol.volume_id).await.unwrap();
+    }
+    for (i, point) in ["delete:marked", "delete:bucket", "delete:flushed"].iter().enumerate() {
+        kelp.restart();
+        let mut c = csi::connect(&kelp.endpoint).await;
+        let vol = c.create(&format!("crash-delete-{i}"), GIB).await.unwrap();
+        let db = db_of(&vol.volume_id);
+        let bucket = format!("kelp-{}", vol.volume_context["fsName"]);
+        kelp.restart_with_env(&[("KELP_FAILPOINT", point)]);
+        let mut c = csi::connect(&kelp.endpoint).await;
+        assert!(c.delete(&vol.volume_id).await.is_err(), "{point}: dies mid-call");
+        assert!(kelp.wait_exit(Duration::from_secs(5)));
+        kelp.restart();
+        let mut c = csi::connect(&kelp.endpoint).await;
+        c.delete(&vol.volume_id).await.unwrap();
+        assert!(!weed.buckets().contains(&bucket), "{point}: bucket gone");
+        assert_eq!(redis.cli(db, &["dbsize"]), "0", "{point}: database empty");
+        assert_eq!(redis.cli(0, &["sismember", "kelp:dbs", &db.to_string()]), "0", "{point}: database released");
+    }
+}
+
+/// No S3 key or metadata password in logs, errors or volume context.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_leak() {
+    let (redis, weed) = (shared_redis(), shared_weed());
+    let kelp = controller(redis, weed);
+    let mut c = csi::connect(&kelp.endpoint).await;
+    let mut req = csi::create_req("secret-holder", GIB);
+    req.secrets = HashMap::from([
+        ("access-key".to_string(), S3_ACCESS_KEY.to_string()),
+        ("secret-key".to_string(), S3_SECRET_KEY.to_string()),
+    ]);
+    let vol = c.ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
+    let ctx = format!("{:?}", vol.volume_context);
+    assert!(!ctx.contains(S3_SECRET_KEY) && !ctx.contains(META_PASSWORD));
+    // The stored secret is sealed as juicefs seals it.
+    let setting = redis.cli(db_of(&vol.volume_id), &["get", "setting"]);
+    assert!(!setting.contains(S3_SECRET_KEY), "secret stored in clear");
+    assert!(setting.contains("\"KeyEncrypted\": true"));
+
+    // A kelp given a password in its metadata URL, whose server is down, says so
+    // without the password.
+    let dir = scratch("dead-meta");
+    let mut child = Command::new(kelp_bin())
+        .args(["serve", "--services=controller"])
+        .arg(format!("--endpoint=unix://{}/s.sock", dir.display()))
+        .arg(format!("--meta-url=redis://:{META_PASSWORD}@127.0.0.1:{}", free_port()))
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let dead_log = std::fs::read_to_string(dir.join("log")).unwrap();
+    assert!(dead_log.contains("unreachable"), "{dead_log}");
+    assert!(!dead_log.contains(META_PASSWORD), "password in log: {dead_log}");
+    c.delete(&vol.volume_id).await.unwrap();
+    let log = kelp.log_text();
+    assert!(!log.contains(S3_SECRET_KEY), "S3 secret in log");
+    assert!(!log.contains(META_PASSWORD), "metadata password in log");
+    assert!(log.contains("outcome"), "RPCs are logged");
+}
