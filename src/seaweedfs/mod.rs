@@ -85,7 +85,7 @@ impl Filer {
         let req = LookupDirectoryEntryRequest { directory: dir.into(), name: name.into() };
         match self.client.clone().lookup_directory_entry(req).await {
             Ok(r) => Ok(r.into_inner().entry),
-            Err(s) if s.code() == tonic::Code::NotFound || s.message().contains("not found") => Ok(None),
+            Err(s) if s.code() == tonic::Code::NotFound || is_not_found(s.message()) => Ok(None),
             Err(s) => Err(self.status("lookup", s)),
         }
     }
@@ -149,7 +149,7 @@ impl Filer {
         };
         let resp = self.client.clone().delete_entry(req).await.map_err(|s| self.status("delete bucket", s))?;
         let err = resp.into_inner().error;
-        if !err.is_empty() && !err.contains("not found") {
+        if !err.is_empty() && !is_not_found(&err) {
             return Err(self.refused("delete bucket", err));
         }
         self.set_replication(bucket, None).await
@@ -217,6 +217,11 @@ impl Filer {
         self.client.clone().update_entry(req).await.map_err(|s| self.status("update entry", s))?;
         Ok(())
     }
+}
+
+/// The filer reports a missing entry in words, not codes.
+fn is_not_found(msg: &str) -> bool {
+    msg.contains("not found") || msg.contains("no entry is found")
 }
 
 fn dir_entry(name: &str, quota: i64) -> Entry {
