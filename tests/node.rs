@@ -20,6 +20,12 @@ struct Bed {
     root: PathBuf,
 }
 
+impl Drop for Bed {
+    fn drop(&mut self) {
+        force_cleanup(&self.root, &self.kelp.state_dir);
+    }
+}
+
 /// Each test gets its own redis (some restart it) and kelp; SeaweedFS is shared.
 fn bed(name: &str) -> Bed {
     let redis = Redis::start(Some(META_PASSWORD));
@@ -43,11 +49,16 @@ async fn eventually_io(path: &Path, within: Duration) {
     let deadline = Instant::now() + within;
     let probe = path.join(format!("probe-{}", std::process::id()));
     loop {
-        let ok = tokio::task::spawn_blocking({
+        // Until the target is a JuiceFS mount again, a write would land in the bare directory.
+        let mounted = fs_type_at(path).is_some_and(|t| t.starts_with("fuse.juicefs"));
+        let ok = mounted && {
             let probe = probe.clone();
-            move || std::fs::write(&probe, b"alive").is_ok() && std::fs::read(&probe).map(|d| d == b"alive").unwrap_or(false)
-        });
-        if tokio::time::timeout(Duration::from_secs(5), ok).await.ok().and_then(|r| r.ok()).unwrap_or(false) {
+            let io = tokio::task::spawn_blocking(move || {
+                std::fs::write(&probe, b"alive").is_ok() && std::fs::read(&probe).map(|d| d == b"alive").unwrap_or(false)
+            });
+            tokio::time::timeout(Duration::from_secs(5), io).await.ok().and_then(|r| r.ok()).unwrap_or(false)
+        };
+        if ok {
             return;
         }
         assert!(Instant::now() < deadline, "I/O at {} did not come back", path.display());
@@ -55,8 +66,11 @@ async fn eventually_io(path: &Path, within: Duration) {
     }
 }
 
-fn juicefs_pids(mount_point: &Path) -> Vec<i32> {
-    let out = Command::new("pgrep").args(["-f", &format!("juicefs mount.*{}", mount_point.display())]).output().unwrap();
+
+/// juicefs rewrites its own command line (hiding the metadata URL), so find the
+/// processes of a volume by the log file kelp gave them.
+fn juicefs_pids(fs_name: &str) -> Vec<i32> {
+    let out = Command::new("pgrep").args(["-f", &format!("juicefs mount.*logs/{fs_name}.log")]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
@@ -142,7 +156,7 @@ async fn killed_juicefs_is_remounted_and_targets_rebound() {
     c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
     std::fs::write(t.join("before.txt"), b"kept").unwrap();
 
-    let pids = juicefs_pids(&staging);
+    let pids = juicefs_pids(&vol.volume_context["fsName"]);
     assert!(!pids.is_empty(), "juicefs runs");
     for pid in pids {
         unsafe { libc::kill(pid, libc::SIGKILL) };

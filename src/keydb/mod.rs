@@ -59,8 +59,22 @@ impl MetaServer {
         &self.url
     }
 
-    pub(crate) fn registry_conn(&self) -> ConnectionManager {
-        self.registry.clone()
+    /// Runs a registry operation, once more after a dropped connection: the manager
+    /// reconnects only after a failure, and a restarted server must not fail an RPC.
+    /// Every registry operation is idempotent, so a repeat is safe.
+    pub(crate) async fn registry<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match op(self.registry.clone()).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                op(self.registry.clone()).await.map_err(|e| self.err(e))
+            }
+            Err(e) => Err(self.err(e)),
+        }
     }
 
     /// A fresh connection to one volume's database. Volume operations are rare
@@ -78,8 +92,7 @@ impl MetaServer {
     }
 
     pub async fn ping(&self) -> Result<()> {
-        let mut c = self.registry.clone();
-        redis::cmd("PING").query_async::<String>(&mut c).await.map_err(|e| self.err(e))?;
+        self.registry(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await }).await?;
         Ok(())
     }
 

@@ -106,17 +106,14 @@ impl MetaServer {
     /// record it already has.
     pub async fn reserve_volume(&self, fs_name: &str, spec: &str, databases: u32) -> Result<Reservation> {
         let key = volume_key(fs_name);
-        let mut c = self.registry_conn();
-        let reply: (i64, redis::Value) = redis::Script::new(RESERVE)
-            .key(&key)
-            .key(DATABASES)
-            .key(VOLUMES)
-            .arg(fs_name)
-            .arg(spec)
-            .arg(databases)
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| self.err(e))?;
+        let script = redis::Script::new(RESERVE);
+        let reply: (i64, redis::Value) = self
+            .registry(|mut c| {
+                let mut inv = script.key(&key);
+                inv.key(DATABASES).key(VOLUMES).arg(fs_name).arg(spec).arg(databases);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
         match reply {
             (1, v) => {
                 let db: u32 = redis::from_redis_value(v).map_err(|e| corrupt(&key, e))?;
@@ -138,8 +135,8 @@ impl MetaServer {
 
     pub async fn volume(&self, fs_name: &str) -> Result<Option<VolumeRecord>> {
         let key = volume_key(fs_name);
-        let mut c = self.registry_conn();
-        let fields: Vec<(String, String)> = c.hgetall(&key).await.map_err(|e| self.err(e))?;
+        let fields: Vec<(String, String)> =
+            self.registry(|mut c| { let key = key.clone(); async move { c.hgetall(key).await } }).await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -147,30 +144,27 @@ impl MetaServer {
     }
 
     pub async fn set_volume_state(&self, fs_name: &str, state: VolumeState) -> Result<()> {
-        let mut c = self.registry_conn();
-        let _: () = c.hset(volume_key(fs_name), "state", state.as_str()).await.map_err(|e| self.err(e))?;
-        Ok(())
+        let key = volume_key(fs_name);
+        self.registry(|mut c| { let key = key.clone(); async move { c.hset::<_, _, _, ()>(key, "state", state.as_str()).await } }).await
     }
 
     /// Replaces the volume's spec (e.g. after an expansion).
     pub async fn set_volume_spec(&self, fs_name: &str, spec: &str) -> Result<()> {
-        let mut c = self.registry_conn();
-        let _: () = c.hset(volume_key(fs_name), "spec", spec).await.map_err(|e| self.err(e))?;
-        Ok(())
+        let key = volume_key(fs_name);
+        self.registry(|mut c| { let key = key.clone(); async move { c.hset::<_, _, _, ()>(key, "spec", spec).await } }).await
     }
 
     /// Forgets the volume and frees its database. Idempotent.
     pub async fn release_volume(&self, fs_name: &str, db: u32) -> Result<()> {
-        let mut c = self.registry_conn();
-        let _: i64 = redis::Script::new(RELEASE)
-            .key(volume_key(fs_name))
-            .key(DATABASES)
-            .key(VOLUMES)
-            .arg(fs_name)
-            .arg(db)
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| self.err(e))?;
+        let script = redis::Script::new(RELEASE);
+        let key = volume_key(fs_name);
+        let _: i64 = self
+            .registry(|mut c| {
+                let mut inv = script.key(&key);
+                inv.key(DATABASES).key(VOLUMES).arg(fs_name).arg(db);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
         Ok(())
     }
 
@@ -178,30 +172,27 @@ impl MetaServer {
     /// or from the start. Paging by name rather than offset keeps a page token valid
     /// when volumes are created or deleted between pages.
     pub async fn volume_names_after(&self, after: Option<&str>, count: usize) -> Result<Vec<String>> {
-        let mut c = self.registry_conn();
         let min = after.map(|a| format!("({a}")).unwrap_or_else(|| "-".into());
-        redis::cmd("ZRANGEBYLEX")
-            .arg(VOLUMES)
-            .arg(min)
-            .arg("+")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(count)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.err(e))
+        let mut cmd = redis::cmd("ZRANGEBYLEX");
+        cmd.arg(VOLUMES).arg(min).arg("+").arg("LIMIT").arg(0).arg(count);
+        self.registry(|mut c| {
+            let cmd = cmd.clone();
+            async move { cmd.query_async(&mut c).await }
+        })
+        .await
     }
 
     pub async fn register_node(&self, node: &NodeRecord) -> Result<()> {
-        let mut c = self.registry_conn();
         let json = serde_json::to_string(node).expect("node record serialises");
-        let _: () = c.hset(NODES, &node.node_id, json).await.map_err(|e| self.err(e))?;
-        Ok(())
+        self.registry(|mut c| {
+            let json = json.clone();
+            async move { c.hset::<_, _, _, ()>(NODES, &node.node_id, json).await }
+        })
+        .await
     }
 
     pub async fn node(&self, node_id: &str) -> Result<Option<NodeRecord>> {
-        let mut c = self.registry_conn();
-        let json: Option<String> = c.hget(NODES, node_id).await.map_err(|e| self.err(e))?;
+        let json: Option<String> = self.registry(|mut c| async move { c.hget(NODES, node_id).await }).await?;
         json.map(|j: String| serde_json::from_str(&j).map_err(|e| corrupt(NODES, e))).transpose()
     }
 }

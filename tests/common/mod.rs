@@ -522,3 +522,26 @@ pub fn umount(path: &Path) {
 pub fn db_of(volume_id: &str) -> u32 {
     volume_id.split(':').nth(1).unwrap().parse().unwrap()
 }
+
+/// The file system type mounted at exactly `path`, if any.
+pub fn fs_type_at(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mp = left.split(' ').nth(4)?;
+            (Path::new(mp) == path).then(|| right.split(' ').next().unwrap_or_default().to_string())
+        })
+        .last()
+}
+
+/// Test cleanup after a failure: lazily unmounts everything below `root` and kills the
+/// juicefs daemons a kelp with `state_dir` started (found by their log path).
+pub fn force_cleanup(root: &Path, state_dir: &Path) {
+    let mut mps = mounts_under(root);
+    mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mps {
+        let _ = Command::new("umount").arg("-l").arg(&m).status();
+    }
+    let _ = Command::new("pkill").arg("-9").arg("-f").arg(format!("juicefs mount.*{}/logs/", state_dir.display())).status();
+}
