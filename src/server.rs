@@ -72,7 +72,13 @@ pub async fn serve(router: Router<tower::layer::util::Stack<RpcLogLayer, tower::
         Endpoint::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             info!(endpoint = %listener.local_addr()?, "listening");
-            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await
+            // Small RPCs over HTTP/2 stall on Nagle's algorithm without this.
+            let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |s| {
+                s.inspect(|s| {
+                    let _ = s.set_nodelay(true);
+                })
+            });
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
         }
     };
     if let Endpoint::Unix(path) = endpoint {

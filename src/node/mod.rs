@@ -139,7 +139,9 @@ impl Node for NodeService {
     ) -> std::result::Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let r = req.into_inner();
         require(!r.volume_id.is_empty(), "volume_id is required")?;
-        let path = required_path(&r.volume_path, "volume_path")?;
+        require(!r.volume_path.is_empty(), "volume_path is required")?;
+        // Any other path, relative ones included, is simply not this volume's.
+        let path = PathBuf::from(&r.volume_path);
         let v = self.core.staged(&r.volume_id).ok_or_else(|| Error::NotFound(format!("volume {} is not staged on this node", r.volume_id)))?;
         if v.staging_path != path && !v.targets.contains_key(&path) {
             return Err(Error::NotFound(format!("{} is not a path of volume {}", path.display(), r.volume_id)).into());
@@ -151,7 +153,8 @@ impl Node for NodeService {
     async fn node_expand_volume(&self, req: Request<NodeExpandVolumeRequest>) -> std::result::Result<Response<NodeExpandVolumeResponse>, Status> {
         let r = req.into_inner();
         require(!r.volume_id.is_empty(), "volume_id is required")?;
-        let path = required_path(&r.volume_path, "volume_path")?;
+        require(!r.volume_path.is_empty(), "volume_path is required")?;
+        let path = PathBuf::from(&r.volume_path);
         let id = parse_id(&r.volume_id)?;
         let v = self.core.staged(&r.volume_id).ok_or_else(|| Error::NotFound(format!("volume {id} is not staged on this node")))?;
         if v.staging_path != path && !v.targets.contains_key(&path) {

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Runs the unmodified csi-sanity v5.5.0 suite against `kelp serve` (controller and
+# node services) on real redis-server and SeaweedFS: twice over a unix socket on the
+# same servers, once over TCP; then checks that no bucket, database or mount is left.
+# Prints each run's summary; exits non-zero if any spec fails or anything leaks.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source tests/lib.sh
+trap kelp_stop_all EXIT
+
+csi_sanity="$(go env GOPATH)/bin/csi-sanity"
+[[ -x "$csi_sanity" ]] || { echo "csi-sanity missing: KELP_NEED_CSI_SANITY=1 scripts/deps.sh" >&2; exit 1; }
+cargo build --locked --quiet
+kelp=target/debug/kelp
+
+work="$(pwd)/.kelp-test/csi-sanity"
+rm -rf "$work"
+mkdir -p "$work"
+start_redis "$work/redis"
+start_weed "$work/weed"
+
+KELP_PID=
+start_kelp() { # endpoint
+  "$kelp" serve --endpoint="$1" --services=both --node-id=sanity-node \
+    --meta-url="redis://127.0.0.1:$REDIS_PORT" --filer="127.0.0.1:$FILER_GRPC" \
+    --s3-endpoint="http://127.0.0.1:$S3_PORT" --s3-access-key="$KELP_S3_ACCESS_KEY" \
+    --state-dir="$work/kelp" --cache-dir="$work/kelp/cache" >>"$work/kelp.log" 2>&1 &
+  KELP_PID=$!
+  KELP_PIDS+=("$KELP_PID")
+}
+export KELP_S3_SECRET_KEY
+
+failed=0
+run_suite() { # name endpoint-for-csi-sanity
+  local name=$1 ep=$2
+  echo "== csi-sanity $name ($ep)"
+  set +e
+  "$csi_sanity" --csi.endpoint="$ep" \
+    --csi.mountdir="$work/$name-target" --csi.stagingdir="$work/$name-staging" \
+    --csi.testvolumesize=1073741824 --csi.testvolumeexpandsize=2147483648 \
+    --ginkgo.junit-report="$work/$name.junit.xml" --ginkgo.no-color --ginkgo.timeout=30m \
+    >"$work/$name.log" 2>&1
+  local rc=$?
+  set -e
+  grep -E "^(Ran [0-9]+ of [0-9]+ Specs|(SUCCESS|FAIL)! -- )" "$work/$name.log" || true
+  if ((rc != 0)); then
+    failed=1
+    echo "csi-sanity $name failed (exit $rc); failures:" >&2
+    grep -E "^\s*\[FAIL\]" "$work/$name.log" | sort -u | head -40 >&2 || true
+  fi
+}
+
+sock="$work/kelp.sock"
+start_kelp "unix://$sock"
+for _ in $(seq 100); do [[ -S "$sock" ]] && break; sleep 0.1; done
+run_suite unix-1 "unix://$sock"
+run_suite unix-2 "unix://$sock"
+kill "$KELP_PID"; wait "$KELP_PID" || true
+
+port=$(free_port)
+start_kelp "tcp://127.0.0.1:$port"
+wait_port "$port" 10
+run_suite tcp "127.0.0.1:$port"
+kill "$KELP_PID"; wait "$KELP_PID" || true
+
+# Nothing may outlive the runs.
+leaks=0
+buckets=$(kelp_buckets | wc -l)
+volumes=$(redis-cli -p "$REDIS_PORT" zcard kelp:volumes)
+dbs=$(redis-cli -p "$REDIS_PORT" scard kelp:dbs)
+mounts=$(grep -c " $work" /proc/self/mountinfo || true)
+echo "after the runs: buckets=$buckets registered-volumes=$volumes databases-in-use=$dbs mounts=$mounts"
+if [[ "$buckets$volumes$dbs$mounts" != 0000 ]]; then
+  echo "FAIL: csi-sanity runs left state behind" >&2
+  leaks=1
+fi
+if ((failed || leaks)); then
+  echo "csi-sanity: 0 passed, 1 failed"
+  exit 1
+fi
+echo "csi-sanity: 3 passed, 0 failed"

@@ -1,0 +1,74 @@
+# Shared shell helpers for kelp's scripts: free ports, starting redis-server and
+# SeaweedFS on them, waiting, and stopping everything this shell started by pid.
+# Source it; call `kelp_stop_all` (or let the EXIT trap do it).
+
+KELP_PIDS=()
+KELP_S3_ACCESS_KEY=${KELP_S3_ACCESS_KEY:-kelpdemoaccess}
+KELP_S3_SECRET_KEY=${KELP_S3_SECRET_KEY:-kelp-demo-secret-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_port() { # port seconds
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on 127.0.0.1:$1 after $2 s" >&2
+  return 1
+}
+
+# start_redis DIR -> sets REDIS_PORT
+start_redis() {
+  REDIS_PORT=$(free_port)
+  mkdir -p "$1"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --databases 1024 --save '' \
+    --appendonly yes --dir "$1" >"$1/redis.log" 2>&1 &
+  KELP_PIDS+=($!)
+  wait_port "$REDIS_PORT" 10
+}
+
+# start_weed DIR -> sets FILER_GRPC, S3_PORT, FILER_PORT, MASTER_PORT
+start_weed() {
+  local dir=$1
+  MASTER_PORT=$(free_port) FILER_PORT=$(free_port) FILER_GRPC=$(free_port) S3_PORT=$(free_port)
+  mkdir -p "$dir/data"
+  cat >"$dir/s3.json" <<JSON
+{"identities":[{"name":"kelp","credentials":[{"accessKey":"$KELP_S3_ACCESS_KEY","secretKey":"$KELP_S3_SECRET_KEY"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
+JSON
+  weed server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -master.port="$MASTER_PORT" -master.port.grpc="$(free_port)" \
+    -volume.port="$(free_port)" -volume.port.grpc="$(free_port)" -volume.max=50 -master.volumeSizeLimitMB=64 \
+    -filer -filer.port="$FILER_PORT" -filer.port.grpc="$FILER_GRPC" \
+    -s3 -s3.port="$S3_PORT" -s3.port.grpc="$(free_port)" -s3.port.iceberg=0 -s3.port.lance=0 \
+    -s3.config="$dir/s3.json" >"$dir/weed.log" 2>&1 &
+  KELP_PIDS+=($!)
+  wait_port "$FILER_GRPC" 60
+  wait_port "$S3_PORT" 60
+  local i
+  for ((i = 0; i < 300; i++)); do
+    [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$MASTER_PORT/dir/assign")" == 200 ]] && return 0
+    sleep 0.2
+  done
+  echo "SeaweedFS never became writable; see $dir/weed.log" >&2
+  return 1
+}
+
+# Buckets kelp made (filer listing).
+kelp_buckets() {
+  curl -s -H 'Accept: application/json' "http://127.0.0.1:$FILER_PORT/buckets/?limit=10000" |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); [print(e["FullPath"].rsplit("/",1)[1]) for e in (d.get("Entries") or []) if "/kelp-" in e["FullPath"]]'
+}
+
+kelp_stop_all() {
+  local pid
+  for pid in "${KELP_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${KELP_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  KELP_PIDS=()
+}
