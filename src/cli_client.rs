@@ -3,14 +3,15 @@
 
 use clap::{Args, Subcommand};
 use kelp::proto::csi::{
-    controller_client::ControllerClient, node_client::NodeClient, volume_capability, CapacityRange,
-    CreateVolumeRequest, DeleteVolumeRequest, ListVolumesRequest, NodeGetVolumeStatsRequest,
+    controller_client::ControllerClient, node_client::NodeClient, volume_capability::access_mode::Mode,
+    DeleteVolumeRequest, ListVolumesRequest, NodeGetVolumeStatsRequest,
     NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest,
     VolumeCapability,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
 use kelp::server::connect;
+use kelp::volume::{create_request, mount_capability as mount_capability_for};
 
 #[derive(Args)]
 pub struct ClientArgs {
@@ -67,12 +68,7 @@ fn staging_for(volume_id: &str, staging: Option<PathBuf>) -> PathBuf {
 }
 
 fn mount_capability(read_only: bool) -> VolumeCapability {
-    use volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
-    let mode = if read_only { Mode::MultiNodeReaderOnly } else { Mode::MultiNodeMultiWriter };
-    VolumeCapability {
-        access_type: Some(AccessType::Mount(MountVolume::default())),
-        access_mode: Some(AccessMode { mode: mode as i32 }),
-    }
+    mount_capability_for(if read_only { Mode::MultiNodeReaderOnly } else { Mode::MultiNodeMultiWriter })
 }
 
 pub async fn run(a: ClientArgs) -> Result<(), String> {
@@ -82,14 +78,10 @@ pub async fn run(a: ClientArgs) -> Result<(), String> {
     let mut node = NodeClient::new(ch);
     match a.command {
         ClientCommand::Create { name, size, opts } => {
+            let mut req = create_request(&name, size, Mode::MultiNodeMultiWriter);
+            req.parameters = opts.into_iter().collect::<HashMap<_, _>>();
             let v = ctl
-                .create_volume(CreateVolumeRequest {
-                    name,
-                    capacity_range: (size > 0).then_some(CapacityRange { required_bytes: size, limit_bytes: 0 }),
-                    volume_capabilities: vec![mount_capability(false)],
-                    parameters: opts.into_iter().collect::<HashMap<_, _>>(),
-                    ..Default::default()
-                })
+                .create_volume(req)
                 .await
                 .map_err(status)?
                 .into_inner()

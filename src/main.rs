@@ -1,6 +1,7 @@
 //! The `kelp` command: `serve` runs the CSI driver; the other subcommands are small
 //! clients of a running driver for operators and scripts.
 
+mod bench;
 mod cli_client;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -31,6 +32,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Talk to a running driver over its endpoint (create, list, mount, ...).
     Client(cli_client::ClientArgs),
+    /// Measure a running driver against a by-hand juicefs baseline (see scripts/bench.sh).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -129,6 +132,7 @@ fn main() -> std::process::ExitCode {
             rt.block_on(serve(*args))
         }
         Command::Client(args) => rt.block_on(cli_client::run(args)),
+        Command::Bench(args) => rt.block_on(bench::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

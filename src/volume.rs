@@ -4,8 +4,8 @@
 
 use crate::error::{require, Error, Result};
 use crate::proto::csi::{
-    volume_capability::{access_mode::Mode, AccessType},
-    CapacityRange, VolumeCapability,
+    volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume},
+    CapacityRange, CreateVolumeRequest, VolumeCapability,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -260,6 +260,25 @@ pub fn validate_capabilities(caps: &[VolumeCapability]) -> Result<()> {
         require(cap.access_mode.is_some(), "every volume capability needs an access mode")?;
     }
     Ok(())
+}
+
+/// A file-system capability with access mode `mode`.
+pub fn mount_capability(mode: Mode) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+/// A CreateVolume request for a file-system volume of `bytes` (0: unlimited), as
+/// kelp's own clients (`kelp client`, `kelp bench`) send it.
+pub fn create_request(name: &str, bytes: i64, mode: Mode) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.to_string(),
+        capacity_range: (bytes > 0).then_some(CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
+        volume_capabilities: vec![mount_capability(mode)],
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ start_weed() {
 JSON
   weed server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -master.port="$MASTER_PORT" -master.port.grpc="$(free_port)" \
-    -volume.port="$(free_port)" -volume.port.grpc="$(free_port)" -volume.max=50 -master.volumeSizeLimitMB=64 \
+    -volume.port="$(free_port)" -volume.port.grpc="$(free_port)" -volume.max=0 -master.volumeSizeLimitMB=32 \
     -filer -filer.port="$FILER_PORT" -filer.port.grpc="$FILER_GRPC" \
     -s3 -s3.port="$S3_PORT" -s3.port.grpc="$(free_port)" -s3.port.iceberg=0 -s3.port.lance=0 \
     -s3.config="$dir/s3.json" >"$dir/weed.log" 2>&1 &

@@ -239,3 +239,23 @@ async fn idle_staged_volume_is_released_and_restaged_on_publish() {
     let _ = &b.weed;
     let _ = &b.redis;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mounts_of_deleted_volumes_are_removed() {
+    let b = bed("node-vanished");
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-vanished", GIB).await.unwrap();
+    let id = vol.volume_id.as_str();
+    let staging = b.root.join("st");
+    let t = b.root.join("t");
+    c.stage(id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
+    c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
+    // Deleted behind the node's back (e.g. `docker volume rm -f` then a manual delete).
+    c.delete(id).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mounts_under(&b.root).is_empty() {
+        assert!(Instant::now() < deadline, "mounts of a deleted volume stayed: {:?}", mounts_under(&b.root));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(b.kelp.log_text().contains("volume no longer exists"));
+}

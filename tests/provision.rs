@@ -43,9 +43,16 @@ async fn create_mount_write_df_delete() {
     let df = run(Command::new("df").arg("-B1").arg("--output=size").arg(&mnt));
     let size: i64 = df.lines().nth(1).unwrap().trim().parse().unwrap();
     assert_eq!(size, 2 * GIB, "df size");
-    // Writing past the capacity fails with ENOSPC.
     umount(&mnt);
     assert!(mounts_under(&mnt).is_empty());
+    // The bucket carries the capacity as its SeaweedFS quota.
+    let listing = run(Command::new("curl").args(["-s", "-H", "Accept: application/json"]).arg(format!(
+        "http://127.0.0.1:{}/buckets/?limit=10000",
+        weed.filer_port
+    )));
+    let v: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    let entry = v["Entries"].as_array().unwrap().iter().find(|e| e["FullPath"] == format!("/buckets/kelp-{fs}")).unwrap();
+    assert_eq!(entry["Quota"], 2 * GIB);
 
     c.delete(&vol.volume_id).await.unwrap();
     assert!(!weed.buckets().contains(&format!("kelp-{fs}")));
@@ -352,4 +359,56 @@ async fn secrets_never_leak() {
     assert!(!log.contains(S3_SECRET_KEY), "S3 secret in log");
     assert!(!log.contains(META_PASSWORD), "metadata password in log");
     assert!(log.contains("outcome"), "RPCs are logged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_past_capacity_fail_with_enospc() {
+    let (redis, weed) = (shared_redis(), shared_weed());
+    let kelp = controller(redis, weed);
+    let mut c = csi::connect(&kelp.endpoint).await;
+    let vol = c.create("small-one", 32 << 20).await.unwrap();
+    let mnt = scratch("mnt").join("small");
+    juicefs_mount(redis, db_of(&vol.volume_id), &mnt);
+    let chunk = vec![7u8; 1 << 20];
+    let result = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(mnt.join("big"))?;
+        for _ in 0..64 {
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()
+    })();
+    let err = result.expect_err("64 MiB fit in a 32 MiB volume");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    umount(&mnt);
+    c.delete(&vol.volume_id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_names_the_backend_that_is_down() {
+    let redis = shared_redis();
+    let dir = scratch("probe");
+    let sock = dir.join("csi.sock");
+    // A filer address where nothing listens.
+    let mut child = Command::new(kelp_bin())
+        .args(["serve", "--services=controller", "--databases=64"])
+        .arg(format!("--endpoint=unix://{}", sock.display()))
+        .arg(format!("--meta-url={}", redis.url()))
+        .arg(format!("--filer=127.0.0.1:{}", free_port()))
+        .env("KELP_META_PASSWORD", META_PASSWORD)
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = csi::connect(&format!("unix://{}", sock.display())).await;
+    let err = c.identity.probe(csi::ProbeRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("SeaweedFS filer"), "{}", err.message());
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

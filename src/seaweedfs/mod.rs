@@ -120,20 +120,7 @@ impl Filer {
     pub async fn put_small_file(&self, bucket: &str, path: &str, content: &[u8]) -> Result<()> {
         let full = format!("{BUCKETS_DIR}/{bucket}/{}", path.trim_start_matches('/'));
         let (dir, name) = full.rsplit_once('/').expect("path has a slash");
-        let now = crate::unix_now();
-        let entry = Entry {
-            name: name.into(),
-            content: content.to_vec(),
-            attributes: Some(FuseAttributes {
-                file_size: content.len() as u64,
-                file_mode: 0o644,
-                mtime: now,
-                crtime: now,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        self.create(dir, entry, "write file").await
+        self.create(dir, file_entry(name, content.to_vec()), "write file").await
     }
 
     /// Deletes the bucket with every object in it; the filer drops the bucket's
@@ -173,20 +160,7 @@ impl Filer {
         else {
             return Ok(());
         };
-        let now = crate::unix_now();
-        let entry = Entry {
-            name: CONF_NAME.into(),
-            attributes: Some(FuseAttributes {
-                file_size: updated.len() as u64,
-                file_mode: 0o644,
-                mtime: now,
-                crtime: now,
-                ..Default::default()
-            }),
-            content: updated,
-            ..Default::default()
-        };
-        self.create(CONF_DIR, entry, "set replication").await
+        self.create(CONF_DIR, file_entry(CONF_NAME, updated), "set replication").await
     }
 
     /// Total and used bytes of the cluster's volume servers.
@@ -222,6 +196,23 @@ impl Filer {
 /// The filer reports a missing entry in words, not codes.
 fn is_not_found(msg: &str) -> bool {
     msg.contains("not found") || msg.contains("no entry is found")
+}
+
+/// A small file whose bytes live inline in the entry (no volume server involved).
+fn file_entry(name: &str, content: Vec<u8>) -> Entry {
+    let now = crate::unix_now();
+    Entry {
+        name: name.into(),
+        attributes: Some(FuseAttributes {
+            file_size: content.len() as u64,
+            file_mode: 0o644,
+            mtime: now,
+            crtime: now,
+            ..Default::default()
+        }),
+        content,
+        ..Default::default()
+    }
 }
 
 fn dir_entry(name: &str, quota: i64) -> Entry {

@@ -184,7 +184,7 @@ impl Weed {
             .arg(format!("-master.port.grpc={}", p(free_port())))
             .arg(format!("-volume.port={}", p(free_port())))
             .arg(format!("-volume.port.grpc={}", p(free_port())))
-            .args(["-volume.max=30", "-master.volumeSizeLimitMB=64"])
+            .args(["-volume.max=0", "-master.volumeSizeLimitMB=32"])
             .arg("-filer")
             .arg(format!("-filer.port={}", p(self.filer_port)))
             .arg(format!("-filer.port.grpc={}", p(self.filer_grpc)))
@@ -401,7 +401,7 @@ pub mod csi {
     pub use kelp::proto::csi::*;
     use std::collections::HashMap;
     use tonic::transport::Channel;
-    use volume_capability::{access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume};
+    use volume_capability::{access_mode::Mode, AccessMode, AccessType, BlockVolume};
 
     pub struct Clients {
         pub ctl: controller_client::ControllerClient<Channel>,
@@ -419,10 +419,7 @@ pub mod csi {
     }
 
     pub fn mount_cap(mode: Mode) -> VolumeCapability {
-        VolumeCapability {
-            access_type: Some(AccessType::Mount(MountVolume::default())),
-            access_mode: Some(AccessMode { mode: mode as i32 }),
-        }
+        kelp::volume::mount_capability(mode)
     }
 
     pub fn block_cap() -> VolumeCapability {
@@ -433,13 +430,7 @@ pub mod csi {
     }
 
     pub fn create_req(name: &str, bytes: i64) -> CreateVolumeRequest {
-        CreateVolumeRequest {
-            name: name.into(),
-            capacity_range: (bytes > 0).then_some(CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
-            volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
-            parameters: HashMap::new(),
-            ..Default::default()
-        }
+        kelp::volume::create_request(name, bytes, Mode::MultiNodeMultiWriter)
     }
 
     impl Clients {

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Benchmarks (not tests): starts redis-server, SeaweedFS and a release `kelp serve` on
+# free loopback ports and runs `kelp bench provision` and `kelp bench node`, each of
+# which runs its by-hand juicefs baseline in the same process and prints ratios.
+# Usage: scripts/bench.sh [COUNT] [provision|node|all]   (COUNT volumes for provision, default 200)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+count=${1:-200}
+what=${2:-all}
+scripts/deps.sh
+cargo build --release --locked --quiet
+kelp="$(pwd)/target/release/kelp"
+source tests/lib.sh
+work="$(pwd)/.kelp-test/bench"
+rm -rf "$work"
+mkdir -p "$work"
+trap kelp_stop_all EXIT
+start_redis "$work/redis"
+start_weed "$work/weed"
+export KELP_ENDPOINT="unix://$work/kelp.sock" KELP_META_URL="redis://127.0.0.1:$REDIS_PORT"
+export KELP_S3_ENDPOINT="http://127.0.0.1:$S3_PORT" KELP_S3_ACCESS_KEY KELP_S3_SECRET_KEY
+"$kelp" serve --services=both --filer="127.0.0.1:$FILER_GRPC" --state-dir="$work/kelp" \
+  --cache-dir="$work/kelp/cache" --log-level=warn >"$work/kelp.log" 2>&1 &
+kelp_pid=$!
+KELP_PIDS+=("$kelp_pid")
+for _ in $(seq 100); do [[ -S "$work/kelp.sock" ]] && break; sleep 0.1; done
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(juicefs version); weed $(weed version | awk '{print $3}')"
+if [[ $what != node ]]; then "$kelp" bench --dir="$work/run" provision --count="$count"; fi
+if [[ $what != provision ]]; then "$kelp" bench --dir="$work/run" node --kelp-pid="$kelp_pid"; fi

@@ -1,0 +1,364 @@
+//! `kelp bench`: measurements against a baseline run in the same process, reported as
+//! ratios. Never assertions: the numbers go in the README, the tests stay untimed.
+//!
+//! - `provision`: CreateVolume/DeleteVolume latency (p50/p99) and throughput through a
+//!   running kelp, against `juicefs format` (which also creates the bucket) on the same
+//!   servers.
+//! - `node`: NodeStageVolume-to-ready time against a by-hand `juicefs mount -d`, and
+//!   sequential I/O and small-file creates through a kelp publish against the directly
+//!   mounted file system; peak RSS of the driver with many volumes staged.
+
+use clap::{Args, Subcommand};
+use kelp::proto::csi::{
+    controller_client::ControllerClient, node_client::NodeClient, volume_capability::access_mode::Mode,
+    CreateVolumeRequest, DeleteVolumeRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
+    NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
+};
+use kelp::volume::{create_request, mount_capability};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The driver's endpoint.
+    #[arg(long, env = "KELP_ENDPOINT", default_value = "unix:///run/kelp/csi.sock")]
+    endpoint: String,
+    /// Metadata server for the baseline (same server kelp uses): redis://host:port.
+    #[arg(long, env = "KELP_META_URL")]
+    meta_url: String,
+    /// S3 endpoint for the baseline.
+    #[arg(long, env = "KELP_S3_ENDPOINT")]
+    s3_endpoint: String,
+    #[arg(long, env = "KELP_S3_ACCESS_KEY", hide_env_values = true)]
+    s3_access_key: String,
+    #[arg(long, env = "KELP_S3_SECRET_KEY", hide_env_values = true)]
+    s3_secret_key: String,
+    /// Scratch directory for mounts and files.
+    #[arg(long, default_value = "/tmp/kelp-bench")]
+    dir: PathBuf,
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// CreateVolume/DeleteVolume against `juicefs format`.
+    Provision {
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        /// First spare database for the baseline (must be empty; it is flushed after).
+        #[arg(long, default_value_t = 512)]
+        baseline_db: u32,
+    },
+    /// Stage time, data path and driver memory.
+    Node {
+        /// Pid of the `kelp serve` to measure memory of.
+        #[arg(long)]
+        kelp_pid: u32,
+        #[arg(long, default_value_t = 20)]
+        volumes: usize,
+        /// MiB written and read sequentially.
+        #[arg(long, default_value_t = 256)]
+        seq_mib: usize,
+        /// Small files created.
+        #[arg(long, default_value_t = 2000)]
+        files: usize,
+    },
+}
+
+fn cap() -> VolumeCapability {
+    mount_capability(Mode::SingleNodeWriter)
+}
+
+fn create(name: String, gib: i64) -> CreateVolumeRequest {
+    create_request(&name, gib << 30, Mode::SingleNodeWriter)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+struct Stats {
+    p50: f64,
+    p99: f64,
+    per_sec: f64,
+}
+
+fn stats(mut ms: Vec<f64>, wall: Duration) -> Stats {
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Stats { p50: pct(&ms, 0.5), p99: pct(&ms, 0.99), per_sec: ms.len() as f64 / wall.as_secs_f64() }
+}
+
+fn progress(what: &str, i: usize, n: usize) {
+    if i % 20 == 0 || i == n {
+        eprint!("\r{what}: {i}/{n}   ");
+        let _ = std::io::stderr().flush();
+        if i == n {
+            eprintln!();
+        }
+    }
+}
+
+fn meta_db(meta: &str, db: u32) -> String {
+    format!("{}/{db}", meta.trim_end_matches('/'))
+}
+
+fn redis_flush(meta: &str, db: u32) {
+    let _ = Command::new("redis-cli").args(["-u", &meta_db(meta, db), "flushdb"]).output();
+}
+
+pub async fn run(a: BenchArgs) -> Result<(), String> {
+    let ch = kelp::server::connect(&a.endpoint).await?;
+    std::fs::create_dir_all(&a.dir).map_err(|e| e.to_string())?;
+    match a.what {
+        BenchWhat::Provision { count, baseline_db } => provision(&a, ch, count, baseline_db).await,
+        BenchWhat::Node { kelp_pid, volumes, seq_mib, files } => {
+            node(&a, ch, kelp_pid, volumes, seq_mib, files).await
+        }
+    }
+}
+
+async fn provision(a: &BenchArgs, ch: Channel, count: usize, baseline_db: u32) -> Result<(), String> {
+    let mut ctl = ControllerClient::new(ch);
+    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+    // kelp CreateVolume
+    let mut create_ms = Vec::with_capacity(count);
+    let mut ids = Vec::with_capacity(count);
+    let start = Instant::now();
+    for i in 0..count {
+        let t = Instant::now();
+        let v = ctl
+            .create_volume(create(format!("bench-{i}"), 1))
+            .await
+            .map_err(status)?;
+        create_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        ids.push(v.into_inner().volume.unwrap_or_default().volume_id);
+        progress("kelp CreateVolume", i + 1, count);
+    }
+    let create = stats(create_ms, start.elapsed());
+    let mut delete_ms = Vec::with_capacity(count);
+    let start = Instant::now();
+    for (i, id) in ids.iter().enumerate() {
+        let t = Instant::now();
+        ctl.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), secrets: Default::default() })
+            .await
+            .map_err(status)?;
+        delete_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        progress("kelp DeleteVolume", i + 1, count);
+    }
+    let delete = stats(delete_ms, start.elapsed());
+
+    // Baseline: `juicefs format` creating the bucket and the file system, same servers.
+    let mut base_ms = Vec::with_capacity(count);
+    let start = Instant::now();
+    for i in 0..count {
+        let db = baseline_db + i as u32;
+        redis_flush(&a.meta_url, db);
+        let t = Instant::now();
+        let out = Command::new("juicefs")
+            .args(["format", "--no-update", "--storage=s3", "--capacity=1"])
+            .arg(format!("--bucket={}/base-{i}", a.s3_endpoint.trim_end_matches('/')))
+            .arg(format!("--access-key={}", a.s3_access_key))
+            .env("SECRET_KEY", &a.s3_secret_key)
+            .arg(meta_db(&a.meta_url, db))
+            .arg(format!("base-{i}"))
+            .output()
+            .map_err(|e| format!("juicefs format: {e}"))?;
+        base_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if !out.status.success() {
+            return Err(format!("juicefs format failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        progress("baseline juicefs format", i + 1, count);
+    }
+    let base = stats(base_ms, start.elapsed());
+    for i in 0..count {
+        redis_flush(&a.meta_url, baseline_db + i as u32);
+    }
+
+    println!("## provision: {count} volumes");
+    println!("| operation | p50 ms | p99 ms | volumes/s |");
+    println!("|---|---:|---:|---:|");
+    println!("| kelp CreateVolume | {:.2} | {:.2} | {:.1} |", create.p50, create.p99, create.per_sec);
+    println!("| kelp DeleteVolume | {:.2} | {:.2} | {:.1} |", delete.p50, delete.p99, delete.per_sec);
+    println!("| baseline `juicefs format` (+ bucket) | {:.2} | {:.2} | {:.1} |", base.p50, base.p99, base.per_sec);
+    println!("CreateVolume p50 speed-up over the baseline: {:.1}x", base.p50 / create.p50);
+    println!("(baseline buckets base-0..base-{} are left in SeaweedFS for the caller to drop)", count - 1);
+    Ok(())
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sequential write (ending in fsync) then read of `mib` MiB through `dir`. Both sides
+/// read data they just wrote, so both read through the same cache state.
+fn seq_io(dir: &Path, mib: usize) -> (f64, f64) {
+    let path = dir.join("seq.bin");
+    let block = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    {
+        let mut f = std::fs::File::create(&path).expect("create");
+        for _ in 0..mib {
+            f.write_all(&block).expect("write");
+        }
+        f.sync_all().expect("fsync");
+    }
+    let w = mib as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let data = std::fs::read(&path).expect("read");
+    let r = (data.len() >> 20) as f64 / t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    (w, r)
+}
+
+fn small_files(dir: &Path, n: usize) -> f64 {
+    let d = dir.join("small");
+    std::fs::create_dir_all(&d).expect("mkdir");
+    let t = Instant::now();
+    for i in 0..n {
+        std::fs::write(d.join(format!("f{i}")), b"x").expect("write small file");
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&d);
+    rate
+}
+
+async fn node(a: &BenchArgs, ch: Channel, kelp_pid: u32, volumes: usize, seq_mib: usize, files: usize) -> Result<(), String> {
+    let mut ctl = ControllerClient::new(ch.clone());
+    let mut node = NodeClient::new(ch);
+    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+    let rss_before = rss_kib(kelp_pid, "VmRSS:");
+
+    // Stage `volumes` volumes, timing each; publish the first one.
+    let mut stage_ms = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..volumes {
+        let v = ctl
+            .create_volume(create(format!("nbench-{i}"), 4))
+            .await
+            .map_err(status)?
+            .into_inner()
+            .volume
+            .unwrap_or_default();
+        let staging = a.dir.join(format!("staged-{i}"));
+        let t = Instant::now();
+        node.node_stage_volume(NodeStageVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(cap()),
+            ..Default::default()
+        })
+        .await
+        .map_err(status)?;
+        stage_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        ids.push(v.volume_id);
+        progress("kelp NodeStageVolume", i + 1, volumes);
+    }
+    let rss_staged = rss_kib(kelp_pid, "VmRSS:");
+    let hwm = rss_kib(kelp_pid, "VmHWM:");
+    let target = a.dir.join("published");
+    node.node_publish_volume(NodePublishVolumeRequest {
+        volume_id: ids[0].clone(),
+        staging_target_path: a.dir.join("staged-0").display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(cap()),
+        ..Default::default()
+    })
+    .await
+    .map_err(status)?;
+
+    // Baseline: the same file system (the published volume's database), mounted by
+    // hand with the same cache size, so the only difference is kelp's bind mount.
+    let db: u32 = ids[0].split(':').nth(1).and_then(|d| d.parse().ok()).ok_or("unexpected volume id")?;
+    let direct = a.dir.join("direct");
+    std::fs::create_dir_all(&direct).map_err(|e| e.to_string())?;
+    let mut mount_ms = Vec::new();
+    for round in 0..5 {
+        let t = Instant::now();
+        let out = Command::new("juicefs")
+            .args(["mount", "-d", "--no-usage-report", "--backup-meta=0", "--metrics=127.0.0.1:0", "--cache-size=1024"])
+            .arg(format!("--cache-dir={}", a.dir.join("direct-cache").display()))
+            .arg(format!("--log={}", a.dir.join("direct.log").display()))
+            .arg(meta_db(&a.meta_url, db))
+            .arg(&direct)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("juicefs mount: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        mount_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if round < 4 {
+            let _ = Command::new("umount").arg(&direct).status();
+        }
+    }
+
+    // Interleave kelp and direct runs so drift hits both alike.
+    let (mut kw, mut kr, mut dw, mut dr, mut kf, mut df) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for round in 0..5 {
+        eprint!("\rI/O round {}/5 ", round + 1);
+        // Alternate which side goes first, so neither always meets a warm or a
+        // busy machine.
+        let order: [(&Path, bool); 2] = if round % 2 == 0 { [(&target, true), (&direct, false)] } else { [(&direct, false), (&target, true)] };
+        for (dir, is_kelp) in order {
+            let (w, r) = seq_io(dir, seq_mib);
+            let f = small_files(dir, files);
+            if is_kelp {
+                kw.push(w);
+                kr.push(r);
+                kf.push(f);
+            } else {
+                dw.push(w);
+                dr.push(r);
+                df.push(f);
+            }
+        }
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (st, mt) = (stats(stage_ms, Duration::from_secs(1)), stats(mount_ms, Duration::from_secs(1)));
+
+    // Clean up.
+    let _ = Command::new("umount").arg(&direct).status();
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest { volume_id: ids[0].clone(), target_path: target.display().to_string() })
+        .await
+        .map_err(status)?;
+    for (i, id) in ids.iter().enumerate() {
+        node.node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: a.dir.join(format!("staged-{i}")).display().to_string(),
+        })
+        .await
+        .map_err(status)?;
+        ctl.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), secrets: Default::default() }).await.map_err(status)?;
+    }
+
+    println!("## node: {volumes} volumes staged, I/O through one publish");
+    println!("| measure | kelp | baseline (same file system, direct `juicefs mount -d`) | kelp / baseline |");
+    println!("|---|---:|---:|---:|");
+    println!("| stage → ready, p50 ms | {:.0} | {:.0} | {:.2} |", st.p50, mt.p50, st.p50 / mt.p50);
+    let (kw, dw, kr, dr, kf, df) = (med(kw), med(dw), med(kr), med(dr), med(kf), med(df));
+    println!("| sequential write {seq_mib} MiB, MiB/s | {kw:.0} | {dw:.0} | {:.2} |", kw / dw);
+    println!("| sequential read {seq_mib} MiB, MiB/s | {kr:.0} | {dr:.0} | {:.2} |", kr / dr);
+    println!("| small-file creates/s ({files} files) | {kf:.0} | {df:.0} | {:.2} |", kf / df);
+    println!(
+        "kelp serve RSS: {:.1} MiB before, {:.1} MiB with {volumes} staged, peak {:.1} MiB",
+        rss_before as f64 / 1024.0,
+        rss_staged as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    Ok(())
+}
