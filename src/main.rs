@@ -151,16 +151,7 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
         None => nix::unistd::gethostname().map_err(|e| format!("no --node-id and no host name: {e}"))?.to_string_lossy().into_owned(),
     };
     let url = MetaUrl::parse(&a.meta_url)?.with_password(a.meta_password.as_deref());
-    // Wait for the metadata server: nothing can be served without it.
-    let meta = loop {
-        match MetaServer::connect(url.clone()).await {
-            Ok(m) => break m,
-            Err(e) => {
-                warn!(error = %e, "metadata server not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        }
-    };
+    let meta = MetaServer::new(url.clone());
     let controller = a.services != Services::Node;
     let node = a.services != Services::Controller;
     let filer = if controller { Some(Filer::new(&a.filer).map_err(|e| e.to_string())?) } else { None };
@@ -168,20 +159,13 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     let identity = IdentityService { controller, meta: meta.clone(), filer: filer.clone() };
     let mut router = tonic::transport::Server::builder().layer(RpcLogLayer).add_service(IdentityServer::new(identity));
     if let Some(filer) = filer {
-        let databases = match a.databases {
-            Some(d) => d,
-            None => meta.database_count().await.map_err(|e| e.to_string())?,
-        };
-        if databases <= 16 {
-            warn!(databases, "the metadata server offers few databases (one per volume); raise `databases` in its configuration");
-        }
         let backends = Backends {
             meta: meta.clone(),
             filer,
             s3_endpoint: a.s3_endpoint.clone(),
             s3_access_key: a.s3_access_key.clone(),
             s3_secret_key: a.s3_secret_key.clone(),
-            databases,
+            databases: a.databases,
         };
         router = router.add_service(ControllerServer::new(ControllerService::new(backends)));
     }
@@ -202,10 +186,16 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
         };
         let core = Arc::new(NodeCore::new(cfg, meta.clone()).map_err(|e| format!("node state: {e}"))?);
         let record = NodeRecord { node_id: node_id.clone(), local_meta: url.to_string(), updated_unix: kelp::unix_now() };
-        meta.register_node(&record).await.map_err(|e| e.to_string())?;
-        // Re-adopt, repair or clean what a previous run left, before serving RPCs.
-        supervisor::tick(&core).await;
-        tokio::spawn(supervisor::run(core.clone()));
+        // Announce the node, then re-adopt, repair or clean what a previous run left
+        // and keep doing so; in the background, so the socket listens at once.
+        let (bg_meta, bg_core) = (meta.clone(), core.clone());
+        tokio::spawn(async move {
+            while let Err(e) = bg_meta.register_node(&record).await {
+                warn!(error = %e, "cannot announce this node yet; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            supervisor::run(bg_core).await
+        });
         router = router.add_service(NodeServer::new(NodeService::new(core)));
     }
     info!(node_id, meta = %url, controller, node, version = env!("CARGO_PKG_VERSION"), "kelp starting");

@@ -21,25 +21,41 @@ const MAX_PARAMS: usize = 32;
 const MAX_PARAM_VALUE: usize = 256;
 const MAX_NAME: usize = 1024;
 
-/// The CSI volume id: `kelp1:<db>:<fs name>`. It carries all a node needs to mount
-/// (database number and file-system name), and stays valid across restarts. A volume
-/// re-created under the same name gets a new database and so a new id, so a stale id
-/// never reaches the new volume.
+/// The CSI volume id: `kelp1:<db>:<uuid tag>:<fs name>`. It carries all a node needs
+/// to mount (database number and file-system name) and stays valid across restarts.
+/// The tag (first 8 hex digits of the file system's UUID) tells incarnations apart: a
+/// volume deleted and created again under the same name may get the same database
+/// back, but never the same tag, so a stale id never reaches the new volume.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VolumeId {
     pub db: u32,
+    pub tag: String,
     pub fs_name: String,
 }
 
+const TAG_LEN: usize = 8;
+
 impl VolumeId {
+    pub fn new(db: u32, uuid: &str, fs_name: &str) -> VolumeId {
+        let tag: String = uuid.chars().filter(char::is_ascii_hexdigit).take(TAG_LEN).collect();
+        VolumeId { db, tag: tag.to_ascii_lowercase(), fs_name: fs_name.to_string() }
+    }
+
     pub fn parse(id: &str) -> Option<VolumeId> {
-        let mut parts = id.splitn(3, ':');
+        let mut parts = id.splitn(4, ':');
         if parts.next()? != ID_PREFIX {
             return None;
         }
         let db: u32 = parts.next()?.parse().ok()?;
+        let tag = parts.next()?.to_string();
         let fs_name = parts.next()?.to_string();
-        (db > 0 && is_valid_fs_name(&fs_name)).then_some(VolumeId { db, fs_name })
+        let tag_ok = tag.len() == TAG_LEN && tag.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (db > 0 && tag_ok && is_valid_fs_name(&fs_name)).then_some(VolumeId { db, tag, fs_name })
+    }
+
+    /// Whether this id names the file system with `uuid`.
+    pub fn matches_uuid(&self, uuid: &str) -> bool {
+        VolumeId::new(self.db, uuid, &self.fs_name).tag == self.tag
     }
 
     pub fn bucket(&self) -> String {
@@ -49,7 +65,7 @@ impl VolumeId {
 
 impl std::fmt::Display for VolumeId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{ID_PREFIX}:{}:{}", self.db, self.fs_name)
+        write!(f, "{ID_PREFIX}:{}:{}:{}", self.db, self.tag, self.fs_name)
     }
 }
 
@@ -300,9 +316,13 @@ mod tests {
 
     #[test]
     fn volume_ids_round_trip_and_reject_garbage() {
-        let id = VolumeId { db: 7, fs_name: "media".into() };
-        assert_eq!(VolumeId::parse(&id.to_string()), Some(id));
-        for bad in ["", "media", "kelp1:0:media", "kelp1:x:media", "kelp2:1:media", "kelp1:1:Bad_Name"] {
+        let id = VolumeId::new(7, "0A1B2C3D-9999-4000-8000-000000000000", "media");
+        assert_eq!(id.to_string(), "kelp1:7:0a1b2c3d:media");
+        assert_eq!(VolumeId::parse(&id.to_string()), Some(id.clone()));
+        assert!(id.matches_uuid("0a1b2c3d-9999-4000-8000-000000000000"));
+        assert!(!id.matches_uuid("ffffffff-9999-4000-8000-000000000000"));
+        for bad in ["", "media", "kelp1:0:0a1b2c3d:media", "kelp1:x:0a1b2c3d:media", "kelp2:1:0a1b2c3d:media",
+                    "kelp1:1:0a1b2c3d:Bad_Name", "kelp1:1:media", "kelp1:1:xyz:media"] {
             assert_eq!(VolumeId::parse(bad), None, "{bad}");
         }
     }

@@ -60,6 +60,20 @@ async fn create_mount_write_df_delete() {
     // Deleting again, or an id kelp never issued, succeeds.
     c.delete(&vol.volume_id).await.unwrap();
     c.delete("no-such-volume").await.unwrap();
+
+    // Created again under the same name it may reuse the database, never the id; the
+    // stale id neither finds nor deletes the new volume.
+    let again = c.create("Media Library", 2 * GIB).await.unwrap();
+    assert_ne!(again.volume_id, vol.volume_id);
+    c.delete(&vol.volume_id).await.unwrap();
+    let validate = |id: &str| csi::ValidateVolumeCapabilitiesRequest {
+        volume_id: id.into(),
+        volume_capabilities: vec![csi::mount_cap(csi::volume_capability::access_mode::Mode::SingleNodeWriter)],
+        ..Default::default()
+    };
+    c.ctl.validate_volume_capabilities(validate(&again.volume_id)).await.expect("new volume survives the stale delete");
+    assert_eq!(c.ctl.validate_volume_capabilities(validate(&vol.volume_id)).await.unwrap_err().code(), Code::NotFound);
+    c.delete(&again.volume_id).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -225,7 +239,7 @@ async fn list_validate_capacity_publish_and_expand() {
     let nf = c
         .ctl
         .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
-            volume_id: "kelp1:200:nope".into(),
+            volume_id: "kelp1:200:00000000:nope".into(),
             volume_capabilities: vec![cap.clone()],
             ..Default::default()
         })
@@ -245,7 +259,7 @@ async fn list_validate_capacity_publish_and_expand() {
     c.ctl.controller_publish_volume(publish(&ids[0], "test-node")).await.unwrap();
     let e = c.ctl.controller_publish_volume(publish(&ids[0], "no-such-node")).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let e = c.ctl.controller_publish_volume(publish("kelp1:201:ghost", "test-node")).await.unwrap_err();
+    let e = c.ctl.controller_publish_volume(publish("kelp1:201:00000000:ghost", "test-node")).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 
     // Expansion rewrites Capacity; a mounted client sees it without remounting.
@@ -338,17 +352,27 @@ async fn secrets_never_leak() {
     assert!(!setting.contains(S3_SECRET_KEY), "secret stored in clear");
     assert!(setting.contains("\"KeyEncrypted\": true"));
 
-    // A kelp given a password in its metadata URL, whose server is down, says so
-    // without the password.
+    // A kelp given a password in its metadata URL, whose server is down, says so in
+    // Probe's error and its log, without the password.
     let dir = scratch("dead-meta");
+    let sock = dir.join("s.sock");
     let mut child = Command::new(kelp_bin())
         .args(["serve", "--services=controller"])
-        .arg(format!("--endpoint=unix://{}/s.sock", dir.display()))
+        .arg(format!("--endpoint=unix://{}", sock.display()))
         .arg(format!("--meta-url=redis://:{META_PASSWORD}@127.0.0.1:{}", free_port()))
         .stderr(std::fs::File::create(dir.join("log")).unwrap())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut dead = csi::connect(&format!("unix://{}", sock.display())).await;
+    let err = dead.identity.probe(csi::ProbeRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("unreachable") && !err.message().contains(META_PASSWORD), "{}", err.message());
     child.kill().unwrap();
     child.wait().unwrap();
     let dead_log = std::fs::read_to_string(dir.join("log")).unwrap();

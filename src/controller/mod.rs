@@ -43,8 +43,8 @@ pub struct Backends {
     /// Default S3 credentials when CreateVolume carries none in its secrets.
     pub s3_access_key: String,
     pub s3_secret_key: String,
-    /// Logical databases of the metadata server (allocation bound).
-    pub databases: u32,
+    /// Logical databases to allocate from; `None` asks the server.
+    pub databases: Option<u32>,
 }
 
 pub struct ControllerService {
@@ -212,7 +212,7 @@ impl Controller for ControllerService {
                 continue;
             }
             let spec = provision::parse_spec(&rec)?;
-            let id = VolumeId { db: rec.db, fs_name: fs_name.clone() };
+            let id = VolumeId::new(rec.db, &spec.uuid, fs_name);
             entries.push(list_volumes_response::Entry { volume: Some(csi_volume(&id, &spec)), status: None });
         }
         let next_token = match names.last() {

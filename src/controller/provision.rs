@@ -44,7 +44,11 @@ pub async fn create(b: &Backends, req: CreateRequest<'_>) -> Result<(VolumeId, S
         created_unix: now,
     };
     let spec_json = serde_json::to_string(&spec).expect("spec serialises");
-    let record = match b.meta.reserve_volume(&req.fs_name, &spec_json, b.databases).await? {
+    let databases = match b.databases {
+        Some(n) => n,
+        None => b.meta.database_count().await?,
+    };
+    let record = match b.meta.reserve_volume(&req.fs_name, &spec_json, databases).await? {
         Reservation::New(r) => {
             info!(fs_name = %req.fs_name, db = r.db, "reserved database for new volume");
             r
@@ -56,7 +60,7 @@ pub async fn create(b: &Backends, req: CreateRequest<'_>) -> Result<(VolumeId, S
     };
     failpoint::hit("create:reserved");
     let spec: Spec = parse_spec(&record)?;
-    let id = VolumeId { db: record.db, fs_name: req.fs_name.clone() };
+    let id = VolumeId::new(record.db, &spec.uuid, &req.fs_name);
     if record.state == VolumeState::Ready {
         return Ok((id, spec));
     }
@@ -126,7 +130,7 @@ async fn build(b: &Backends, id: &VolumeId, spec: &Spec, creds: &S3Credentials, 
 /// Deletes the volume with all its data. Unknown volumes and stale ids succeed.
 pub async fn delete(b: &Backends, id: &VolumeId) -> Result<()> {
     let Some(record) = b.meta.volume(&id.fs_name).await? else { return Ok(()) };
-    if record.db != id.db {
+    if record.db != id.db || !id.matches_uuid(&parse_spec(&record)?.uuid) {
         // The name now belongs to a newer volume; this id's volume is long gone.
         return Ok(());
     }
@@ -151,6 +155,9 @@ pub async fn lookup(b: &Backends, id: &VolumeId) -> Result<(VolumeRecord, Spec)>
     match b.meta.volume(&id.fs_name).await? {
         Some(r) if r.db == id.db && r.state == VolumeState::Ready => {
             let spec = parse_spec(&r)?;
+            if !id.matches_uuid(&spec.uuid) {
+                return Err(Error::NotFound(format!("volume {id} does not exist (its name now belongs to a newer volume)")));
+            }
             Ok((r, spec))
         }
         _ => Err(Error::NotFound(format!("volume {id} does not exist"))),

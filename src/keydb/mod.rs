@@ -11,7 +11,9 @@ pub use registry::{NodeRecord, Reservation, VolumeRecord, VolumeState};
 pub use url::MetaUrl;
 
 use redis::aio::{ConnectionManager, MultiplexedConnection};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OnceCell;
 
 /// Errors of the metadata layer. Messages name the server (password redacted) and
 /// never carry a credential.
@@ -35,24 +37,36 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One Redis-protocol server; cheap to clone.
+///
+/// Nothing connects until first use: the driver must listen on its socket at once
+/// (Docker disables a plugin whose socket is missing), even while the metadata
+/// server is still starting; until it answers, RPCs and Probe say so.
 #[derive(Clone)]
 pub struct MetaServer {
     url: MetaUrl,
-    registry: ConnectionManager,
+    registry: Arc<OnceCell<ConnectionManager>>,
+    databases: Arc<OnceCell<u32>>,
 }
 
 impl MetaServer {
-    /// Connects lazily-reconnecting to database 0 (the registry).
-    pub async fn connect(url: MetaUrl) -> Result<MetaServer> {
-        let client = redis::Client::open(url.connection_info(0)).map_err(|e| unreachable(&url, e))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2);
-        let registry = ConnectionManager::new_with_config(client, config)
+    pub fn new(url: MetaUrl) -> MetaServer {
+        MetaServer { url, registry: Default::default(), databases: Default::default() }
+    }
+
+    /// The reconnecting connection to database 0 (the registry), made on first use.
+    async fn manager(&self) -> Result<ConnectionManager> {
+        let url = &self.url;
+        self.registry
+            .get_or_try_init(|| async {
+                let client = redis::Client::open(url.connection_info(0)).map_err(|e| unreachable(url, e))?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(2);
+                ConnectionManager::new_with_config(client, config).await.map_err(|e| unreachable(url, e))
+            })
             .await
-            .map_err(|e| unreachable(&url, e))?;
-        Ok(MetaServer { url, registry })
+            .cloned()
     }
 
     pub fn url(&self) -> &MetaUrl {
@@ -67,11 +81,12 @@ impl MetaServer {
         F: Fn(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        match op(self.registry.clone()).await {
+        let manager = self.manager().await?;
+        match op(manager.clone()).await {
             Ok(v) => Ok(v),
             Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                op(self.registry.clone()).await.map_err(|e| self.err(e))
+                op(manager).await.map_err(|e| self.err(e))
             }
             Err(e) => Err(self.err(e)),
         }
@@ -96,17 +111,28 @@ impl MetaServer {
         Ok(())
     }
 
-    /// How many logical databases the server offers (`databases` in its config).
-    /// Servers that refuse CONFIG (managed offerings) are assumed to have the default 16.
+    /// How many logical databases the server offers (`databases` in its config),
+    /// asked once. Servers that refuse CONFIG (managed offerings) are assumed to have
+    /// the default 16.
     pub async fn database_count(&self) -> Result<u32> {
-        let mut c = self.registry.clone();
-        let reply: redis::RedisResult<Vec<String>> =
-            redis::cmd("CONFIG").arg("GET").arg("databases").query_async(&mut c).await;
-        match reply {
-            Ok(v) => Ok(v.get(1).and_then(|n| n.parse().ok()).unwrap_or(16)),
-            Err(e) if e.is_io_error() || e.is_timeout() => Err(self.err(e)),
-            Err(_) => Ok(16),
-        }
+        self.databases
+            .get_or_try_init(|| async {
+                let reply: Vec<String> = match self
+                    .registry(|mut c| async move { redis::cmd("CONFIG").arg("GET").arg("databases").query_async(&mut c).await })
+                    .await
+                {
+                    Ok(v) => v,
+                    Err(Error::Command { .. }) => Vec::new(),
+                    Err(e) => return Err(e),
+                };
+                let n = reply.get(1).and_then(|n| n.parse().ok()).unwrap_or(16);
+                if n <= 16 {
+                    tracing::warn!(databases = n, server = %self.url, "the metadata server offers few databases and kelp uses one per volume; raise `databases` in its configuration");
+                }
+                Ok(n)
+            })
+            .await
+            .copied()
     }
 
     /// Empties one volume's database. Idempotent.

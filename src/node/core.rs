@@ -131,7 +131,7 @@ impl NodeCore {
     /// The volume's file system must exist in the local master (and be the right one).
     async fn check_exists(&self, id: &VolumeId) -> Result<()> {
         match juicefs::read_setting(&self.meta, id.db).await {
-            Ok(s) if s.name == id.fs_name => Ok(()),
+            Ok(s) if s.name == id.fs_name && id.matches_uuid(&s.uuid) => Ok(()),
             Ok(_) | Err(juicefs::Error::Missing { .. }) => {
                 Err(Error::NotFound(format!("volume {id} does not exist on metadata server {}", self.meta.url())))
             }

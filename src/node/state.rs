@@ -72,7 +72,7 @@ mod tests {
         assert_eq!(f.load().unwrap(), NodeState::default());
         let mut s = NodeState::default();
         s.volumes.insert(
-            "kelp1:1:a".into(),
+            "kelp1:1:0a1b2c3d:abc".into(),
             StagedVolume {
                 staging_path: "/s".into(),
                 read_only: false,

@@ -509,7 +509,7 @@ pub fn umount(path: &Path) {
     }
 }
 
-/// Database number of a volume id `kelp1:<db>:<name>`.
+/// Database number of a volume id `kelp1:<db>:<tag>:<name>`.
 pub fn db_of(volume_id: &str) -> u32 {
     volume_id.split(':').nth(1).unwrap().parse().unwrap()
 }
