@@ -354,28 +354,13 @@ async fn secrets_never_leak() {
 
     // A kelp given a password in its metadata URL, whose server is down, says so in
     // Probe's error and its log, without the password.
-    let dir = scratch("dead-meta");
-    let sock = dir.join("s.sock");
-    let mut child = Command::new(kelp_bin())
-        .args(["serve", "--services=controller"])
-        .arg(format!("--endpoint=unix://{}", sock.display()))
-        .arg(format!("--meta-url=redis://:{META_PASSWORD}@127.0.0.1:{}", free_port()))
-        .stderr(std::fs::File::create(dir.join("log")).unwrap())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if sock.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut dead = csi::connect(&format!("unix://{}", sock.display())).await;
+    let mut bare = BareKelp::start(&[format!("--meta-url=redis://:{META_PASSWORD}@127.0.0.1:{}", free_port())], &[]);
+    let mut dead = csi::connect(&bare.endpoint).await;
     let err = dead.identity.probe(csi::ProbeRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("unreachable") && !err.message().contains(META_PASSWORD), "{}", err.message());
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let dead_log = std::fs::read_to_string(dir.join("log")).unwrap();
+    bare.proc.kill();
+    let dead_log = bare.log_text();
     assert!(dead_log.contains("unreachable"), "{dead_log}");
     assert!(!dead_log.contains(META_PASSWORD), "password in log: {dead_log}");
     c.delete(&vol.volume_id).await.unwrap();
@@ -411,28 +396,13 @@ async fn writes_past_capacity_fail_with_enospc() {
 #[tokio::test(flavor = "multi_thread")]
 async fn probe_names_the_backend_that_is_down() {
     let redis = shared_redis();
-    let dir = scratch("probe");
-    let sock = dir.join("csi.sock");
     // A filer address where nothing listens.
-    let mut child = Command::new(kelp_bin())
-        .args(["serve", "--services=controller", "--databases=64"])
-        .arg(format!("--endpoint=unix://{}", sock.display()))
-        .arg(format!("--meta-url={}", redis.url()))
-        .arg(format!("--filer=127.0.0.1:{}", free_port()))
-        .env("KELP_META_PASSWORD", META_PASSWORD)
-        .stderr(std::fs::File::create(dir.join("log")).unwrap())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if sock.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut c = csi::connect(&format!("unix://{}", sock.display())).await;
+    let bare = BareKelp::start(
+        &["--databases=64".into(), format!("--meta-url={}", redis.url()), format!("--filer=127.0.0.1:{}", free_port())],
+        &[("KELP_META_PASSWORD", META_PASSWORD)],
+    );
+    let mut c = csi::connect(&bare.endpoint).await;
     let err = c.identity.probe(csi::ProbeRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("SeaweedFS filer"), "{}", err.message());
-    child.kill().unwrap();
-    child.wait().unwrap();
 }

@@ -380,6 +380,38 @@ impl Kelp {
     }
 }
 
+/// A controller-only `kelp serve` with exactly `args` (plus endpoint and log), for
+/// tests of misconfiguration; returns once its socket exists. Killed on drop.
+pub struct BareKelp {
+    pub proc: Proc,
+    pub endpoint: String,
+    pub log: PathBuf,
+}
+
+impl BareKelp {
+    pub fn start(args: &[String], env: &[(&str, &str)]) -> BareKelp {
+        let dir = scratch("bare-kelp");
+        let sock = dir.join("csi.sock");
+        let log = dir.join("log");
+        let mut cmd = Command::new(kelp_bin());
+        cmd.args(["serve", "--services=controller"]).arg(format!("--endpoint=unix://{}", sock.display())).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "kelp did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        BareKelp { proc: Proc { child, name: "kelp" }, endpoint: format!("unix://{}", sock.display()), log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
 /// Mounts (any type) at or below `path`, from /proc/self/mountinfo.
 pub fn mounts_under(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
