@@ -10,6 +10,7 @@ pub mod juicefs;
 pub mod keydb;
 pub mod locks;
 pub mod node;
+pub mod pinning;
 pub mod proto;
 pub mod seaweedfs;
 pub mod server;

@@ -2,12 +2,13 @@
 //! clients of a running driver for operators and scripts.
 
 mod bench;
+mod cli_admin;
 mod cli_client;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kelp::controller::{Backends, ControllerService};
 use kelp::identity::IdentityService;
-use kelp::keydb::{MetaServer, MetaUrl, NodeRecord};
+use kelp::keydb::{MetaServer, MetaUrl};
 use kelp::node::core::{NodeConfig, NodeCore};
 use kelp::node::jfs::JuicefsConfig;
 use kelp::node::{supervisor, NodeService};
@@ -17,7 +18,7 @@ use kelp::server::{self, Endpoint, RpcLogLayer};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 #[derive(Parser)]
 #[command(name = "kelp", version, about = "CSI driver for Docker Swarm: distributed POSIX volumes (JuiceFS on SeaweedFS, metadata on the node-local KeyDB master)")]
@@ -32,6 +33,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Talk to a running driver over its endpoint (create, list, mount, ...).
     Client(cli_client::ClientArgs),
+    /// Read kelp's registry from a metadata server (volumes, writers, fences).
+    Admin(cli_admin::AdminArgs),
     /// Measure a running driver against a by-hand juicefs baseline (see scripts/bench.sh).
     Bench(bench::BenchArgs),
 }
@@ -64,6 +67,18 @@ struct ServeArgs {
     /// keeps its registry there; nodes mount every volume against it.
     #[arg(long, env = "KELP_META_URL", default_value = "redis://127.0.0.1:6379")]
     meta_url: String,
+    /// This node's metadata master as other nodes reach it (default: --meta-url). A
+    /// controller gives it to new volumes as their home master.
+    #[arg(long, env = "KELP_META_ADVERTISE")]
+    meta_advertise: Option<String>,
+    /// Where this node announces itself (default: --meta-url); set it when the local
+    /// master does not replicate to the controller's (e.g. a read replica).
+    #[arg(long, env = "KELP_REGISTRY_URL")]
+    registry_url: Option<String>,
+    /// Seconds a single-node writer waits for its local master to hold the previous
+    /// writer's fence before staging fails (FailedPrecondition; Swarm retries).
+    #[arg(long, env = "KELP_FENCE_WAIT", default_value_t = 10)]
+    fence_wait: u64,
     /// Password of the metadata server (prefer the environment variable).
     #[arg(long, env = "KELP_META_PASSWORD", hide_env_values = true)]
     meta_password: Option<String>,
@@ -133,6 +148,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Client(args) => rt.block_on(cli_client::run(args)),
         Command::Bench(args) => rt.block_on(bench::run(args)),
+        Command::Admin(args) => rt.block_on(cli_admin::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -152,6 +168,14 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     };
     let url = MetaUrl::parse(&a.meta_url)?.with_password(a.meta_password.as_deref());
     let meta = MetaServer::new(url.clone());
+    let advertise = match &a.meta_advertise {
+        Some(u) => MetaUrl::parse(u)?,
+        None => url.clone(),
+    };
+    let registry = match &a.registry_url {
+        Some(u) => MetaServer::new(MetaUrl::parse(u)?.with_password(a.meta_password.as_deref())),
+        None => meta.clone(),
+    };
     let controller = a.services != Services::Node;
     let node = a.services != Services::Controller;
     let filer = if controller { Some(Filer::new(&a.filer).map_err(|e| e.to_string())?) } else { None };
@@ -166,6 +190,7 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
             s3_access_key: a.s3_access_key.clone(),
             s3_secret_key: a.s3_secret_key.clone(),
             databases: a.databases,
+            home_meta: advertise.public_url(),
         };
         router = router.add_service(ControllerServer::new(ControllerService::new(backends)));
     }
@@ -183,19 +208,13 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
             state_dir: a.state_dir.clone(),
             idle_release: Duration::from_secs(a.idle_release),
             repair_interval: Duration::from_secs(a.repair_interval.max(1)),
+            fence_wait: Duration::from_secs(a.fence_wait),
+            advertise: advertise.public_url(),
         };
-        let core = Arc::new(NodeCore::new(cfg, meta.clone()).map_err(|e| format!("node state: {e}"))?);
-        let record = NodeRecord { node_id: node_id.clone(), local_meta: url.to_string(), updated_unix: kelp::unix_now() };
-        // Announce the node, then re-adopt, repair or clean what a previous run left
-        // and keep doing so; in the background, so the socket listens at once.
-        let (bg_meta, bg_core) = (meta.clone(), core.clone());
-        tokio::spawn(async move {
-            while let Err(e) = bg_meta.register_node(&record).await {
-                warn!(error = %e, "cannot announce this node yet; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            supervisor::run(bg_core).await
-        });
+        let core = Arc::new(NodeCore::new(cfg, meta.clone(), registry).map_err(|e| format!("node state: {e}"))?);
+        // Announce the node, re-adopt, repair or clean what a previous run left, and
+        // keep doing so; in the background, so the socket listens at once.
+        tokio::spawn(supervisor::run(core.clone()));
         router = router.add_service(NodeServer::new(NodeService::new(core)));
     }
     info!(node_id, meta = %url, controller, node, version = env!("CARGO_PKG_VERSION"), "kelp starting");

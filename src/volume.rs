@@ -126,11 +126,27 @@ pub struct Params {
     pub inodes: u64,
     /// SeaweedFS replication code (xyz) for the bucket; `None` keeps the cluster default.
     pub replication: Option<String>,
+    /// Opt-in: writers on several nodes use their local masters instead of the home
+    /// master (faster, and unsafe: concurrent writes through two masters can be lost).
+    #[serde(default)]
+    pub shared_writers_local: bool,
+    /// Seconds a single-node writer's node must have been silent before another node
+    /// may take the volume over without a release; `None`: never.
+    #[serde(default)]
+    pub takeover_after: Option<i64>,
 }
 
 impl Default for Params {
     fn default() -> Params {
-        Params { block_size_kib: 4096, compression: "none".into(), trash_days: 1, inodes: 0, replication: None }
+        Params {
+            block_size_kib: 4096,
+            compression: "none".into(),
+            trash_days: 1,
+            inodes: 0,
+            replication: None,
+            shared_writers_local: false,
+            takeover_after: None,
+        }
     }
 }
 
@@ -141,6 +157,8 @@ pub const PARAM_KEYS: &[(&str, &str)] = &[
     ("trash-days", "days deleted files stay in .trash, 0 to disable (default 1)"),
     ("inodes", "maximum number of files, 0 for no limit (default 0)"),
     ("replication", "SeaweedFS replication code xyz for the bucket, e.g. 010 (default: the cluster's)"),
+    ("shared-writers", "home (default) or local: where writers on several nodes send metadata; local is unsafe"),
+    ("takeover-after", "never (default) or seconds a crashed writer's node must be silent before another node takes over"),
 ];
 
 impl Params {
@@ -183,6 +201,17 @@ impl Params {
                     }
                     p.replication = Some(value.into());
                 }
+                "shared-writers" => match value {
+                    "home" => p.shared_writers_local = false,
+                    "local" => p.shared_writers_local = true,
+                    _ => return Err(bad("expected home or local")),
+                },
+                "takeover-after" => {
+                    p.takeover_after = match value {
+                        "never" => None,
+                        v => Some(v.parse().ok().filter(|s| *s >= 0).ok_or_else(|| bad("expected never or whole seconds"))?),
+                    }
+                }
                 _ => {
                     let known: Vec<_> = PARAM_KEYS.iter().map(|(k, _)| *k).collect();
                     return Err(Error::InvalidArgument(format!(
@@ -216,6 +245,9 @@ pub struct Spec {
     pub capacity_bytes: u64,
     pub params: Params,
     pub created_unix: i64,
+    /// The volume's home master (no password): where shared writers send metadata.
+    #[serde(default)]
+    pub home_meta: String,
 }
 
 /// Chooses the capacity for a new volume: the required size if given, else the
@@ -276,6 +308,16 @@ pub fn validate_capabilities(caps: &[VolumeCapability]) -> Result<()> {
         require(cap.access_mode.is_some(), "every volume capability needs an access mode")?;
     }
     Ok(())
+}
+
+/// Keys of the publish context the controller hands to nodes.
+pub mod publish_keys {
+    /// The master to mount against instead of the local one (no password).
+    pub const META: &str = "kelp/meta";
+    /// The node's writer epoch; it leaves it as the fence when it lets go.
+    pub const EPOCH: &str = "kelp/epoch";
+    /// The fence the local master must hold before a writer mounts.
+    pub const FENCE: &str = "kelp/fence";
 }
 
 /// A file-system capability with access mode `mode`.

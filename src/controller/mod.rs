@@ -21,7 +21,9 @@ use crate::proto::csi::{
     ValidateVolumeCapabilitiesResponse, Volume,
 };
 use crate::seaweedfs::Filer;
-use crate::volume::{self, Params, Spec, VolumeId};
+use crate::pinning;
+use crate::proto::csi::volume_capability::access_mode::Mode;
+use crate::volume::{self, publish_keys, Params, Spec, VolumeId};
 use provision::{CreateRequest, S3Credentials};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -45,6 +47,8 @@ pub struct Backends {
     pub s3_secret_key: String,
     /// Logical databases to allocate from; `None` asks the server.
     pub databases: Option<u32>,
+    /// This controller's master as nodes reach it (no password): new volumes' home.
+    pub home_meta: String,
 }
 
 pub struct ControllerService {
@@ -55,6 +59,44 @@ pub struct ControllerService {
 impl ControllerService {
     pub fn new(backends: Backends) -> ControllerService {
         ControllerService { backends, locks: VolumeLocks::default() }
+    }
+
+    /// Records `node` as the holder of a single-node-writer volume, or says why not.
+    async fn hand_over(&self, id: &VolumeId, spec: &Spec, node: &str) -> Result<pinning::Holder> {
+        let meta = &self.backends.meta;
+        // The compare-and-set fails only if another controller raced us; retry a little.
+        for _ in 0..5 {
+            let current = meta.holder(&id.fs_name).await?;
+            let silent_for = match &current {
+                Some(h) if h.node != node => {
+                    meta.node(&h.node).await?.map(|n| crate::unix_now() - n.updated_unix)
+                }
+                _ => None,
+            };
+            match pinning::handover(current.as_ref(), node, spec.params.takeover_after, silent_for) {
+                pinning::Handover::Grant { next, took_over } => {
+                    let expected = current.as_ref().map(|h| h.epoch).unwrap_or(0);
+                    if meta.swap_holder(&id.fs_name, expected, &next).await? {
+                        if took_over {
+                            tracing::warn!(volume_id = %id, from = %current.map(|h| h.node).unwrap_or_default(), to = node,
+                                "took the volume over from a node that never released it; what its master had not replicated is lost");
+                        }
+                        return Ok(next);
+                    }
+                }
+                pinning::Handover::Refuse { holder, silent_for } => {
+                    let heard = silent_for.map(|s| format!("last heard from {s} s ago")).unwrap_or_else(|| "never heard from".into());
+                    let rule = match spec.params.takeover_after {
+                        Some(s) => format!("kelp takes over once it has been silent for {s} s"),
+                        None => "this volume is never taken over without a release (takeover-after=never)".into(),
+                    };
+                    return Err(Error::FailedPrecondition(format!(
+                        "volume {id} is held by node {holder:?}, which has not released it ({heard}); stop the task there so it is unpublished; {rule}"
+                    )));
+                }
+            }
+        }
+        Err(Error::Aborted(format!("publishing {id} raced another publish; retry")))
     }
 
     /// Credentials from the request's secrets (`access-key`, `secret-key`), else the
@@ -140,7 +182,7 @@ impl Controller for ControllerService {
         let cap = r.volume_capability.ok_or_else(|| Error::InvalidArgument("volume_capability is required".into()))?;
         volume::validate_capabilities(std::slice::from_ref(&cap))?;
         let id = parse_id(&r.volume_id)?;
-        provision::lookup(&self.backends, &id).await?;
+        let (_, spec) = provision::lookup(&self.backends, &id).await?;
         if self.backends.meta.node(&r.node_id).await.map_err(Error::from)?.is_none() {
             return Err(Error::NotFound(format!(
                 "node {:?} is unknown; a node appears once its kelp node service has started",
@@ -151,7 +193,19 @@ impl Controller for ControllerService {
         if let Some(why) = volume::unsupported_capability(std::slice::from_ref(&cap)) {
             return Err(Error::InvalidArgument(why).into());
         }
-        Ok(Response::new(ControllerPublishVolumeResponse { publish_context: HashMap::new() }))
+        let mode = cap.access_mode.as_ref().and_then(|m| Mode::try_from(m.mode).ok()).unwrap_or(Mode::Unknown);
+        let role = pinning::role(mode, r.readonly);
+        let mut context = HashMap::new();
+        if pinning::master_for(role, spec.params.shared_writers_local) == pinning::Master::Home && !spec.home_meta.is_empty() {
+            context.insert(publish_keys::META.to_string(), spec.home_meta.clone());
+        }
+        if role == pinning::Role::SingleNodeWriter {
+            let _guard = self.locks.lock(&id.fs_name, LOCK_WAIT).await?;
+            let holder = self.hand_over(&id, &spec, &r.node_id).await?;
+            context.insert(publish_keys::EPOCH.to_string(), holder.epoch.to_string());
+            context.insert(publish_keys::FENCE.to_string(), holder.wait_fence.to_string());
+        }
+        Ok(Response::new(ControllerPublishVolumeResponse { publish_context: context }))
     }
 
     async fn controller_unpublish_volume(
@@ -160,8 +214,11 @@ impl Controller for ControllerService {
     ) -> std::result::Result<Response<ControllerUnpublishVolumeResponse>, Status> {
         let r = req.into_inner();
         require(!r.volume_id.is_empty(), "volume_id is required")?;
-        // Nothing is held per publication yet; an unknown volume or node is already
-        // unpublished, which the spec answers with OK.
+        // An unknown volume or node is already unpublished, which the spec answers with OK.
+        if let (Some(id), false) = (VolumeId::parse(&r.volume_id), r.node_id.is_empty()) {
+            let _guard = self.locks.lock(&id.fs_name, LOCK_WAIT).await?;
+            self.backends.meta.release_holder(&id.fs_name, &r.node_id).await.map_err(Error::from)?;
+        }
         Ok(Response::new(ControllerUnpublishVolumeResponse {}))
     }
 

@@ -42,6 +42,7 @@ pub async fn create(b: &Backends, req: CreateRequest<'_>) -> Result<(VolumeId, S
         capacity_bytes: req.capacity,
         params: req.params.clone(),
         created_unix: now,
+        home_meta: b.home_meta.clone(),
     };
     let spec_json = serde_json::to_string(&spec).expect("spec serialises");
     let databases = match b.databases {
@@ -146,6 +147,7 @@ async fn destroy(b: &Backends, id: &VolumeId) -> Result<()> {
     failpoint::hit("delete:bucket");
     b.meta.flush_database(id.db).await?;
     failpoint::hit("delete:flushed");
+    b.meta.drop_holder(&id.fs_name).await?;
     b.meta.release_volume(&id.fs_name, id.db).await?;
     Ok(())
 }

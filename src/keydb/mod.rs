@@ -4,6 +4,7 @@
 //! allocation, known nodes); every volume's JuiceFS metadata lives alone in a database
 //! of its own, so destroying a volume is one `FLUSHDB` and nothing else is touched.
 
+mod fence;
 mod registry;
 mod url;
 

@@ -11,6 +11,10 @@ const VOLUMES: &str = "kelp:volumes";
 const DATABASES: &str = "kelp:dbs";
 const NODES: &str = "kelp:nodes";
 
+fn holder_key(fs_name: &str) -> String {
+    format!("kelp:holder:{fs_name}")
+}
+
 fn volume_key(fs_name: &str) -> String {
     format!("kelp:vol:{fs_name}")
 }
@@ -62,11 +66,14 @@ pub enum Reservation {
     Existing(VolumeRecord),
 }
 
+/// Which node holds a single-node-writer volume (see `pinning`).
+pub use crate::pinning::Holder;
+
 /// A node's announcement, refreshed while its node service runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub node_id: String,
-    /// The metadata server this node mounts against (redacted form).
+    /// The node's metadata master as other nodes reach it (never with a password).
     pub local_meta: String,
     pub updated_unix: i64,
 }
@@ -101,7 +108,71 @@ end
 return 0
 "#;
 
+// Compare-and-set of a holder record on its epoch. KEYS: holder key.
+// ARGV: expected epoch (0 = no record), node, epoch, released, wait fence.
+const SET_HOLDER: &str = r#"
+local cur = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+if cur ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'node', ARGV[2], 'epoch', ARGV[3], 'released', ARGV[4], 'wait', ARGV[5])
+return 1
+"#;
+
+// Mark the holder released if it is still `node`. KEYS: holder key. ARGV: node.
+const RELEASE_HOLDER: &str = r#"
+if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'released', 1)
+  return 1
+end
+return 0
+"#;
+
 impl MetaServer {
+    pub async fn holder(&self, fs_name: &str) -> Result<Option<Holder>> {
+        let key = holder_key(fs_name);
+        let fields: Vec<(String, String)> =
+            self.registry(|mut c| { let key = key.clone(); async move { c.hgetall(key).await } }).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default();
+        let num = |name: &str| get(name).parse::<u64>().map_err(|e| corrupt(&key, e));
+        Ok(Some(Holder { node: get("node").to_string(), epoch: num("epoch")?, released: get("released") == "1", wait_fence: num("wait")? }))
+    }
+
+    /// Replaces the holder record if its epoch is still `expected_epoch` (0: none yet).
+    /// Returns false when another publish got there first.
+    pub async fn swap_holder(&self, fs_name: &str, expected_epoch: u64, next: &Holder) -> Result<bool> {
+        let key = holder_key(fs_name);
+        let script = redis::Script::new(SET_HOLDER);
+        let done: i64 = self
+            .registry(|mut c| {
+                let mut inv = script.key(&key);
+                inv.arg(expected_epoch).arg(&next.node).arg(next.epoch).arg(next.released as u8).arg(next.wait_fence);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Marks `node`'s hold released (its publication was withdrawn). Idempotent.
+    pub async fn release_holder(&self, fs_name: &str, node: &str) -> Result<()> {
+        let key = holder_key(fs_name);
+        let script = redis::Script::new(RELEASE_HOLDER);
+        let _: i64 = self
+            .registry(|mut c| {
+                let mut inv = script.key(&key);
+                inv.arg(node);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn drop_holder(&self, fs_name: &str) -> Result<()> {
+        let key = holder_key(fs_name);
+        self.registry(|mut c| { let key = key.clone(); async move { c.del::<_, ()>(key).await } }).await
+    }
+
     /// Registers `fs_name` in state `Creating` with a fresh database, or returns the
     /// record it already has.
     pub async fn reserve_volume(&self, fs_name: &str, spec: &str, databases: u32) -> Result<Reservation> {

@@ -78,6 +78,12 @@ impl MetaUrl {
         }
     }
 
+    /// The server's address without credentials or database, for others to reach it.
+    pub fn public_url(&self) -> String {
+        let user = if self.user.is_empty() { String::new() } else { format!("{}@", self.user) };
+        format!("{}://{user}{}:{}", self.scheme(), self.host, self.port)
+    }
+
     /// Address of database `db` without any credentials, as juicefs is given it; the
     /// password travels in `META_PASSWORD`.
     pub fn public_db_url(&self, db: u32) -> String {

@@ -29,12 +29,18 @@ pub struct NodeConfig {
     pub idle_release: Duration,
     /// How often the supervisor checks mounts.
     pub repair_interval: Duration,
+    /// How long a single-node writer waits for the previous writer's fence.
+    pub fence_wait: Duration,
+    /// This node's master as other nodes reach it (no password), announced.
+    pub advertise: String,
 }
 
 pub struct NodeCore {
     pub cfg: NodeConfig,
     /// The metadata master local to this node.
     pub meta: MetaServer,
+    /// Where the node announces itself (usually the same server).
+    registry: MetaServer,
     pub locks: VolumeLocks,
     state: Mutex<NodeState>,
     state_file: StateFile,
@@ -47,13 +53,81 @@ pub struct StageRequest {
     pub read_only: bool,
     pub single_target: bool,
     pub cache_size_mib: Option<u64>,
+    /// Mount against this master (the volume's home) instead of the local one.
+    pub home: Option<String>,
+    /// This node's writer epoch (single-node writers; 0 otherwise).
+    pub epoch: u64,
+    /// The fence the local master must hold before mounting.
+    pub wait_fence: u64,
 }
 
 impl NodeCore {
-    pub fn new(cfg: NodeConfig, meta: MetaServer) -> std::io::Result<NodeCore> {
+    pub fn new(cfg: NodeConfig, meta: MetaServer, registry: MetaServer) -> std::io::Result<NodeCore> {
         let state_file = StateFile::new(&cfg.state_dir);
         let state = state_file.load()?;
-        Ok(NodeCore { cfg, meta, locks: VolumeLocks::default(), state: Mutex::new(state), state_file })
+        Ok(NodeCore { cfg, meta, registry, locks: VolumeLocks::default(), state: Mutex::new(state), state_file })
+    }
+
+    /// Announces this node with a fresh timestamp: its heartbeat.
+    pub async fn announce(&self) -> Result<()> {
+        let record = crate::keydb::NodeRecord {
+            node_id: self.cfg.node_id.clone(),
+            local_meta: self.cfg.advertise.clone(),
+            updated_unix: crate::unix_now(),
+        };
+        self.registry.register_node(&record).await.map_err(Into::into)
+    }
+
+    /// The master a volume is mounted against: its home when given, else the local one.
+    pub fn server_for(&self, home: Option<&str>) -> Result<MetaServer> {
+        match home {
+            None => Ok(self.meta.clone()),
+            Some(u) => {
+                let url = crate::keydb::MetaUrl::parse(u)
+                    .map_err(|e| Error::InvalidArgument(format!("publish context names a bad master {u:?}: {e}")))?;
+                Ok(MetaServer::new(url.with_password(self.meta.url().password())))
+            }
+        }
+    }
+
+    /// Waits (bounded) until the local master holds the fence `want` for `id`.
+    async fn await_fence(&self, id: &VolumeId, want: u64) -> Result<()> {
+        let deadline = std::time::Instant::now() + self.cfg.fence_wait;
+        loop {
+            let have = self.meta.fence(id.db).await?;
+            if have >= want {
+                if have > 0 {
+                    info!(volume_id = %id, fence = have, "previous writer's fence replicated; mounting");
+                }
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} was last written on another node (writer epoch {want}), and this node's metadata master {} has replicated only up to {have} after {} s; check replication between the masters (the CO retries this)",
+                    self.meta.url(),
+                    self.cfg.fence_wait.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Leaves this node's fence for the next writer, through its own master.
+    async fn leave_fence(&self, id: &VolumeId, v: &StagedVolume) -> Result<()> {
+        if v.home.is_none() && v.epoch > 0 && !v.read_only {
+            self.meta.raise_fence(id.db, v.epoch).await?;
+            info!(volume_id = %id, fence = v.epoch, "released: fence written for the next writer");
+        }
+        Ok(())
+    }
+
+    /// Raises the epoch a publish gave this node.
+    pub fn note_epoch(&self, volume_id: &str, epoch: u64) -> Result<()> {
+        self.update(|s| {
+            if let Some(v) = s.volumes.get_mut(volume_id) {
+                v.epoch = v.epoch.max(epoch);
+            }
+        })
     }
 
     pub fn snapshot(&self) -> NodeState {
@@ -83,26 +157,37 @@ impl NodeCore {
                 )));
             }
         }
+        if let Some(prev) = self.staged(volume_id) {
+            if prev.home != req.home {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {volume_id} is staged against another metadata master; unstage it first"
+                )));
+            }
+        }
+        let server = self.server_for(req.home.as_deref())?;
         match self.juicefs_health(path).await {
             Health::Alive { root: true } => {}
             state => {
                 if state != Health::Missing {
                     mount::unmount(path)?;
                 }
-                self.check_exists(id).await?;
+                self.check_exists(&server, id).await?;
+                if req.home.is_none() && req.wait_fence > 0 {
+                    self.await_fence(id, req.wait_fence).await?;
+                }
                 std::fs::create_dir_all(path).map_err(mount::io("create", path))?;
                 self.cfg
                     .juicefs
                     .mount(&MountSpec {
                         fs_name: &id.fs_name,
-                        meta: self.meta.url(),
+                        meta: server.url(),
                         db: id.db,
                         mount_point: path,
                         read_only: req.read_only,
                         cache_size_mib: req.cache_size_mib,
                     })
                     .await?;
-                info!(volume_id, path = %path.display(), meta = %self.meta.url(), read_only = req.read_only, "staged");
+                info!(volume_id, path = %path.display(), meta = %server.url(), read_only = req.read_only, epoch = req.epoch, "staged");
             }
         }
         self.update(|s| {
@@ -113,9 +198,12 @@ impl NodeCore {
                 cache_size_mib: req.cache_size_mib,
                 targets: Default::default(),
                 idle_since: Some(crate::unix_now()),
+                home: req.home.clone(),
+                epoch: 0,
             });
             v.read_only = req.read_only;
             v.single_target = req.single_target;
+            v.epoch = v.epoch.max(req.epoch);
         })
     }
 
@@ -128,12 +216,12 @@ impl NodeCore {
         }
     }
 
-    /// The volume's file system must exist in the local master (and be the right one).
-    async fn check_exists(&self, id: &VolumeId) -> Result<()> {
-        match juicefs::read_setting(&self.meta, id.db).await {
+    /// The volume's file system must exist in `server` (and be the right one).
+    async fn check_exists(&self, server: &MetaServer, id: &VolumeId) -> Result<()> {
+        match juicefs::read_setting(server, id.db).await {
             Ok(s) if s.name == id.fs_name && id.matches_uuid(&s.uuid) => Ok(()),
             Ok(_) | Err(juicefs::Error::Missing { .. }) => {
-                Err(Error::NotFound(format!("volume {id} does not exist on metadata server {}", self.meta.url())))
+                Err(Error::NotFound(format!("volume {id} does not exist on metadata server {}", server.url())))
             }
             Err(e) => Err(e.into()),
         }
@@ -175,6 +263,13 @@ impl NodeCore {
     pub async fn unpublish(&self, volume_id: &str, target: &Path) -> Result<()> {
         mount::unmount(target)?;
         mount::remove_dir(target)?;
+        if let (Some(v), Some(id)) = (self.staged(volume_id), VolumeId::parse(volume_id)) {
+            // The task is gone, so every file it wrote is closed and committed: the
+            // last target going is the release a next writer waits for.
+            if v.targets.keys().all(|t| t == target) {
+                self.leave_fence(&id, &v).await?;
+            }
+        }
         self.update(|s| {
             if let Some(v) = s.volumes.get_mut(volume_id) {
                 v.targets.remove(target);
@@ -198,6 +293,9 @@ impl NodeCore {
         }
         mount::unmount(staging)?;
         mount::remove_dir(staging)?;
+        if let (Some(v), Some(id)) = (self.staged(volume_id), VolumeId::parse(volume_id)) {
+            self.leave_fence(&id, &v).await?;
+        }
         self.update(|s| {
             s.volumes.remove(volume_id);
         })?;
@@ -228,6 +326,9 @@ impl NodeCore {
                 read_only: v.read_only,
                 single_target: v.single_target,
                 cache_size_mib: v.cache_size_mib,
+                home: v.home.clone(),
+                epoch: v.epoch,
+                wait_fence: 0,
             };
             self.stage(volume_id, &id, &req).await?;
             acted = true;
@@ -249,7 +350,7 @@ impl NodeCore {
     pub async fn drop_vanished(&self, volume_id: &str) -> Result<bool> {
         let Some(v) = self.staged(volume_id) else { return Ok(false) };
         let Some(id) = VolumeId::parse(volume_id) else { return Ok(false) };
-        match self.check_exists(&id).await {
+        match self.check_exists(&self.server_for(v.home.as_deref())?, &id).await {
             Err(Error::NotFound(_)) => {
                 warn!(volume_id, "volume no longer exists; removing its mounts");
                 self.unstage(volume_id, &v.staging_path).await?;

@@ -18,7 +18,7 @@ use crate::proto::csi::{
     NodeUnpublishVolumeResponse, NodeUnstageVolumeRequest, NodeUnstageVolumeResponse, VolumeCapability,
     VolumeCondition, VolumeUsage,
 };
-use crate::volume::{self, VolumeId};
+use crate::volume::{self, publish_keys, VolumeId};
 use self::core::{NodeCore, StageRequest, PROBE_TIMEOUT};
 use mount::Health;
 use std::path::{Path, PathBuf};
@@ -65,7 +65,16 @@ fn parse_id(id: &str) -> Result<VolumeId> {
     VolumeId::parse(id).ok_or_else(|| Error::NotFound(format!("volume {id:?} does not exist")))
 }
 
-fn stage_request(staging: PathBuf, cap: &VolumeCapability, context: &std::collections::HashMap<String, String>) -> Result<StageRequest> {
+type Map = std::collections::HashMap<String, String>;
+
+fn context_number(publish: &Map, key: &str) -> Result<u64> {
+    match publish.get(key) {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| Error::InvalidArgument(format!("publish context {key}={v:?} is not a number"))),
+    }
+}
+
+fn stage_request(staging: PathBuf, cap: &VolumeCapability, context: &Map, publish: &Map) -> Result<StageRequest> {
     let cache_size_mib = match context.get(CACHE_SIZE_KEY) {
         Some(v) => Some(v.parse().map_err(|_| Error::InvalidArgument(format!("{CACHE_SIZE_KEY}={v:?}: expected MiB")))?),
         None => None,
@@ -76,6 +85,9 @@ fn stage_request(staging: PathBuf, cap: &VolumeCapability, context: &std::collec
         read_only: matches!(m, Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly),
         single_target: m == Mode::SingleNodeSingleWriter,
         cache_size_mib,
+        home: publish.get(publish_keys::META).cloned(),
+        epoch: context_number(publish, publish_keys::EPOCH)?,
+        wait_fence: context_number(publish, publish_keys::FENCE)?,
     })
 }
 
@@ -87,7 +99,7 @@ impl Node for NodeService {
         let staging = required_path(&r.staging_target_path, "staging_target_path")?;
         let cap = capability(r.volume_capability)?;
         let id = parse_id(&r.volume_id)?;
-        let stage = stage_request(staging, &cap, &r.volume_context)?;
+        let stage = stage_request(staging, &cap, &r.volume_context, &r.publish_context)?;
         let _guard = self.core.locks.lock(&r.volume_id, LOCK_WAIT).await?;
         self.core.stage(&r.volume_id, &id, &stage).await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
@@ -113,9 +125,10 @@ impl Node for NodeService {
         // The node may have released the staged mount while idle (Swarm never
         // unstages); everything needed to stage again is in this request.
         if self.core.staged(&r.volume_id).is_none() {
-            let stage = stage_request(staging, &cap, &r.volume_context)?;
+            let stage = stage_request(staging, &cap, &r.volume_context, &r.publish_context)?;
             self.core.stage(&r.volume_id, &id, &stage).await?;
         }
+        self.core.note_epoch(&r.volume_id, context_number(&r.publish_context, publish_keys::EPOCH)?)?;
         let read_only = r.readonly || matches!(mode(&cap), Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly);
         self.core.publish(&r.volume_id, &target, read_only).await?;
         Ok(Response::new(NodePublishVolumeResponse {}))
@@ -146,7 +159,7 @@ impl Node for NodeService {
         if v.staging_path != path && !v.targets.contains_key(&path) {
             return Err(Error::NotFound(format!("{} is not a path of volume {}", path.display(), r.volume_id)).into());
         }
-        let (usage, condition) = stats(&self.core, &path).await;
+        let (usage, condition) = stats(&self.core, &path, v.home.as_deref()).await;
         Ok(Response::new(NodeGetVolumeStatsResponse { usage, volume_condition: Some(condition) }))
     }
 
@@ -195,10 +208,14 @@ impl Node for NodeService {
 
 /// Usage from statfs of the mount (JuiceFS reports its Capacity as the size), and a
 /// condition that is abnormal when the mount or the metadata server is gone.
-async fn stats(core: &NodeCore, path: &Path) -> (Vec<VolumeUsage>, VolumeCondition) {
+async fn stats(core: &NodeCore, path: &Path, home: Option<&str>) -> (Vec<VolumeUsage>, VolumeCondition) {
     let health = mount::health(path, PROBE_TIMEOUT).await;
-    let meta = core.meta.ping().await;
-    let via = format!("metadata server {}", core.meta.url());
+    let server = core.server_for(home).unwrap_or_else(|_| core.meta.clone());
+    let meta = server.ping().await;
+    let via = match home {
+        Some(_) => format!("metadata: the volume's home master {}", server.url()),
+        None => format!("metadata: this node's master {}", server.url()),
+    };
     let condition = match (&health, &meta) {
         (Health::Alive { .. }, Ok(())) => VolumeCondition { abnormal: false, message: format!("mounted, {via}") },
         (Health::Alive { .. }, Err(e)) => VolumeCondition { abnormal: true, message: e.to_string() },

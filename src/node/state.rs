@@ -25,6 +25,12 @@ pub struct StagedVolume {
     /// Unix time since when no target publishes the volume (for the idle release).
     #[serde(default)]
     pub idle_since: Option<i64>,
+    /// The home master it is mounted against (no password); `None`: the local one.
+    #[serde(default)]
+    pub home: Option<String>,
+    /// This node's writer epoch, left as the fence on release (0: not a fenced writer).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 pub struct StateFile {
@@ -80,6 +86,8 @@ mod tests {
                 cache_size_mib: Some(10),
                 targets: [(PathBuf::from("/t"), true)].into(),
                 idle_since: None,
+                home: None,
+                epoch: 3,
             },
         );
         f.save(&s).unwrap();

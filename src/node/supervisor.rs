@@ -41,9 +41,16 @@ pub async fn tick(core: &NodeCore) {
     }
 }
 
-/// Runs [`tick`] forever at the configured interval.
+/// Announces the node (its heartbeat, which decides when a silent node's volumes may
+/// be taken over) and runs [`tick`], forever, at the configured interval.
 pub async fn run(core: Arc<NodeCore>) {
+    let mut announced = false;
     loop {
+        match core.announce().await {
+            Ok(()) => announced = true,
+            Err(e) if !announced => warn!(error = %e, "cannot announce this node yet; retrying"),
+            Err(e) => warn!(error = %e, "node heartbeat failed; retrying"),
+        }
         tick(&core).await;
         tokio::time::sleep(core.cfg.repair_interval).await;
     }

@@ -1,0 +1,60 @@
+//! `kelp admin`: read kelp's registry straight from a metadata server, for operators.
+//! Works while no driver runs (e.g. to see who holds a volume after a node died).
+
+use clap::{Args, Subcommand};
+use kelp::keydb::{MetaServer, MetaUrl, VolumeState};
+use kelp::volume::{Spec, VolumeId};
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// The metadata server holding the registry (the controller's --meta-url).
+    #[arg(long, env = "KELP_META_URL", default_value = "redis://127.0.0.1:6379")]
+    meta_url: String,
+    #[arg(long, env = "KELP_META_PASSWORD", hide_env_values = true)]
+    meta_password: Option<String>,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Every volume: id, state, home master, writer node, epoch and fence.
+    Volumes,
+}
+
+pub async fn run(a: AdminArgs) -> Result<(), String> {
+    let meta = MetaServer::new(MetaUrl::parse(&a.meta_url)?.with_password(a.meta_password.as_deref()));
+    match a.command {
+        AdminCommand::Volumes => volumes(&meta).await.map_err(|e| e.to_string()),
+    }
+}
+
+async fn volumes(meta: &MetaServer) -> Result<(), kelp::keydb::Error> {
+    println!("{:<28} {:<44} {:<9} {:<26} {:<14} {:>5} {:<8} {:>5}", "NAME", "ID", "STATE", "HOME", "WRITER", "EPOCH", "RELEASED", "FENCE");
+    let mut after: Option<String> = None;
+    loop {
+        let names = meta.volume_names_after(after.as_deref(), 200).await?;
+        for fs_name in &names {
+            let Some(rec) = meta.volume(fs_name).await? else { continue };
+            let spec: Option<Spec> = serde_json::from_str(&rec.spec).ok();
+            let (name, id, home) = match &spec {
+                Some(s) => (s.name.clone(), VolumeId::new(rec.db, &s.uuid, fs_name).to_string(), s.home_meta.clone()),
+                None => ("?".into(), format!("db {}", rec.db), String::new()),
+            };
+            let holder = meta.holder(fs_name).await?;
+            let fence = if rec.state == VolumeState::Ready { meta.fence(rec.db).await? } else { 0 };
+            let (writer, epoch, released) = match holder {
+                Some(h) => (h.node, h.epoch.to_string(), if h.released { "yes" } else { "no" }.to_string()),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            println!(
+                "{name:<28} {id:<44} {:<9} {home:<26} {writer:<14} {epoch:>5} {released:<8} {fence:>5}",
+                format!("{:?}", rec.state).to_lowercase()
+            );
+        }
+        if names.len() < 200 {
+            return Ok(());
+        }
+        after = names.last().cloned();
+    }
+}
