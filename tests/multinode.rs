@@ -1,0 +1,418 @@
+//! Three simulated nodes in network namespaces, each with its own redis-server and
+//! kelp node service, one SeaweedFS and the controller in the root namespace.
+//! KeyDB multi-master is not installable here, so node 0's server is the primary
+//! and the others are writable replicas fed through delay proxies: asynchronous
+//! replication with a controllable lag. The fence logic does not care which server
+//! replicates, only that a replicated fence implies everything written before it.
+
+mod common;
+
+use common::csi::{self, volume_capability::access_mode::Mode, Clients};
+use common::testbed::{Bed as Net, DelayProxy};
+use common::*;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+const GIB: i64 = 1 << 30;
+const META_PORT: u16 = 6379;
+
+struct NodeProc {
+    proc: Proc,
+    endpoint: String,
+    state_dir: PathBuf,
+}
+
+struct Cluster {
+    _weed: Weed,
+    _redis: Vec<Proc>,
+    proxies: Vec<Option<DelayProxy>>,
+    _controller: NodeProc,
+    nodes: Vec<Option<NodeProc>>,
+    controller_endpoint: String,
+    root: PathBuf,
+    /// State dirs of killed node drivers, whose juicefs daemons still run.
+    dead: Vec<PathBuf>,
+    /// Dropped after every process running in its namespaces.
+    net: Net,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for dir in self.nodes.iter().flatten().map(|n| n.state_dir.clone()).chain(self.dead.clone()) {
+            force_cleanup(&self.root, &dir);
+        }
+    }
+}
+
+fn spawn_kelp(net: Option<(&Net, usize)>, args: Vec<String>) -> NodeProc {
+    let state_dir = scratch("mn-kelp");
+    let endpoint = format!("unix://{}/csi.sock", state_dir.display());
+    let mut cmd = match net {
+        Some((n, i)) => n.command(i, kelp_bin()),
+        None => std::process::Command::new(kelp_bin()),
+    };
+    cmd.arg("serve")
+        .arg(format!("--endpoint={endpoint}"))
+        .arg(format!("--state-dir={}", state_dir.display()))
+        .arg(format!("--cache-dir={}", state_dir.join("cache").display()))
+        .args(args)
+        .env("KELP_S3_ACCESS_KEY", S3_ACCESS_KEY)
+        .env("KELP_S3_SECRET_KEY", S3_SECRET_KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(state_dir.join("kelp.log")).unwrap());
+    let child = cmd.spawn().expect("kelp");
+    let sock = state_dir.join("csi.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "kelp did not listen: {}", state_dir.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    NodeProc { proc: Proc { child, name: "kelp" }, endpoint, state_dir }
+}
+
+/// Every test bed uses the same bridge address, so the tests take turns.
+static ONE_BED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Cluster {
+    /// `delay`: one-way delay on the replication links; `fence_wait`: the nodes' bound.
+    fn start(delay: Duration, fence_wait: u64) -> Cluster {
+        let turn = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
+        let net = Net::new(3);
+        let bridge = net.bridge_ip().to_string();
+        let weed = Weed::start_at(&bridge);
+        let ips: Vec<String> = net.nodes().iter().map(|n| n.ip.to_string()).collect();
+        let primary: SocketAddr = format!("{}:{META_PORT}", ips[0]).parse().unwrap();
+        let mut redis = Vec::new();
+        let mut proxies = vec![None];
+        for i in 0..3 {
+            let mut cmd = net.command(i, "redis-server");
+            cmd.args(["--bind", "0.0.0.0", "--port", &META_PORT.to_string(), "--protected-mode", "no"])
+                .args(["--save", "", "--appendonly", "no", "--databases", "64"])
+                .arg("--dir")
+                .arg(scratch("mn-redis"))
+                // Full syncs start at once instead of after redis's 5 s batching delay.
+                .args(["--repl-diskless-sync-delay", "0"])
+                .stdout(std::process::Stdio::null());
+            if i > 0 {
+                let proxy = DelayProxy::start(format!("{bridge}:0").parse().unwrap(), primary, delay);
+                cmd.args(["--replicaof", &bridge, &proxy.addr.port().to_string(), "--replica-read-only", "no"]);
+                proxies.push(Some(proxy));
+            }
+            redis.push(Proc { child: cmd.spawn().unwrap(), name: "redis-server" });
+            assert!(wait_addr(&ips[i], META_PORT, Duration::from_secs(10)), "redis in node {i}");
+        }
+        let primary_url = format!("redis://{}:{META_PORT}", ips[0]);
+        let controller = spawn_kelp(
+            None,
+            vec![
+                "--services=controller".into(),
+                format!("--meta-url={primary_url}"),
+                format!("--filer={}", weed.filer_addr()),
+                format!("--s3-endpoint={}", weed.s3_endpoint()),
+            ],
+        );
+        let nodes = (0..3)
+            .map(|i| {
+                Some(spawn_kelp(
+                    Some((&net, i)),
+                    vec![
+                        "--services=node".into(),
+                        format!("--node-id=n{i}"),
+                        format!("--meta-url=redis://127.0.0.1:{META_PORT}"),
+                        format!("--meta-advertise=redis://{}:{META_PORT}", ips[i]),
+                        format!("--registry-url={primary_url}"),
+                        "--repair-interval=1".into(),
+                        "--idle-release=600".into(),
+                        format!("--fence-wait={fence_wait}"),
+                    ],
+                ))
+            })
+            .collect();
+        let controller_endpoint = controller.endpoint.clone();
+        let c = Cluster {
+            _weed: weed,
+            _redis: redis,
+            proxies,
+            _controller: controller,
+            nodes,
+            controller_endpoint,
+            root: scratch("multinode"),
+            dead: Vec::new(),
+            net,
+            _turn: turn,
+        };
+        c.wait_nodes_known();
+        c.wait_replicas_up();
+        c
+    }
+
+    fn wait_replicas_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &self.net.nodes()[1..] {
+            loop {
+                let out = std::process::Command::new("redis-cli")
+                    .args(["-h", &n.ip.to_string(), "-p", &META_PORT.to_string(), "info", "replication"])
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&out.stdout).contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "replica {} never synced", n.ip);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn wait_nodes_known(&self) {
+        let primary = &self.net.nodes()[0].ip;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-h", &primary.to_string(), "-p", &META_PORT.to_string(), "hlen", "kelp:nodes"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).trim() == "3" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "nodes never announced themselves");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    async fn controller(&self) -> Clients {
+        csi::connect(&self.controller_endpoint).await
+    }
+
+    async fn node(&self, i: usize) -> Clients {
+        csi::connect(&self.nodes[i].as_ref().expect("node runs").endpoint).await
+    }
+
+    fn paths(&self, i: usize, vol: &str) -> (String, PathBuf) {
+        let staging = self.root.join(format!("n{i}/staged/{}", vol.replace(':', "_")));
+        let target = self.root.join(format!("n{i}/published/{}", vol.replace(':', "_")));
+        (staging.display().to_string(), target)
+    }
+
+    async fn create(&self, name: &str, mode: Mode, params: &[(&str, &str)]) -> String {
+        let mut req = kelp::volume::create_request(name, GIB, mode);
+        req.parameters = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut c = self.controller().await;
+        c.ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap().volume_id
+    }
+
+    async fn controller_publish(&self, vol: &str, i: usize, mode: Mode) -> Result<HashMap<String, String>, tonic::Status> {
+        let mut c = self.controller().await;
+        let r = c
+            .ctl
+            .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                volume_id: vol.into(),
+                node_id: format!("n{i}"),
+                volume_capability: Some(csi::mount_cap(mode)),
+                ..Default::default()
+            })
+            .await?;
+        Ok(r.into_inner().publish_context)
+    }
+
+    async fn controller_unpublish(&self, vol: &str, i: usize) {
+        let mut c = self.controller().await;
+        c.ctl
+            .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+                volume_id: vol.into(),
+                node_id: format!("n{i}"),
+                secrets: Default::default(),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// NodeStage + NodePublish on node `i` with the controller's publish context.
+    async fn mount(&self, vol: &str, i: usize, mode: Mode, ctx: &HashMap<String, String>) -> Result<PathBuf, tonic::Status> {
+        let (staging, target) = self.paths(i, vol);
+        let mut n = self.node(i).await;
+        n.node
+            .node_stage_volume(csi::NodeStageVolumeRequest {
+                volume_id: vol.into(),
+                staging_target_path: staging.clone(),
+                volume_capability: Some(csi::mount_cap(mode)),
+                publish_context: ctx.clone(),
+                ..Default::default()
+            })
+            .await?;
+        n.node
+            .node_publish_volume(csi::NodePublishVolumeRequest {
+                volume_id: vol.into(),
+                staging_target_path: staging,
+                target_path: target.display().to_string(),
+                volume_capability: Some(csi::mount_cap(mode)),
+                publish_context: ctx.clone(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(target)
+    }
+
+    /// What Swarm does when a task stops: NodeUnpublish, NodeUnstage, ControllerUnpublish.
+    async fn release(&self, vol: &str, i: usize) {
+        let (staging, target) = self.paths(i, vol);
+        let mut n = self.node(i).await;
+        n.unpublish(vol, &target.display().to_string()).await.unwrap();
+        n.unstage(vol, &staging).await.unwrap();
+        self.controller_unpublish(vol, i).await;
+    }
+
+    fn kill_node(&mut self, i: usize) {
+        let mut n = self.nodes[i].take().unwrap();
+        n.proc.kill();
+        // Its mounts stay, as after a crash of the driver or a partition; they are
+        // cleaned when the cluster drops.
+        self.dead.push(n.state_dir);
+    }
+}
+
+fn write_files(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    for i in 0..n {
+        std::fs::write(dir.join(format!("data/f{i}")), format!("content {i}")).unwrap();
+    }
+}
+
+fn check_files(dir: &Path, n: usize) {
+    for i in 0..n {
+        let got = std::fs::read_to_string(dir.join(format!("data/f{i}"))).unwrap_or_else(|e| panic!("f{i}: {e}"));
+        assert_eq!(got, format!("content {i}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clean_handover_after_heavy_writes_loses_nothing() {
+    let c = Cluster::start(Duration::from_millis(10), 10);
+    let vol = c.create("handover", Mode::SingleNodeWriter, &[]).await;
+    let ctx = c.controller_publish(&vol, 0, Mode::SingleNodeWriter).await.unwrap();
+    assert!(!ctx.contains_key("kelp/meta"), "a single-node writer uses its local master: {ctx:?}");
+    let t0 = c.mount(&vol, 0, Mode::SingleNodeWriter, &ctx).await.unwrap();
+    write_files(&t0, 300);
+    c.release(&vol, 0).await;
+
+    let ctx = c.controller_publish(&vol, 1, Mode::SingleNodeWriter).await.unwrap();
+    assert_eq!(ctx["kelp/fence"], "1", "node 1 waits for node 0's epoch: {ctx:?}");
+    let t1 = c.mount(&vol, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
+    check_files(&t1, 300);
+    c.release(&vol, 1).await;
+    assert!(mounts_under(&c.root).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handover_before_replication_caught_up_waits_then_succeeds() {
+    let c = Cluster::start(Duration::from_millis(10), 4);
+    let vol = c.create("lagging", Mode::SingleNodeWriter, &[]).await;
+    let ctx = c.controller_publish(&vol, 0, Mode::SingleNodeWriter).await.unwrap();
+    let t0 = c.mount(&vol, 0, Mode::SingleNodeWriter, &ctx).await.unwrap();
+    write_files(&t0, 50);
+
+    // Replication to node 1 stalls; node 0 lets go.
+    c.proxies[1].as_ref().unwrap().pause(true);
+    c.release(&vol, 0).await;
+    let ctx = c.controller_publish(&vol, 1, Mode::SingleNodeWriter).await.unwrap();
+
+    // Past the bound: a clear refusal, nothing mounted.
+    let err = c.mount(&vol, 1, Mode::SingleNodeWriter, &ctx).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("check replication"), "{}", err.message());
+    assert!(mounts_under(&c.root.join("n1")).is_empty());
+
+    // Within the bound: the stage waits and then mounts everything node 0 wrote.
+    let stage = tokio::spawn({
+        let (vol, ctx, ep) = (vol.clone(), ctx.clone(), c.nodes[1].as_ref().unwrap().endpoint.clone());
+        let (staging, _) = c.paths(1, &vol);
+        async move {
+            let mut n = csi::connect(&ep).await;
+            let started = Instant::now();
+            let r = n
+                .node
+                .node_stage_volume(csi::NodeStageVolumeRequest {
+                    volume_id: vol,
+                    staging_target_path: staging,
+                    volume_capability: Some(csi::mount_cap(Mode::SingleNodeWriter)),
+                    publish_context: ctx,
+                    ..Default::default()
+                })
+                .await;
+            (r, started.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!stage.is_finished(), "the stage must wait for the fence");
+    c.proxies[1].as_ref().unwrap().pause(false);
+    let (r, waited) = stage.await.unwrap();
+    r.expect("stage succeeds once the fence arrives");
+    assert!(waited >= Duration::from_millis(1500));
+    let t1 = c.mount(&vol, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
+    check_files(&t1, 50);
+    c.release(&vol, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crashed_writer_is_refused_or_taken_over_as_configured() {
+    let mut c = Cluster::start(Duration::from_millis(10), 10);
+    let never = c.create("never-taken", Mode::SingleNodeWriter, &[]).await;
+    let after = c.create("taken-after", Mode::SingleNodeWriter, &[("takeover-after", "3")]).await;
+    for vol in [&never, &after] {
+        let ctx = c.controller_publish(vol, 0, Mode::SingleNodeWriter).await.unwrap();
+        c.mount(vol, 0, Mode::SingleNodeWriter, &ctx).await.unwrap();
+    }
+    // Node 0's driver dies without releasing anything.
+    c.kill_node(0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let err = c.controller_publish(&never, 1, Mode::SingleNodeWriter).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("held by node \"n0\""), "{}", err.message());
+
+    let ctx = c.controller_publish(&after, 1, Mode::SingleNodeWriter).await.expect("taken over after 3 s of silence");
+    assert_eq!(ctx["kelp/fence"], "0", "a takeover has no fence to wait for");
+    let t1 = c.mount(&after, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
+    std::fs::write(t1.join("after-takeover"), b"ok").unwrap();
+    c.release(&after, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_writers_commit_through_one_master() {
+    let c = Cluster::start(Duration::from_millis(10), 10);
+    let vol = c.create("shared", Mode::MultiNodeMultiWriter, &[]).await;
+    let home = format!("redis://{}:{META_PORT}", c.net.nodes()[0].ip);
+    let mut targets = Vec::new();
+    for i in [1, 2] {
+        let ctx = c.controller_publish(&vol, i, Mode::MultiNodeMultiWriter).await.unwrap();
+        assert_eq!(ctx.get("kelp/meta"), Some(&home), "node {i} is sent to the home master");
+        targets.push(c.mount(&vol, i, Mode::MultiNodeMultiWriter, &ctx).await.unwrap());
+    }
+    // Through one master, a write on node 1 is at once visible on node 2 (through the
+    // local replicas it never would be: writes to a replica do not propagate).
+    std::fs::write(targets[0].join("from-n1"), b"hello").unwrap();
+    assert_eq!(std::fs::read(targets[1].join("from-n1")).unwrap(), b"hello");
+    std::fs::write(targets[1].join("from-n2"), b"hi").unwrap();
+    assert_eq!(std::fs::read(targets[0].join("from-n2")).unwrap(), b"hi");
+    // The volume condition names the master in use.
+    let (_, t) = c.paths(1, &vol);
+    let mut n = c.node(1).await;
+    let st = n
+        .node
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest { volume_id: vol.clone(), volume_path: t.display().to_string(), staging_target_path: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(st.volume_condition.unwrap().message.contains("home master"));
+    for i in [1, 2] {
+        c.release(&vol, i).await;
+    }
+
+    // The explicit opt-in sends shared writers to their local masters.
+    let local = c.create("shared-local", Mode::MultiNodeMultiWriter, &[("shared-writers", "local")]).await;
+    let ctx = c.controller_publish(&local, 1, Mode::MultiNodeMultiWriter).await.unwrap();
+    assert!(!ctx.contains_key("kelp/meta"));
+}
