@@ -134,6 +134,12 @@ pub struct Params {
     /// may take the volume over without a release; `None`: never.
     #[serde(default)]
     pub takeover_after: Option<i64>,
+    /// Node-local read cache for this volume, MiB (default: the node's --cache-size).
+    #[serde(default)]
+    pub cache_size_mib: Option<u64>,
+    /// Node-local cache directory for this volume (default: below the node's --cache-dir).
+    #[serde(default)]
+    pub cache_dir: Option<String>,
 }
 
 impl Default for Params {
@@ -146,6 +152,8 @@ impl Default for Params {
             replication: None,
             shared_writers_local: false,
             takeover_after: None,
+            cache_size_mib: None,
+            cache_dir: None,
         }
     }
 }
@@ -159,6 +167,8 @@ pub const PARAM_KEYS: &[(&str, &str)] = &[
     ("replication", "SeaweedFS replication code xyz for the bucket, e.g. 010 (default: the cluster's)"),
     ("shared-writers", "home (default) or local: where writers on several nodes send metadata; local is unsafe"),
     ("takeover-after", "never (default) or seconds a crashed writer's node must be silent before another node takes over"),
+    ("cache-size", "node-local read cache for this volume, MiB (default: the node's --cache-size)"),
+    ("cache-dir", "node-local cache directory for this volume, an absolute path (default: below the node's --cache-dir)"),
 ];
 
 impl Params {
@@ -206,6 +216,13 @@ impl Params {
                     "local" => p.shared_writers_local = true,
                     _ => return Err(bad("expected home or local")),
                 },
+                "cache-size" => p.cache_size_mib = Some(value.parse().map_err(|_| bad("expected MiB, a whole number"))?),
+                "cache-dir" => {
+                    if !value.starts_with('/') || value.split('/').any(|c| c == "..") {
+                        return Err(bad("expected an absolute path without .."));
+                    }
+                    p.cache_dir = Some(value.into());
+                }
                 "takeover-after" => {
                     p.takeover_after = match value {
                         "never" => None,
@@ -308,6 +325,12 @@ pub fn validate_capabilities(caps: &[VolumeCapability]) -> Result<()> {
         require(cap.access_mode.is_some(), "every volume capability needs an access mode")?;
     }
     Ok(())
+}
+
+/// Keys of the volume context that carry per-volume node settings.
+pub mod context_keys {
+    pub const CACHE_SIZE: &str = "cache-size";
+    pub const CACHE_DIR: &str = "cache-dir";
 }
 
 /// Keys of the publish context the controller hands to nodes.

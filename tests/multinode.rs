@@ -302,6 +302,14 @@ async fn clean_handover_after_heavy_writes_loses_nothing() {
     assert_eq!(ctx["kelp/fence"], "1", "node 1 waits for node 0's epoch: {ctx:?}");
     let t1 = c.mount(&vol, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
     check_files(&t1, 300);
+
+    // `kelp admin volumes` shows the home master, the writer, its epoch and the fence.
+    let out = run(std::process::Command::new(kelp_bin())
+        .args(["admin", "--meta-url", &format!("redis://{}:{META_PORT}", c.net.nodes()[0].ip), "volumes"]));
+    let line = out.lines().find(|l| l.starts_with("handover ")).unwrap_or_else(|| panic!("{out}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&cols[2..], &["ready", &format!("redis://{}:{META_PORT}", c.net.nodes()[0].ip), "n1", "2", "no", "1"], "{out}");
+
     c.release(&vol, 1).await;
     assert!(mounts_under(&c.root).is_empty());
 }

@@ -259,3 +259,35 @@ async fn mounts_of_deleted_volumes_are_removed() {
     }
     assert!(b.kelp.log_text().contains("volume no longer exists"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_volume_cache_settings_reach_the_mount() {
+    let b = bed("node-cache");
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let cache_dir = b.root.join("volume-cache");
+    let mut req = csi::create_req("node-cache", GIB);
+    req.parameters = [("cache-size".to_string(), "64".to_string()), ("cache-dir".to_string(), s(&cache_dir))].into();
+    let vol = c.ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
+    assert_eq!(vol.volume_context["cache-size"], "64");
+    let id = vol.volume_id.as_str();
+    let staging = b.root.join("st");
+    let t = b.root.join("t");
+    let mut stage = csi::NodeStageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: s(&staging),
+        volume_capability: Some(csi::mount_cap(Mode::SingleNodeWriter)),
+        ..Default::default()
+    };
+    stage.volume_context = vol.volume_context.clone();
+    c.node.node_stage_volume(stage).await.unwrap();
+    c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
+    std::fs::write(t.join("f"), vec![1u8; 1 << 20]).unwrap();
+    let _ = std::fs::read(t.join("f")).unwrap();
+    // juicefs keeps its cache for the file system in <cache dir>/<uuid>.
+    let entries: Vec<_> = std::fs::read_dir(&cache_dir).expect("per-volume cache dir in use").collect();
+    assert!(!entries.is_empty());
+    let args = run(Command::new("pgrep").args(["-af", "juicefs mount.*logs/node-cache.log"]));
+    assert!(args.contains("--cache-size=64"), "{args}");
+    cleanup(&mut c, id, &staging, &[&t]).await;
+    assert!(mounts_under(&b.root).is_empty());
+}

@@ -120,15 +120,22 @@ fn csi_volume(id: &VolumeId, spec: &Spec) -> Volume {
     Volume {
         capacity_bytes: spec.capacity_bytes as i64,
         volume_id: id.to_string(),
-        volume_context: volume_context(id),
+        volume_context: volume_context(id, spec),
         ..Default::default()
     }
 }
 
-/// What the node side is told about a volume. No secret ever goes here: Swarm shows
-/// it in `docker volume inspect`.
-fn volume_context(id: &VolumeId) -> HashMap<String, String> {
-    HashMap::from([("fsName".to_string(), id.fs_name.clone()), ("bucket".to_string(), id.bucket())])
+/// What the node side is told about a volume: names, and the per-volume node settings.
+/// No secret ever goes here: Swarm shows it in `docker volume inspect`.
+fn volume_context(id: &VolumeId, spec: &Spec) -> HashMap<String, String> {
+    let mut ctx = HashMap::from([("fsName".to_string(), id.fs_name.clone()), ("bucket".to_string(), id.bucket())]);
+    if let Some(size) = spec.params.cache_size_mib {
+        ctx.insert(volume::context_keys::CACHE_SIZE.into(), size.to_string());
+    }
+    if let Some(dir) = &spec.params.cache_dir {
+        ctx.insert(volume::context_keys::CACHE_DIR.into(), dir.clone());
+    }
+    ctx
 }
 
 fn parse_id(id: &str) -> Result<VolumeId> {

@@ -53,6 +53,8 @@ pub struct StageRequest {
     pub read_only: bool,
     pub single_target: bool,
     pub cache_size_mib: Option<u64>,
+    /// Per-volume cache directory (default: below the node's).
+    pub cache_dir: Option<PathBuf>,
     /// Mount against this master (the volume's home) instead of the local one.
     pub home: Option<String>,
     /// This node's writer epoch (single-node writers; 0 otherwise).
@@ -185,6 +187,7 @@ impl NodeCore {
                         mount_point: path,
                         read_only: req.read_only,
                         cache_size_mib: req.cache_size_mib,
+                        cache_dir: req.cache_dir.as_deref(),
                     })
                     .await?;
                 info!(volume_id, path = %path.display(), meta = %server.url(), read_only = req.read_only, epoch = req.epoch, "staged");
@@ -196,6 +199,7 @@ impl NodeCore {
                 read_only: req.read_only,
                 single_target: req.single_target,
                 cache_size_mib: req.cache_size_mib,
+                cache_dir: req.cache_dir.clone(),
                 targets: Default::default(),
                 idle_since: Some(crate::unix_now()),
                 home: req.home.clone(),
@@ -326,6 +330,7 @@ impl NodeCore {
                 read_only: v.read_only,
                 single_target: v.single_target,
                 cache_size_mib: v.cache_size_mib,
+                cache_dir: v.cache_dir.clone(),
                 home: v.home.clone(),
                 epoch: v.epoch,
                 wait_fence: 0,

@@ -32,6 +32,8 @@ pub struct MountSpec<'a> {
     pub read_only: bool,
     /// Per-volume override of the cache size (MiB).
     pub cache_size_mib: Option<u64>,
+    /// Per-volume cache directory (default: `<cache_dir>/<fs name>`).
+    pub cache_dir: Option<&'a Path>,
 }
 
 impl JuicefsConfig {
@@ -43,7 +45,7 @@ impl JuicefsConfig {
     pub async fn mount(&self, m: &MountSpec<'_>) -> Result<()> {
         let log = self.log_path(m.fs_name);
         std::fs::create_dir_all(&self.log_dir).map_err(mount::io("create", &self.log_dir))?;
-        let cache = self.cache_dir.join(m.fs_name);
+        let cache = m.cache_dir.map(Path::to_path_buf).unwrap_or_else(|| self.cache_dir.join(m.fs_name));
         let mut cmd = Command::new(&self.binary);
         cmd.arg("mount")
             .arg("--background")

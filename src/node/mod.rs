@@ -27,8 +27,6 @@ use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 const LOCK_WAIT: Duration = Duration::from_secs(10);
-/// Volume context / parameter key that overrides the node's cache size (MiB).
-pub const CACHE_SIZE_KEY: &str = "cache-size";
 
 pub struct NodeService {
     core: Arc<NodeCore>,
@@ -75,16 +73,19 @@ fn context_number(publish: &Map, key: &str) -> Result<u64> {
 }
 
 fn stage_request(staging: PathBuf, cap: &VolumeCapability, context: &Map, publish: &Map) -> Result<StageRequest> {
-    let cache_size_mib = match context.get(CACHE_SIZE_KEY) {
-        Some(v) => Some(v.parse().map_err(|_| Error::InvalidArgument(format!("{CACHE_SIZE_KEY}={v:?}: expected MiB")))?),
+    let key = volume::context_keys::CACHE_SIZE;
+    let cache_size_mib = match context.get(key) {
+        Some(v) => Some(v.parse().map_err(|_| Error::InvalidArgument(format!("{key}={v:?}: expected MiB")))?),
         None => None,
     };
+    let cache_dir = context.get(volume::context_keys::CACHE_DIR).map(PathBuf::from);
     let m = mode(cap);
     Ok(StageRequest {
         staging_path: staging,
         read_only: matches!(m, Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly),
         single_target: m == Mode::SingleNodeSingleWriter,
         cache_size_mib,
+        cache_dir,
         home: publish.get(publish_keys::META).cloned(),
         epoch: context_number(publish, publish_keys::EPOCH)?,
         wait_fence: context_number(publish, publish_keys::FENCE)?,

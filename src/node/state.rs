@@ -20,6 +20,8 @@ pub struct StagedVolume {
     /// SINGLE_NODE_SINGLE_WRITER: at most one target.
     pub single_target: bool,
     pub cache_size_mib: Option<u64>,
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
     /// Published targets and whether each is a read-only bind.
     pub targets: BTreeMap<PathBuf, bool>,
     /// Unix time since when no target publishes the volume (for the idle release).
@@ -84,6 +86,7 @@ mod tests {
                 read_only: false,
                 single_target: false,
                 cache_size_mib: Some(10),
+                cache_dir: None,
                 targets: [(PathBuf::from("/t"), true)].into(),
                 idle_since: None,
                 home: None,
