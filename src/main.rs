@@ -168,11 +168,12 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     };
     let url = MetaUrl::parse(&a.meta_url)?.with_password(a.meta_password.as_deref());
     let meta = MetaServer::new(url.clone());
-    let advertise = match &a.meta_advertise {
+    // Empty values (as a plugin's unset settings arrive) mean "not set".
+    let advertise = match a.meta_advertise.as_deref().filter(|s| !s.is_empty()) {
         Some(u) => MetaUrl::parse(u)?,
         None => url.clone(),
     };
-    let registry = match &a.registry_url {
+    let registry = match a.registry_url.as_deref().filter(|s| !s.is_empty()) {
         Some(u) => MetaServer::new(MetaUrl::parse(u)?.with_password(a.meta_password.as_deref())),
         None => meta.clone(),
     };

