@@ -15,6 +15,7 @@ status=0
 # Two test threads: every integration test starts real servers, and the machine has two cores.
 cargo test --locked -- --test-threads=2 || status=1
 tests/csi-sanity/run.sh || status=1
+tests/swarm/run.sh || status=1
 
 left=$(grep -c "$(pwd)/.kelp-test" /proc/self/mountinfo || true)
 if [[ "$left" != 0 ]]; then

@@ -172,16 +172,18 @@ check "a new task works after re-enable" test "$after_new" = kept
 
 echo "== service rm and volume rm remove bucket and metadata"
 docker service rm writer >/dev/null
-before_db=$(redis-cli -p "$REDIS_PORT" exists kelp:vol:v-multi-all)
-check "volume registered before rm" test "$before_db" = 1
+check "volume registered before rm" test "$(redis-cli -p "$REDIS_PORT" exists kelp:vol:v-multi-all)" = 1
 check "volume rm succeeds once no task uses it" retry 120 docker volume rm v-multi-all
-check "metadata gone" retry 30 test "$(redis-cli -p "$REDIS_PORT" exists kelp:vol:v-multi-all)" = 0
+registered() { [[ $(redis-cli -p "$REDIS_PORT" exists "kelp:vol:$1") == 1 ]]; }
+unregistered() { ! registered "$1"; }
+registry_empty() { [[ $(redis-cli -p "$REDIS_PORT" zcard kelp:volumes) == 0 ]]; }
+check "metadata gone" retry 30 unregistered v-multi-all
 no_bucket() { ! kelp_buckets | grep -qx "$1"; }
 check "bucket gone" no_bucket kelp-v-multi-all
 for v in v-single-none v-single-onewriter v-multi-onewriter v-multi-readonly v-secret; do
   retry 120 docker volume rm "$v" || bad "volume rm $v"
 done
-check "no kelp volume left in the registry" retry 30 test "$(redis-cli -p "$REDIS_PORT" zcard kelp:volumes)" = 0
+check "no kelp volume left in the registry" retry 30 registry_empty
 check "no bucket left" test "$(kelp_buckets | wc -l)" = 0
 pm=$(docker plugin inspect -f '{{.ID}}' kelp:latest)
 check "no volume mount left under the plugin's propagated mount" \
