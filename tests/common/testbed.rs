@@ -47,6 +47,10 @@ impl Bed {
         ip(&["link", "add", &bridge, "type", "bridge"]);
         ip(&["addr", "add", "198.51.100.1/24", "dev", &bridge]);
         ip(&["link", "set", &bridge, "up"]);
+        // A host firewall (e.g. Docker's FORWARD policy DROP, applied to bridged
+        // traffic by br_netfilter) would cut the nodes off each other: let this
+        // bridge's own traffic through, for the bed's lifetime only.
+        let _ = Command::new("iptables").args(forward_rule("-I", &bridge)).output();
         for i in 0..n {
             let name = format!("kelp-{tag}-{i}");
             let (host, peer) = (format!("kv{tag}{i}"), format!("kp{tag}{i}"));
@@ -94,7 +98,12 @@ impl Drop for Bed {
             let _ = Command::new("ip").args(["netns", "del", &n.name]).output();
         }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let _ = Command::new("iptables").args(forward_rule("-D", &self.bridge)).output();
     }
+}
+
+fn forward_rule(op: &str, bridge: &str) -> Vec<String> {
+    [op, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"].iter().map(|s| s.to_string()).collect()
 }
 
 /// A TCP proxy that delays every chunk by a one-way delay in each direction. It adds

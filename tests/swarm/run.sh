@@ -39,6 +39,8 @@ rm -rf "$work"
 mkdir -p "$work"/{run,data,exec,state}
 export DOCKER_HOST="unix://$work/run/docker.sock"
 DOCKERD_PID= CONTAINERD_PID=
+# dockerd runs with --iptables=false: its rules (FORWARD policy DROP) would outlive it
+# and cut the other tests' network namespaces off each other.
 
 cleanup() {
   docker service rm $(docker service ls -q) >/dev/null 2>&1
@@ -47,8 +49,13 @@ cleanup() {
   docker swarm leave -f >/dev/null 2>&1
   [[ -n $DOCKERD_PID ]] && kill "$DOCKERD_PID" 2>/dev/null && wait "$DOCKERD_PID" 2>/dev/null
   [[ -n $CONTAINERD_PID ]] && kill "$CONTAINERD_PID" 2>/dev/null && wait "$CONTAINERD_PID" 2>/dev/null
-  # Shims of this containerd outlive it (the plugin's and the tasks' processes).
+  # Shims of this containerd outlive it, and so can the plugin's and the tasks'
+  # processes: end every process whose root directory lies under this test's engine.
   pkill -f "containerd-shim-runc-v2 .*-address $work/run/containerd.sock" 2>/dev/null
+  local p
+  for p in /proc/[0-9]*; do
+    [[ $(readlink "$p/root" 2>/dev/null) == "$work"/* ]] && kill "${p#/proc/}" 2>/dev/null
+  done
   # The engine's own mounts (netns files, plugin rootfs), deepest first.
   grep " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
   kelp_stop_all
@@ -61,7 +68,7 @@ CONTAINERD_PID=$!
 for _ in $(seq 100); do [[ -S $work/run/containerd.sock ]] && break; sleep 0.1; done
 dockerd --host "$DOCKER_HOST" --data-root "$work/data/docker" --exec-root "$work/exec" \
   --pidfile "$work/run/docker.pid" --containerd "$work/run/containerd.sock" \
-  --storage-driver vfs >"$work/dockerd.log" 2>&1 &
+  --storage-driver vfs --iptables=false --ip6tables=false >"$work/dockerd.log" 2>&1 &
 DOCKERD_PID=$!
 if ! retry 60 docker version; then
   echo "SKIP: dockerd did not start here; see $work/dockerd.log"
