@@ -4,6 +4,7 @@
 mod bench;
 mod cli_admin;
 mod cli_client;
+mod stack;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kelp::controller::{Backends, ControllerService};
@@ -33,6 +34,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Talk to a running driver over its endpoint (create, list, mount, ...).
     Client(cli_client::ClientArgs),
+    /// Create the kelp cluster volumes a stack file describes (`docker stack deploy` does not).
+    Stack(stack::StackArgs),
     /// Read kelp's registry from a metadata server (volumes, writers, fences).
     Admin(cli_admin::AdminArgs),
     /// Measure a running driver against a by-hand juicefs baseline (see scripts/bench.sh).
@@ -149,6 +152,7 @@ fn main() -> std::process::ExitCode {
         Command::Client(args) => rt.block_on(cli_client::run(args)),
         Command::Bench(args) => rt.block_on(bench::run(args)),
         Command::Admin(args) => rt.block_on(cli_admin::run(args)),
+        Command::Stack(args) => rt.block_on(stack::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -107,13 +107,13 @@ for mode in "single none" "single onewriter" "multi onewriter" "multi all" "mult
 done
 
 echo "== a service writes; a forced update starts a new task that still sees it"
-docker service create -d -q --name writer --mount type=cluster,src=v-multi-all,dst=/data \
+docker service create -d -q --no-resolve-image --name writer --mount type=cluster,src=v-multi-all,dst=/data \
   kelp-test-app:latest sh -c 'hostname >> /data/tasks; sleep 3600' >/dev/null
 check "task running with the volume" retry 90 running writer
 c=$(task_container writer)
 check "df in the task shows the requested 1 GiB" sh -c "docker exec $c df -h /data | grep -q ' 1.0G '"
 docker exec "$c" sh -c 'echo kept > /data/kept.txt'
-docker service update -q --force writer >/dev/null
+docker service update -q --no-resolve-image --force writer >/dev/null
 check "new task after update --force" retry 90 sh -c "[ \"\$(docker ps -q -f label=com.docker.swarm.service.name=writer | head -1)\" != $c ] && docker ps -q -f label=com.docker.swarm.service.name=writer | grep -q ."
 c2=$(task_container writer)
 check "file written by the old task is there" sh -c "docker exec $c2 cat /data/kept.txt | grep -q kept"
@@ -136,7 +136,7 @@ check "volume with secrets created" retry 30 vol_created v-secret
 check "secret value absent from docker volume inspect" sh -c "! docker volume inspect v-secret | grep -q -- '$KELP_S3_SECRET_KEY'"
 check "secret value absent from the plugin's log" sh -c "! grep -q -- '$KELP_S3_SECRET_KEY' $work/dockerd.log"
 
-echo "== a stack with an external cluster volume"
+echo "== a stack whose cluster volume kelp stack creates from x-cluster-spec"
 cat >"$work/stack.yml" <<'YML'
 version: "3.10"
 services:
@@ -145,16 +145,23 @@ services:
     command: ["sh", "-c", "echo from-stack > /data/stack.txt; sleep 3600"]
     volumes:
       - type: cluster
-        source: v-single-none
+        source: v-stack
         target: /data
 volumes:
-  v-single-none:
+  v-stack:
     external: true
+    x-cluster-spec:
+      access_mode: {scope: single, sharing: none}
+      capacity_range: {required_bytes: "536870912"}
 YML
-docker stack deploy -c "$work/stack.yml" kelpstack >/dev/null 2>&1
-check "stack task running on the external cluster volume" retry 90 running kelpstack_app
+check "kelp stack creates the missing volume" sh -c "target/release/kelp stack -c $work/stack.yml | grep -q 'v-stack: created'"
+check "kelp stack leaves an existing volume alone" sh -c "target/release/kelp stack -c $work/stack.yml | grep -q 'v-stack: exists'"
+check "stack volume created (not pending)" retry 30 vol_created v-stack
+docker stack deploy --resolve-image never -c "$work/stack.yml" kelpstack >/dev/null 2>&1
+check "stack task running on its cluster volume" retry 90 running kelpstack_app
 c=$(task_container kelpstack_app)
 check "stack task wrote through kelp" retry 20 sh -c "docker exec $c cat /data/stack.txt | grep -q from-stack"
+check "the volume has the size x-cluster-spec asked for" sh -c "docker exec $c df -k /data | grep -q ' 524288 '"
 docker stack rm kelpstack >/dev/null
 
 echo "== plugin disabled and re-enabled while a service holds a volume"
@@ -165,7 +172,7 @@ during=$(docker exec "$c" sh -c 'cat /data/kept.txt 2>&1' | head -1)
 docker plugin enable kelp:latest >/dev/null 2>&1
 sleep 10
 after_old=$(docker exec "$c" sh -c 'cat /data/kept.txt 2>&1' | head -1)
-docker service update -q --force writer >/dev/null 2>&1
+docker service update -q --no-resolve-image --force writer >/dev/null 2>&1
 retry 90 running writer 2
 c3=$(task_container writer)
 after_new=$(docker exec "$c3" sh -c 'cat /data/kept.txt 2>&1' | head -1)
@@ -187,7 +194,7 @@ registry_empty() { [[ $(redis-cli -p "$REDIS_PORT" zcard kelp:volumes) == 0 ]]; 
 check "metadata gone" retry 30 unregistered v-multi-all
 no_bucket() { ! kelp_buckets | grep -qx "$1"; }
 check "bucket gone" no_bucket kelp-v-multi-all
-for v in v-single-none v-single-onewriter v-multi-onewriter v-multi-readonly v-secret; do
+for v in v-single-none v-single-onewriter v-multi-onewriter v-multi-readonly v-secret v-stack; do
   retry 120 docker volume rm "$v" || bad "volume rm $v"
 done
 check "no kelp volume left in the registry" retry 30 registry_empty
