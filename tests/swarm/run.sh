@@ -92,7 +92,8 @@ img="$work/img"
 mkdir -p "$img/bin" "$img/tmp"
 cp "$(command -v busybox)" "$img/bin/busybox"
 for c in sh cat ls df echo sleep mkdir touch hostname grep wc; do ln -sf busybox "$img/bin/$c"; done
-tar -C "$img" -c . | docker import - kelp-test-app:latest >/dev/null
+# Services name the image by its ID: the swarm agent then never tries a registry.
+app_image=$(tar -C "$img" -c . | docker import - kelp-test-app:latest)
 
 vol_created() { [[ $(docker volume ls --cluster | awk -v n="$1" '$1 == n {print $NF}') == created ]]; }
 task_container() { docker ps -q -f "label=com.docker.swarm.service.name=$1" | head -1; }
@@ -108,7 +109,7 @@ done
 
 echo "== a service writes; a forced update starts a new task that still sees it"
 docker service create -d -q --no-resolve-image --name writer --mount type=cluster,src=v-multi-all,dst=/data \
-  kelp-test-app:latest sh -c 'hostname >> /data/tasks; sleep 3600' >/dev/null
+  "$app_image" sh -c 'hostname >> /data/tasks; sleep 3600' >/dev/null
 check "task running with the volume" retry 90 running writer
 c=$(task_container writer)
 check "df in the task shows the requested 1 GiB" sh -c "docker exec $c df -h /data | grep -q ' 1.0G '"
@@ -137,11 +138,11 @@ check "secret value absent from docker volume inspect" sh -c "! docker volume in
 check "secret value absent from the plugin's log" sh -c "! grep -q -- '$KELP_S3_SECRET_KEY' $work/dockerd.log"
 
 echo "== a stack whose cluster volume kelp stack creates from x-cluster-spec"
-cat >"$work/stack.yml" <<'YML'
+cat >"$work/stack.yml" <<YML
 version: "3.10"
 services:
   app:
-    image: kelp-test-app:latest
+    image: $app_image
     command: ["sh", "-c", "echo from-stack > /data/stack.txt; sleep 3600"]
     volumes:
       - type: cluster
