@@ -89,15 +89,38 @@ fn main() {
     let weed = Weed::start_at(&bridge.to_string());
     let n0 = net.nodes()[0].ip;
     let mut redis = Vec::new();
-    let replication = DelayProxy::start(format!("{bridge}:0").parse().unwrap(), format!("{n0}:{META_PORT}").parse().unwrap(), Duration::from_millis(2));
+    let replication = DelayProxy::start(
+        format!("{bridge}:0").parse().unwrap(),
+        format!("{n0}:{META_PORT}").parse().unwrap(),
+        Duration::from_millis(2),
+    );
     for i in 0..2 {
         let mut cmd = net.command(i, "redis-server");
-        cmd.args(["--bind", "0.0.0.0", "--port", &META_PORT.to_string(), "--protected-mode", "no", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"])
-            .arg("--dir")
-            .arg(scratch("pinbench-redis"))
-            .stdout(std::process::Stdio::null());
+        cmd.args([
+            "--bind",
+            "0.0.0.0",
+            "--port",
+            &META_PORT.to_string(),
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--repl-diskless-sync-delay",
+            "0",
+        ])
+        .arg("--dir")
+        .arg(scratch("pinbench-redis"))
+        .stdout(std::process::Stdio::null());
         if i == 1 {
-            cmd.args(["--replicaof", &bridge.to_string(), &replication.addr.port().to_string(), "--replica-read-only", "no"]);
+            cmd.args([
+                "--replicaof",
+                &bridge.to_string(),
+                &replication.addr.port().to_string(),
+                "--replica-read-only",
+                "no",
+            ]);
         }
         redis.push(Proc { child: cmd.spawn().unwrap(), name: "redis-server" });
         assert!(wait_addr(&net.nodes()[i].ip.to_string(), META_PORT, Duration::from_secs(10)));
@@ -115,7 +138,16 @@ fn main() {
     // Let the replica catch up with the format.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !Command::new("redis-cli")
-        .args(["-h", &net.nodes()[1].ip.to_string(), "-p", &META_PORT.to_string(), "-n", "1", "exists", "setting"])
+        .args([
+            "-h",
+            &net.nodes()[1].ip.to_string(),
+            "-p",
+            &META_PORT.to_string(),
+            "-n",
+            "1",
+            "exists",
+            "setting",
+        ])
         .output()
         .map(|o| o.stdout.starts_with(b"1"))
         .unwrap_or(false)
@@ -133,9 +165,19 @@ fn main() {
     println!("| one-way delay | workload | local master ops/s | remote master ops/s | local / remote |");
     println!("|---|---|---:|---:|---:|");
     for delay_ms in [2u64, 10] {
-        let remote_proxy = DelayProxy::start(format!("{bridge}:0").parse().unwrap(), format!("{n0}:{META_PORT}").parse().unwrap(), Duration::from_millis(delay_ms));
+        let remote_proxy = DelayProxy::start(
+            format!("{bridge}:0").parse().unwrap(),
+            format!("{n0}:{META_PORT}").parse().unwrap(),
+            Duration::from_millis(delay_ms),
+        );
         let remote = root.join(format!("remote-{delay_ms}"));
-        mount(&net, 1, &format!("redis://{bridge}:{}/1", remote_proxy.addr.port()), &remote, &root.join(format!("remote-{delay_ms}.log")));
+        mount(
+            &net,
+            1,
+            &format!("redis://{bridge}:{}/1", remote_proxy.addr.port()),
+            &remote,
+            &root.join(format!("remote-{delay_ms}.log")),
+        );
         let r = small_files(&remote, PHASE_BUDGET);
         for (what, l, m) in [
             ("create", local_r.create, r.create),
@@ -145,7 +187,11 @@ fn main() {
         ] {
             println!("| {delay_ms} ms | {what} | {l:.0} | {m:.0} | {:.1}x |", l / m);
         }
-        eprintln!("(remote at {delay_ms} ms covered {} of {FILES} files within its {} s budget per phase)", r.files, PHASE_BUDGET.as_secs());
+        eprintln!(
+            "(remote at {delay_ms} ms covered {} of {FILES} files within its {} s budget per phase)",
+            r.files,
+            PHASE_BUDGET.as_secs()
+        );
         let _ = Command::new("umount").arg(&remote).status();
         drop(remote_proxy);
     }

@@ -134,10 +134,7 @@ async fn provision(a: &BenchArgs, ch: Channel, count: usize, baseline_db: u32) -
     let start = Instant::now();
     for i in 0..count {
         let t = Instant::now();
-        let v = ctl
-            .create_volume(create(format!("bench-{i}"), 1))
-            .await
-            .map_err(status)?;
+        let v = ctl.create_volume(create(format!("bench-{i}"), 1)).await.map_err(status)?;
         create_ms.push(t.elapsed().as_secs_f64() * 1e3);
         ids.push(v.into_inner().volume.unwrap_or_default().volume_id);
         progress("kelp CreateVolume", i + 1, count);
@@ -187,7 +184,10 @@ async fn provision(a: &BenchArgs, ch: Channel, count: usize, baseline_db: u32) -
     println!("|---|---:|---:|---:|");
     println!("| kelp CreateVolume | {:.2} | {:.2} | {:.1} |", create.p50, create.p99, create.per_sec);
     println!("| kelp DeleteVolume | {:.2} | {:.2} | {:.1} |", delete.p50, delete.p99, delete.per_sec);
-    println!("| baseline `juicefs format` (+ bucket) | {:.2} | {:.2} | {:.1} |", base.p50, base.p99, base.per_sec);
+    println!(
+        "| baseline `juicefs format` (+ bucket) | {:.2} | {:.2} | {:.1} |",
+        base.p50, base.p99, base.per_sec
+    );
     println!("CreateVolume p50 speed-up over the baseline: {:.1}x", base.p50 / create.p50);
     println!("(baseline buckets base-0..base-{} are left in SeaweedFS for the caller to drop)", count - 1);
     Ok(())
@@ -235,7 +235,14 @@ fn small_files(dir: &Path, n: usize) -> f64 {
     rate
 }
 
-async fn node(a: &BenchArgs, ch: Channel, kelp_pid: u32, volumes: usize, seq_mib: usize, files: usize) -> Result<(), String> {
+async fn node(
+    a: &BenchArgs,
+    ch: Channel,
+    kelp_pid: u32,
+    volumes: usize,
+    seq_mib: usize,
+    files: usize,
+) -> Result<(), String> {
     let mut ctl = ControllerClient::new(ch.clone());
     let mut node = NodeClient::new(ch);
     let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
@@ -288,7 +295,14 @@ async fn node(a: &BenchArgs, ch: Channel, kelp_pid: u32, volumes: usize, seq_mib
     for round in 0..5 {
         let t = Instant::now();
         let out = Command::new("juicefs")
-            .args(["mount", "-d", "--no-usage-report", "--backup-meta=0", "--metrics=127.0.0.1:0", "--cache-size=1024"])
+            .args([
+                "mount",
+                "-d",
+                "--no-usage-report",
+                "--backup-meta=0",
+                "--metrics=127.0.0.1:0",
+                "--cache-size=1024",
+            ])
             .arg(format!("--cache-dir={}", a.dir.join("direct-cache").display()))
             .arg(format!("--log={}", a.dir.join("direct.log").display()))
             .arg(meta_db(&a.meta_url, db))
@@ -310,7 +324,11 @@ async fn node(a: &BenchArgs, ch: Channel, kelp_pid: u32, volumes: usize, seq_mib
         eprint!("\rI/O round {}/5 ", round + 1);
         // Alternate which side goes first, so neither always meets a warm or a
         // busy machine.
-        let order: [(&Path, bool); 2] = if round % 2 == 0 { [(&target, true), (&direct, false)] } else { [(&direct, false), (&target, true)] };
+        let order: [(&Path, bool); 2] = if round % 2 == 0 {
+            [(&target, true), (&direct, false)]
+        } else {
+            [(&direct, false), (&target, true)]
+        };
         for (dir, is_kelp) in order {
             let (w, r) = seq_io(dir, seq_mib);
             let f = small_files(dir, files);
@@ -333,9 +351,12 @@ async fn node(a: &BenchArgs, ch: Channel, kelp_pid: u32, volumes: usize, seq_mib
 
     // Clean up.
     let _ = Command::new("umount").arg(&direct).status();
-    node.node_unpublish_volume(NodeUnpublishVolumeRequest { volume_id: ids[0].clone(), target_path: target.display().to_string() })
-        .await
-        .map_err(status)?;
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: ids[0].clone(),
+        target_path: target.display().to_string(),
+    })
+    .await
+    .map_err(status)?;
     for (i, id) in ids.iter().enumerate() {
         node.node_unstage_volume(NodeUnstageVolumeRequest {
             volume_id: id.clone(),
@@ -343,7 +364,9 @@ async fn node(a: &BenchArgs, ch: Channel, kelp_pid: u32, volumes: usize, seq_mib
         })
         .await
         .map_err(status)?;
-        ctl.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), secrets: Default::default() }).await.map_err(status)?;
+        ctl.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), secrets: Default::default() })
+            .await
+            .map_err(status)?;
     }
 
     println!("## node: {volumes} volumes staged, I/O through one publish");

@@ -30,7 +30,10 @@ pub async fn run(a: AdminArgs) -> Result<(), String> {
 }
 
 async fn volumes(meta: &MetaServer) -> Result<(), kelp::keydb::Error> {
-    println!("{:<28} {:<44} {:<9} {:<26} {:<14} {:>5} {:<8} {:>5}", "NAME", "ID", "STATE", "HOME", "WRITER", "EPOCH", "RELEASED", "FENCE");
+    println!(
+        "{:<28} {:<44} {:<9} {:<26} {:<14} {:>5} {:<8} {:>5}",
+        "NAME", "ID", "STATE", "HOME", "WRITER", "EPOCH", "RELEASED", "FENCE"
+    );
     let mut after: Option<String> = None;
     loop {
         let names = meta.volume_names_after(after.as_deref(), 200).await?;
@@ -38,7 +41,9 @@ async fn volumes(meta: &MetaServer) -> Result<(), kelp::keydb::Error> {
             let Some(rec) = meta.volume(fs_name).await? else { continue };
             let spec: Option<Spec> = serde_json::from_str(&rec.spec).ok();
             let (name, id, home) = match &spec {
-                Some(s) => (s.name.clone(), VolumeId::new(rec.db, &s.uuid, fs_name).to_string(), s.home_meta.clone()),
+                Some(s) => {
+                    (s.name.clone(), VolumeId::new(rec.db, &s.uuid, fs_name).to_string(), s.home_meta.clone())
+                }
                 None => ("?".into(), format!("db {}", rec.db), String::new()),
             };
             let holder = meta.holder(fs_name).await?;

@@ -4,14 +4,13 @@
 use clap::{Args, Subcommand};
 use kelp::proto::csi::{
     controller_client::ControllerClient, node_client::NodeClient, volume_capability::access_mode::Mode,
-    DeleteVolumeRequest, ListVolumesRequest, NodeGetVolumeStatsRequest,
-    NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest,
-    VolumeCapability,
+    DeleteVolumeRequest, ListVolumesRequest, NodeGetVolumeStatsRequest, NodePublishVolumeRequest,
+    NodeStageVolumeRequest, NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
 };
-use std::collections::HashMap;
-use std::path::PathBuf;
 use kelp::server::connect;
 use kelp::volume::{create_request, mount_capability as mount_capability_for};
+use std::collections::HashMap;
+use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ClientArgs {
@@ -60,7 +59,9 @@ enum ClientCommand {
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not key=value"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
 fn staging_for(volume_id: &str, staging: Option<PathBuf>) -> PathBuf {
@@ -80,17 +81,13 @@ pub async fn run(a: ClientArgs) -> Result<(), String> {
         ClientCommand::Create { name, size, opts } => {
             let mut req = create_request(&name, size, Mode::MultiNodeMultiWriter);
             req.parameters = opts.into_iter().collect::<HashMap<_, _>>();
-            let v = ctl
-                .create_volume(req)
-                .await
-                .map_err(status)?
-                .into_inner()
-                .volume
-                .unwrap_or_default();
+            let v = ctl.create_volume(req).await.map_err(status)?.into_inner().volume.unwrap_or_default();
             println!("{}", v.volume_id);
         }
         ClientCommand::Delete { volume_id } => {
-            ctl.delete_volume(DeleteVolumeRequest { volume_id, secrets: HashMap::new() }).await.map_err(status)?;
+            ctl.delete_volume(DeleteVolumeRequest { volume_id, secrets: HashMap::new() })
+                .await
+                .map_err(status)?;
         }
         ClientCommand::List => {
             let mut token = String::new();

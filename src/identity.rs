@@ -23,7 +23,10 @@ pub struct IdentityService {
 
 #[tonic::async_trait]
 impl Identity for IdentityService {
-    async fn get_plugin_info(&self, _req: Request<GetPluginInfoRequest>) -> Result<Response<GetPluginInfoResponse>, Status> {
+    async fn get_plugin_info(
+        &self,
+        _req: Request<GetPluginInfoRequest>,
+    ) -> Result<Response<GetPluginInfoResponse>, Status> {
         Ok(Response::new(GetPluginInfoResponse {
             name: DRIVER_NAME.into(),
             vendor_version: env!("CARGO_PKG_VERSION").into(),
@@ -38,7 +41,9 @@ impl Identity for IdentityService {
         use plugin_capability::{service::Type, Service, Type as Cap};
         let mut capabilities = Vec::new();
         if self.controller {
-            capabilities.push(PluginCapability { r#type: Some(Cap::Service(Service { r#type: Type::ControllerService as i32 })) });
+            capabilities.push(PluginCapability {
+                r#type: Some(Cap::Service(Service { r#type: Type::ControllerService as i32 })),
+            });
         }
         Ok(Response::new(GetPluginCapabilitiesResponse { capabilities }))
     }

@@ -13,7 +13,9 @@ use kelp::keydb::{MetaServer, MetaUrl};
 use kelp::node::core::{NodeConfig, NodeCore};
 use kelp::node::jfs::JuicefsConfig;
 use kelp::node::{supervisor, NodeService};
-use kelp::proto::csi::{controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer};
+use kelp::proto::csi::{
+    controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
+};
 use kelp::seaweedfs::Filer;
 use kelp::server::{self, Endpoint, RpcLogLayer};
 use std::path::PathBuf;
@@ -22,7 +24,11 @@ use std::time::Duration;
 use tracing::{error, info};
 
 #[derive(Parser)]
-#[command(name = "kelp", version, about = "CSI driver for Docker Swarm: distributed POSIX volumes (JuiceFS on SeaweedFS, metadata on the node-local KeyDB master)")]
+#[command(
+    name = "kelp",
+    version,
+    about = "CSI driver for Docker Swarm: distributed POSIX volumes (JuiceFS on SeaweedFS, metadata on the node-local KeyDB master)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -133,7 +139,8 @@ struct ServeArgs {
 }
 
 fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -143,7 +150,11 @@ fn init_logging(level: &str, format: LogFormat) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = match cli.command {
         Command::Serve(args) => {
             init_logging(&args.log_level, args.log_format);
@@ -168,7 +179,10 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     let endpoint = Endpoint::parse(&a.endpoint)?;
     let node_id = match a.node_id.clone().filter(|n| !n.is_empty()) {
         Some(n) => n,
-        None => nix::unistd::gethostname().map_err(|e| format!("no --node-id and no host name: {e}"))?.to_string_lossy().into_owned(),
+        None => nix::unistd::gethostname()
+            .map_err(|e| format!("no --node-id and no host name: {e}"))?
+            .to_string_lossy()
+            .into_owned(),
     };
     let url = MetaUrl::parse(&a.meta_url)?.with_password(a.meta_password.as_deref());
     let meta = MetaServer::new(url.clone());
@@ -186,7 +200,8 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     let filer = if controller { Some(Filer::new(&a.filer).map_err(|e| e.to_string())?) } else { None };
 
     let identity = IdentityService { controller, meta: meta.clone(), filer: filer.clone() };
-    let mut router = tonic::transport::Server::builder().layer(RpcLogLayer).add_service(IdentityServer::new(identity));
+    let mut router =
+        tonic::transport::Server::builder().layer(RpcLogLayer).add_service(IdentityServer::new(identity));
     if let Some(filer) = filer {
         let backends = Backends {
             meta: meta.clone(),
@@ -216,7 +231,8 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
             fence_wait: Duration::from_secs(a.fence_wait),
             advertise: advertise.public_url(),
         };
-        let core = Arc::new(NodeCore::new(cfg, meta.clone(), registry).map_err(|e| format!("node state: {e}"))?);
+        let core =
+            Arc::new(NodeCore::new(cfg, meta.clone(), registry).map_err(|e| format!("node state: {e}"))?);
         // Announce the node, re-adopt, repair or clean what a previous run left, and
         // keep doing so; in the background, so the socket listens at once.
         tokio::spawn(supervisor::run(core.clone()));

@@ -30,9 +30,10 @@ pub fn role(mode: Mode, readonly: bool) -> Role {
         _ if readonly => Role::Reader,
         Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly => Role::Reader,
         Mode::MultiNodeSingleWriter | Mode::MultiNodeMultiWriter => Role::SharedWriter,
-        Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter | Mode::Unknown => {
-            Role::SingleNodeWriter
-        }
+        Mode::SingleNodeWriter
+        | Mode::SingleNodeSingleWriter
+        | Mode::SingleNodeMultiWriter
+        | Mode::Unknown => Role::SingleNodeWriter,
     }
 }
 
@@ -79,7 +80,12 @@ pub enum Handover {
 /// the volume's rule for a holder that never let go: `None` never takes over;
 /// `Some(s)` takes over once the holder's node has been silent for `s` seconds.
 /// `holder_silent_for` is how long the holder's node has not announced itself.
-pub fn handover(current: Option<&Holder>, node: &str, takeover_after: Option<i64>, holder_silent_for: Option<i64>) -> Handover {
+pub fn handover(
+    current: Option<&Holder>,
+    node: &str,
+    takeover_after: Option<i64>,
+    holder_silent_for: Option<i64>,
+) -> Handover {
     let Some(h) = current else {
         return Handover::Grant {
             next: Holder { node: node.into(), epoch: 1, released: false, wait_fence: 0 },
@@ -133,7 +139,9 @@ mod tests {
         let Handover::Grant { next: a2, .. } = again else { panic!() };
         assert_eq!(a2.epoch, 2);
         let released = Holder { released: true, ..a2 };
-        let Handover::Grant { next: b, took_over } = handover(Some(&released), "b", None, None) else { panic!() };
+        let Handover::Grant { next: b, took_over } = handover(Some(&released), "b", None, None) else {
+            panic!()
+        };
         assert_eq!((b.node.as_str(), b.epoch, b.wait_fence, took_over), ("b", 3, 2, false));
     }
 
@@ -142,7 +150,9 @@ mod tests {
         let a = Holder { node: "a".into(), epoch: 4, released: false, wait_fence: 0 };
         assert!(matches!(handover(Some(&a), "b", None, Some(999)), Handover::Refuse { .. }));
         assert!(matches!(handover(Some(&a), "b", Some(60), Some(10)), Handover::Refuse { .. }));
-        let Handover::Grant { next, took_over } = handover(Some(&a), "b", Some(60), Some(61)) else { panic!() };
+        let Handover::Grant { next, took_over } = handover(Some(&a), "b", Some(60), Some(61)) else {
+            panic!()
+        };
         assert!(took_over);
         assert_eq!((next.epoch, next.wait_fence), (5, 0));
     }

@@ -44,9 +44,13 @@ pub fn record_volume(volume: &str) {
 
 /// Serves `router` on `endpoint` until SIGTERM or SIGINT, then lets in-flight RPCs
 /// finish before returning.
-pub async fn serve(router: Router<tower::layer::util::Stack<RpcLogLayer, tower::layer::util::Identity>>, endpoint: &Endpoint) -> std::io::Result<()> {
+pub async fn serve(
+    router: Router<tower::layer::util::Stack<RpcLogLayer, tower::layer::util::Identity>>,
+    endpoint: &Endpoint,
+) -> std::io::Result<()> {
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
@@ -160,7 +164,9 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() + 1 {
-            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..(i + 3).min(b.len())]).unwrap_or(""), 16) {
+            if let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..(i + 3).min(b.len())]).unwrap_or(""), 16)
+            {
                 out.push(v);
                 i += 3;
                 continue;
@@ -181,13 +187,21 @@ pub async fn connect(endpoint: &str) -> Result<tonic::transport::Channel, String
             .map_err(err)?
             .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
                 let path = path.clone();
-                async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
             }))
             .await
             .map_err(err)
     } else {
         let addr = endpoint.strip_prefix("tcp://").unwrap_or(endpoint);
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(err)?.connect().await.map_err(err)
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(err)?
+            .connect()
+            .await
+            .map_err(err)
     }
 }
 

@@ -40,7 +40,10 @@ pub async fn run(a: StackArgs) -> Result<(), String> {
             println!("docker {}", p.args.join(" "));
             continue;
         }
-        let exists = Command::new("docker").args(["volume", "inspect", &p.name]).output().map_err(|e| format!("docker: {e}"))?;
+        let exists = Command::new("docker")
+            .args(["volume", "inspect", &p.name])
+            .output()
+            .map_err(|e| format!("docker: {e}"))?;
         if exists.status.success() {
             println!("{}: exists", p.name);
             continue;
@@ -97,12 +100,17 @@ pub fn plan(yaml: &str, driver: &str) -> Result<Vec<Planned>, String> {
         flag("sharing", get(&["access_mode", "sharing"]).or_else(|| label("sharing")));
         flag("group", get(&["group"]).or_else(|| label("group")));
         flag("availability", get(&["availability"]).or_else(|| label("availability")));
-        flag("required-bytes", get(&["capacity_range", "required_bytes"]).or_else(|| label("required-bytes")));
+        flag(
+            "required-bytes",
+            get(&["capacity_range", "required_bytes"]).or_else(|| label("required-bytes")),
+        );
         flag("limit-bytes", get(&["capacity_range", "limit_bytes"]).or_else(|| label("limit-bytes")));
         if let Some(secrets) = cs.and_then(|c| c.get("secrets")).and_then(Value::as_sequence) {
             for s in secrets {
                 let (k, v) = (s.get("key").and_then(text), s.get("secret").and_then(text));
-                let (Some(k), Some(v)) = (k, v) else { return Err(format!("volume {name}: a secret needs key and secret")) };
+                let (Some(k), Some(v)) = (k, v) else {
+                    return Err(format!("volume {name}: a secret needs key and secret"));
+                };
                 flag("secret", Some(format!("{k}={v}")));
             }
         }

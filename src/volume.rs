@@ -49,7 +49,8 @@ impl VolumeId {
         let db: u32 = parts.next()?.parse().ok()?;
         let tag = parts.next()?.to_string();
         let fs_name = parts.next()?.to_string();
-        let tag_ok = tag.len() == TAG_LEN && tag.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let tag_ok =
+            tag.len() == TAG_LEN && tag.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         (db > 0 && tag_ok && is_valid_fs_name(&fs_name)).then_some(VolumeId { db, tag, fs_name })
     }
 
@@ -202,7 +203,8 @@ impl Params {
                     _ => return Err(bad("expected none, lz4 or zstd")),
                 },
                 "trash-days" => {
-                    p.trash_days = value.parse().ok().filter(|d| *d <= 3650).ok_or_else(|| bad("expected 0 to 3650"))?
+                    p.trash_days =
+                        value.parse().ok().filter(|d| *d <= 3650).ok_or_else(|| bad("expected 0 to 3650"))?
                 }
                 "inodes" => p.inodes = value.parse().map_err(|_| bad("expected a whole number"))?,
                 "replication" => {
@@ -216,7 +218,9 @@ impl Params {
                     "local" => p.shared_writers_local = true,
                     _ => return Err(bad("expected home or local")),
                 },
-                "cache-size" => p.cache_size_mib = Some(value.parse().map_err(|_| bad("expected MiB, a whole number"))?),
+                "cache-size" => {
+                    p.cache_size_mib = Some(value.parse().map_err(|_| bad("expected MiB, a whole number"))?)
+                }
                 "cache-dir" => {
                     if !value.starts_with('/') || value.split('/').any(|c| c == "..") {
                         return Err(bad("expected an absolute path without .."));
@@ -226,7 +230,12 @@ impl Params {
                 "takeover-after" => {
                     p.takeover_after = match value {
                         "never" => None,
-                        v => Some(v.parse().ok().filter(|s| *s >= 0).ok_or_else(|| bad("expected never or whole seconds"))?),
+                        v => Some(
+                            v.parse()
+                                .ok()
+                                .filter(|s| *s >= 0)
+                                .ok_or_else(|| bad("expected never or whole seconds"))?,
+                        ),
                     }
                 }
                 _ => {
@@ -386,8 +395,16 @@ mod tests {
         assert_eq!(VolumeId::parse(&id.to_string()), Some(id.clone()));
         assert!(id.matches_uuid("0a1b2c3d-9999-4000-8000-000000000000"));
         assert!(!id.matches_uuid("ffffffff-9999-4000-8000-000000000000"));
-        for bad in ["", "media", "kelp1:0:0a1b2c3d:media", "kelp1:x:0a1b2c3d:media", "kelp2:1:0a1b2c3d:media",
-                    "kelp1:1:0a1b2c3d:Bad_Name", "kelp1:1:media", "kelp1:1:xyz:media"] {
+        for bad in [
+            "",
+            "media",
+            "kelp1:0:0a1b2c3d:media",
+            "kelp1:x:0a1b2c3d:media",
+            "kelp2:1:0a1b2c3d:media",
+            "kelp1:1:0a1b2c3d:Bad_Name",
+            "kelp1:1:media",
+            "kelp1:1:xyz:media",
+        ] {
             assert_eq!(VolumeId::parse(bad), None, "{bad}");
         }
     }
@@ -395,7 +412,8 @@ mod tests {
     #[test]
     fn params_parse_and_name_bad_keys() {
         let raw = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let p = Params::parse(&raw(&[("block-size", "1M"), ("compression", "lz4"), ("replication", "010")])).unwrap();
+        let p = Params::parse(&raw(&[("block-size", "1M"), ("compression", "lz4"), ("replication", "010")]))
+            .unwrap();
         assert_eq!((p.block_size_kib, p.compression.as_str()), (1024, "lz4"));
         let e = Params::parse(&raw(&[("colour", "blue")])).unwrap_err().to_string();
         assert!(e.contains("colour"), "{e}");

@@ -99,7 +99,13 @@ impl Cluster {
                 .stdout(std::process::Stdio::null());
             if i > 0 {
                 let proxy = DelayProxy::start(format!("{bridge}:0").parse().unwrap(), primary, delay);
-                cmd.args(["--replicaof", &bridge, &proxy.addr.port().to_string(), "--replica-read-only", "no"]);
+                cmd.args([
+                    "--replicaof",
+                    &bridge,
+                    &proxy.addr.port().to_string(),
+                    "--replica-read-only",
+                    "no",
+                ]);
                 proxies.push(Some(proxy));
             }
             redis.push(Proc { child: cmd.spawn().unwrap(), name: "redis-server" });
@@ -204,7 +210,12 @@ impl Cluster {
         c.ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap().volume_id
     }
 
-    async fn controller_publish(&self, vol: &str, i: usize, mode: Mode) -> Result<HashMap<String, String>, tonic::Status> {
+    async fn controller_publish(
+        &self,
+        vol: &str,
+        i: usize,
+        mode: Mode,
+    ) -> Result<HashMap<String, String>, tonic::Status> {
         let mut c = self.controller().await;
         let r = c
             .ctl
@@ -231,7 +242,13 @@ impl Cluster {
     }
 
     /// NodeStage + NodePublish on node `i` with the controller's publish context.
-    async fn mount(&self, vol: &str, i: usize, mode: Mode, ctx: &HashMap<String, String>) -> Result<PathBuf, tonic::Status> {
+    async fn mount(
+        &self,
+        vol: &str,
+        i: usize,
+        mode: Mode,
+        ctx: &HashMap<String, String>,
+    ) -> Result<PathBuf, tonic::Status> {
         let (staging, target) = self.paths(i, vol);
         let mut n = self.node(i).await;
         n.node
@@ -283,7 +300,8 @@ fn write_files(dir: &Path, n: usize) {
 
 fn check_files(dir: &Path, n: usize) {
     for i in 0..n {
-        let got = std::fs::read_to_string(dir.join(format!("data/f{i}"))).unwrap_or_else(|e| panic!("f{i}: {e}"));
+        let got =
+            std::fs::read_to_string(dir.join(format!("data/f{i}"))).unwrap_or_else(|e| panic!("f{i}: {e}"));
         assert_eq!(got, format!("content {i}"));
     }
 }
@@ -304,11 +322,19 @@ async fn clean_handover_after_heavy_writes_loses_nothing() {
     check_files(&t1, 300);
 
     // `kelp admin volumes` shows the home master, the writer, its epoch and the fence.
-    let out = run(std::process::Command::new(kelp_bin())
-        .args(["admin", "--meta-url", &format!("redis://{}:{META_PORT}", c.net.nodes()[0].ip), "volumes"]));
+    let out = run(std::process::Command::new(kelp_bin()).args([
+        "admin",
+        "--meta-url",
+        &format!("redis://{}:{META_PORT}", c.net.nodes()[0].ip),
+        "volumes",
+    ]));
     let line = out.lines().find(|l| l.starts_with("handover ")).unwrap_or_else(|| panic!("{out}"));
     let cols: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(&cols[2..], &["ready", &format!("redis://{}:{META_PORT}", c.net.nodes()[0].ip), "n1", "2", "no", "1"], "{out}");
+    assert_eq!(
+        &cols[2..],
+        &["ready", &format!("redis://{}:{META_PORT}", c.net.nodes()[0].ip), "n1", "2", "no", "1"],
+        "{out}"
+    );
 
     c.release(&vol, 1).await;
     assert!(mounts_under(&c.root).is_empty());
@@ -381,7 +407,10 @@ async fn crashed_writer_is_refused_or_taken_over_as_configured() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("held by node \"n0\""), "{}", err.message());
 
-    let ctx = c.controller_publish(&after, 1, Mode::SingleNodeWriter).await.expect("taken over after 3 s of silence");
+    let ctx = c
+        .controller_publish(&after, 1, Mode::SingleNodeWriter)
+        .await
+        .expect("taken over after 3 s of silence");
     assert_eq!(ctx["kelp/fence"], "0", "a takeover has no fence to wait for");
     let t1 = c.mount(&after, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
     std::fs::write(t1.join("after-takeover"), b"ok").unwrap();
@@ -410,7 +439,11 @@ async fn shared_writers_commit_through_one_master() {
     let mut n = c.node(1).await;
     let st = n
         .node
-        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest { volume_id: vol.clone(), volume_path: t.display().to_string(), staging_target_path: String::new() })
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: vol.clone(),
+            volume_path: t.display().to_string(),
+            staging_target_path: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();

@@ -54,7 +54,8 @@ async fn eventually_io(path: &Path, within: Duration) {
         let ok = mounted && {
             let probe = probe.clone();
             let io = tokio::task::spawn_blocking(move || {
-                std::fs::write(&probe, b"alive").is_ok() && std::fs::read(&probe).map(|d| d == b"alive").unwrap_or(false)
+                std::fs::write(&probe, b"alive").is_ok()
+                    && std::fs::read(&probe).map(|d| d == b"alive").unwrap_or(false)
             });
             tokio::time::timeout(Duration::from_secs(5), io).await.ok().and_then(|r| r.ok()).unwrap_or(false)
         };
@@ -66,11 +67,11 @@ async fn eventually_io(path: &Path, within: Duration) {
     }
 }
 
-
 /// juicefs rewrites its own command line (hiding the metadata URL), so find the
 /// processes of a volume by the log file kelp gave them.
 fn juicefs_pids(fs_name: &str) -> Vec<i32> {
-    let out = Command::new("pgrep").args(["-f", &format!("juicefs mount.*logs/{fs_name}.log")]).output().unwrap();
+    let out =
+        Command::new("pgrep").args(["-f", &format!("juicefs mount.*logs/{fs_name}.log")]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
@@ -108,7 +109,11 @@ async fn stage_publish_twice_read_only_and_clean_unmount() {
     // Stats of a target: capacity from the file system, condition normal.
     let st = c
         .node
-        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest { volume_id: id.into(), volume_path: s(&t1), staging_target_path: String::new() })
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: id.into(),
+            volume_path: s(&t1),
+            staging_target_path: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -116,7 +121,11 @@ async fn stage_publish_twice_read_only_and_clean_unmount() {
     assert!(!st.volume_condition.unwrap().abnormal);
     let e = c
         .node
-        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest { volume_id: id.into(), volume_path: s(&b.root), staging_target_path: String::new() })
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: id.into(),
+            volume_path: s(&b.root),
+            staging_target_path: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -266,7 +275,8 @@ async fn per_volume_cache_settings_reach_the_mount() {
     let mut c = csi::connect(&b.kelp.endpoint).await;
     let cache_dir = b.root.join("volume-cache");
     let mut req = csi::create_req("node-cache", GIB);
-    req.parameters = [("cache-size".to_string(), "64".to_string()), ("cache-dir".to_string(), s(&cache_dir))].into();
+    req.parameters =
+        [("cache-size".to_string(), "64".to_string()), ("cache-dir".to_string(), s(&cache_dir))].into();
     let vol = c.ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
     assert_eq!(vol.volume_context["cache-size"], "64");
     let id = vol.volume_id.as_str();

@@ -46,12 +46,16 @@ async fn create_mount_write_df_delete() {
     umount(&mnt);
     assert!(mounts_under(&mnt).is_empty());
     // The bucket carries the capacity as its SeaweedFS quota.
-    let listing = run(Command::new("curl").args(["-s", "-H", "Accept: application/json"]).arg(format!(
-        "http://127.0.0.1:{}/buckets/?limit=10000",
-        weed.filer_port
-    )));
+    let listing = run(Command::new("curl")
+        .args(["-s", "-H", "Accept: application/json"])
+        .arg(format!("http://127.0.0.1:{}/buckets/?limit=10000", weed.filer_port)));
     let v: serde_json::Value = serde_json::from_str(&listing).unwrap();
-    let entry = v["Entries"].as_array().unwrap().iter().find(|e| e["FullPath"] == format!("/buckets/kelp-{fs}")).unwrap();
+    let entry = v["Entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["FullPath"] == format!("/buckets/kelp-{fs}"))
+        .unwrap();
     assert_eq!(entry["Quota"], 2 * GIB);
 
     c.delete(&vol.volume_id).await.unwrap();
@@ -68,11 +72,19 @@ async fn create_mount_write_df_delete() {
     c.delete(&vol.volume_id).await.unwrap();
     let validate = |id: &str| csi::ValidateVolumeCapabilitiesRequest {
         volume_id: id.into(),
-        volume_capabilities: vec![csi::mount_cap(csi::volume_capability::access_mode::Mode::SingleNodeWriter)],
+        volume_capabilities: vec![csi::mount_cap(
+            csi::volume_capability::access_mode::Mode::SingleNodeWriter,
+        )],
         ..Default::default()
     };
-    c.ctl.validate_volume_capabilities(validate(&again.volume_id)).await.expect("new volume survives the stale delete");
-    assert_eq!(c.ctl.validate_volume_capabilities(validate(&vol.volume_id)).await.unwrap_err().code(), Code::NotFound);
+    c.ctl
+        .validate_volume_capabilities(validate(&again.volume_id))
+        .await
+        .expect("new volume survives the stale delete");
+    assert_eq!(
+        c.ctl.validate_volume_capabilities(validate(&vol.volume_id)).await.unwrap_err().code(),
+        Code::NotFound
+    );
     c.delete(&again.volume_id).await.unwrap();
 }
 
@@ -95,13 +107,21 @@ async fn format_is_what_juicefs_format_writes() {
     let spare = 250;
     redis.cli(spare, &["flushdb"]);
     let mut fmt = Command::new("juicefs");
-    fmt.args(["format", "--no-update", "--storage=s3", "--block-size=1024", "--compress=lz4", "--inodes=1000", "--capacity=1"])
-        .arg(format!("--bucket={}/kelp-byhand-fmt", weed.s3_endpoint()))
-        .arg(format!("--access-key={S3_ACCESS_KEY}"))
-        .arg(format!("--secret-key={S3_SECRET_KEY}"))
-        .arg(format!("redis://127.0.0.1:{}/{spare}", redis.port))
-        .arg("fmt-check")
-        .env("META_PASSWORD", META_PASSWORD);
+    fmt.args([
+        "format",
+        "--no-update",
+        "--storage=s3",
+        "--block-size=1024",
+        "--compress=lz4",
+        "--inodes=1000",
+        "--capacity=1",
+    ])
+    .arg(format!("--bucket={}/kelp-byhand-fmt", weed.s3_endpoint()))
+    .arg(format!("--access-key={S3_ACCESS_KEY}"))
+    .arg(format!("--secret-key={S3_SECRET_KEY}"))
+    .arg(format!("redis://127.0.0.1:{}/{spare}", redis.port))
+    .arg("fmt-check")
+    .env("META_PASSWORD", META_PASSWORD);
     run(&mut fmt);
 
     let keys = |db| {
@@ -121,8 +141,36 @@ async fn format_is_what_juicefs_format_writes() {
     }
     // Root and trash inode records differ only in their timestamps.
     for key in ["i1", "i9223372032828243968"] {
-        let a = Command::new("redis-cli").args(["-p", &redis.port.to_string(), "-a", META_PASSWORD, "--no-auth-warning", "-n", &db.to_string(), "--no-raw", "strlen", key]).output().unwrap();
-        let b = Command::new("redis-cli").args(["-p", &redis.port.to_string(), "-a", META_PASSWORD, "--no-auth-warning", "-n", &spare.to_string(), "--no-raw", "strlen", key]).output().unwrap();
+        let a = Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port.to_string(),
+                "-a",
+                META_PASSWORD,
+                "--no-auth-warning",
+                "-n",
+                &db.to_string(),
+                "--no-raw",
+                "strlen",
+                key,
+            ])
+            .output()
+            .unwrap();
+        let b = Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port.to_string(),
+                "-a",
+                META_PASSWORD,
+                "--no-auth-warning",
+                "-n",
+                &spare.to_string(),
+                "--no-raw",
+                "strlen",
+                key,
+            ])
+            .output()
+            .unwrap();
         assert_eq!(a.stdout, b.stdout, "{key} length");
     }
     // The marker object is where juicefs puts it.
@@ -146,9 +194,21 @@ async fn bad_input_gets_the_right_code_and_creates_nothing() {
     };
     let mut cases: Vec<(&str, csi::CreateVolumeRequest, Code)> = vec![
         ("missing name", csi::CreateVolumeRequest { name: String::new(), ..base() }, Code::InvalidArgument),
-        ("no capabilities", csi::CreateVolumeRequest { volume_capabilities: vec![], ..base() }, Code::InvalidArgument),
-        ("block access", csi::CreateVolumeRequest { volume_capabilities: vec![csi::block_cap()], ..base() }, Code::InvalidArgument),
-        ("control chars in name", csi::CreateVolumeRequest { name: "a\u{7}b".into(), ..base() }, Code::InvalidArgument),
+        (
+            "no capabilities",
+            csi::CreateVolumeRequest { volume_capabilities: vec![], ..base() },
+            Code::InvalidArgument,
+        ),
+        (
+            "block access",
+            csi::CreateVolumeRequest { volume_capabilities: vec![csi::block_cap()], ..base() },
+            Code::InvalidArgument,
+        ),
+        (
+            "control chars in name",
+            csi::CreateVolumeRequest { name: "a\u{7}b".into(), ..base() },
+            Code::InvalidArgument,
+        ),
         ("huge name", csi::CreateVolumeRequest { name: "n".repeat(5000), ..base() }, Code::InvalidArgument),
         ("unknown key", with_params(&[("colour", "blue")]), Code::InvalidArgument),
         ("huge value", with_params(&[("compression", &"z".repeat(10_000))]), Code::InvalidArgument),
@@ -167,7 +227,11 @@ async fn bad_input_gets_the_right_code_and_creates_nothing() {
     only_access_key.secrets = HashMap::from([("access-key".to_string(), "x".to_string())]);
     cases.push(("half the S3 secrets", only_access_key, Code::InvalidArgument));
     let many: HashMap<String, String> = (0..100).map(|i| (format!("k{i}"), "v".into())).collect();
-    cases.push(("too many params", csi::CreateVolumeRequest { parameters: many, ..base() }, Code::InvalidArgument));
+    cases.push((
+        "too many params",
+        csi::CreateVolumeRequest { parameters: many, ..base() },
+        Code::InvalidArgument,
+    ));
 
     // Other tests share the servers, so look for traces of these names only.
     let fs_names: Vec<String> = cases.iter().map(|(_, r, _)| kelp::volume::fs_name_for(&r.name)).collect();
@@ -199,7 +263,12 @@ async fn list_validate_capacity_publish_and_expand() {
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
-        let r = c.ctl.list_volumes(csi::ListVolumesRequest { max_entries: 2, starting_token: token }).await.unwrap().into_inner();
+        let r = c
+            .ctl
+            .list_volumes(csi::ListVolumesRequest { max_entries: 2, starting_token: token })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(r.entries.len() <= 2);
         seen.extend(r.entries.into_iter().map(|e| e.volume.unwrap().volume_id));
         if r.next_token.is_empty() {
@@ -210,7 +279,8 @@ async fn list_validate_capacity_publish_and_expand() {
     for id in &ids {
         assert_eq!(seen.iter().filter(|s| *s == id).count(), 1, "{id} listed once");
     }
-    let bad = c.ctl.list_volumes(csi::ListVolumesRequest { max_entries: 2, starting_token: "bogus".into() }).await;
+    let bad =
+        c.ctl.list_volumes(csi::ListVolumesRequest { max_entries: 2, starting_token: "bogus".into() }).await;
     assert_eq!(bad.unwrap_err().code(), Code::Aborted);
 
     let cap = csi::mount_cap(csi::volume_capability::access_mode::Mode::SingleNodeWriter);
@@ -259,7 +329,8 @@ async fn list_validate_capacity_publish_and_expand() {
     c.ctl.controller_publish_volume(publish(&ids[0], "test-node")).await.unwrap();
     let e = c.ctl.controller_publish_volume(publish(&ids[0], "no-such-node")).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let e = c.ctl.controller_publish_volume(publish("kelp1:201:00000000:ghost", "test-node")).await.unwrap_err();
+    let e =
+        c.ctl.controller_publish_volume(publish("kelp1:201:00000000:ghost", "test-node")).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 
     // Expansion rewrites Capacity; a mounted client sees it without remounting.
@@ -329,7 +400,11 @@ async fn crash_at_every_step_is_finished_by_the_retry() {
         c.delete(&vol.volume_id).await.unwrap();
         assert!(!weed.buckets().contains(&bucket), "{point}: bucket gone");
         assert_eq!(redis.cli(db, &["dbsize"]), "0", "{point}: database empty");
-        assert_eq!(redis.cli(0, &["sismember", "kelp:dbs", &db.to_string()]), "0", "{point}: database released");
+        assert_eq!(
+            redis.cli(0, &["sismember", "kelp:dbs", &db.to_string()]),
+            "0",
+            "{point}: database released"
+        );
     }
 }
 
@@ -354,11 +429,16 @@ async fn secrets_never_leak() {
 
     // A kelp given a password in its metadata URL, whose server is down, says so in
     // Probe's error and its log, without the password.
-    let mut bare = BareKelp::start(&[format!("--meta-url=redis://:{META_PASSWORD}@127.0.0.1:{}", free_port())], &[]);
+    let mut bare =
+        BareKelp::start(&[format!("--meta-url=redis://:{META_PASSWORD}@127.0.0.1:{}", free_port())], &[]);
     let mut dead = csi::connect(&bare.endpoint).await;
     let err = dead.identity.probe(csi::ProbeRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    assert!(err.message().contains("unreachable") && !err.message().contains(META_PASSWORD), "{}", err.message());
+    assert!(
+        err.message().contains("unreachable") && !err.message().contains(META_PASSWORD),
+        "{}",
+        err.message()
+    );
     bare.proc.kill();
     let dead_log = bare.log_text();
     assert!(dead_log.contains("unreachable"), "{dead_log}");
@@ -398,7 +478,11 @@ async fn probe_names_the_backend_that_is_down() {
     let redis = shared_redis();
     // A filer address where nothing listens.
     let bare = BareKelp::start(
-        &["--databases=64".into(), format!("--meta-url={}", redis.url()), format!("--filer=127.0.0.1:{}", free_port())],
+        &[
+            "--databases=64".into(),
+            format!("--meta-url={}", redis.url()),
+            format!("--filer=127.0.0.1:{}", free_port()),
+        ],
         &[("KELP_META_PASSWORD", META_PASSWORD)],
     );
     let mut c = csi::connect(&bare.endpoint).await;

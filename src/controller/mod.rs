@@ -7,6 +7,8 @@ pub mod provision;
 use crate::error::{require, Error, Result};
 use crate::keydb::MetaServer;
 use crate::locks::VolumeLocks;
+use crate::pinning;
+use crate::proto::csi::volume_capability::access_mode::Mode;
 use crate::proto::csi::{
     controller_server::Controller, controller_service_capability, list_volumes_response,
     validate_volume_capabilities_response::Confirmed, ControllerExpandVolumeRequest,
@@ -16,13 +18,11 @@ use crate::proto::csi::{
     ControllerServiceCapability, ControllerUnpublishVolumeRequest, ControllerUnpublishVolumeResponse,
     CreateSnapshotRequest, CreateSnapshotResponse, CreateVolumeRequest, CreateVolumeResponse,
     DeleteSnapshotRequest, DeleteSnapshotResponse, DeleteVolumeRequest, DeleteVolumeResponse,
-    GetCapacityRequest, GetCapacityResponse, GetSnapshotRequest, GetSnapshotResponse, ListSnapshotsRequest, ListSnapshotsResponse,
-    ListVolumesRequest, ListVolumesResponse, ValidateVolumeCapabilitiesRequest,
+    GetCapacityRequest, GetCapacityResponse, GetSnapshotRequest, GetSnapshotResponse, ListSnapshotsRequest,
+    ListSnapshotsResponse, ListVolumesRequest, ListVolumesResponse, ValidateVolumeCapabilitiesRequest,
     ValidateVolumeCapabilitiesResponse, Volume,
 };
 use crate::seaweedfs::Filer;
-use crate::pinning;
-use crate::proto::csi::volume_capability::access_mode::Mode;
 use crate::volume::{self, publish_keys, Params, Spec, VolumeId};
 use provision::{CreateRequest, S3Credentials};
 use std::collections::HashMap;
@@ -85,10 +85,14 @@ impl ControllerService {
                     }
                 }
                 pinning::Handover::Refuse { holder, silent_for } => {
-                    let heard = silent_for.map(|s| format!("last heard from {s} s ago")).unwrap_or_else(|| "never heard from".into());
+                    let heard = silent_for
+                        .map(|s| format!("last heard from {s} s ago"))
+                        .unwrap_or_else(|| "never heard from".into());
                     let rule = match spec.params.takeover_after {
                         Some(s) => format!("kelp takes over once it has been silent for {s} s"),
-                        None => "this volume is never taken over without a release (takeover-after=never)".into(),
+                        None => {
+                            "this volume is never taken over without a release (takeover-after=never)".into()
+                        }
                     };
                     return Err(Error::FailedPrecondition(format!(
                         "volume {id} is held by node {holder:?}, which has not released it ({heard}); stop the task there so it is unpublished; {rule}"
@@ -128,7 +132,8 @@ fn csi_volume(id: &VolumeId, spec: &Spec) -> Volume {
 /// What the node side is told about a volume: names, and the per-volume node settings.
 /// No secret ever goes here: Swarm shows it in `docker volume inspect`.
 fn volume_context(id: &VolumeId, spec: &Spec) -> HashMap<String, String> {
-    let mut ctx = HashMap::from([("fsName".to_string(), id.fs_name.clone()), ("bucket".to_string(), id.bucket())]);
+    let mut ctx =
+        HashMap::from([("fsName".to_string(), id.fs_name.clone()), ("bucket".to_string(), id.bucket())]);
     if let Some(size) = spec.params.cache_size_mib {
         ctx.insert(volume::context_keys::CACHE_SIZE.into(), size.to_string());
     }
@@ -145,7 +150,10 @@ fn parse_id(id: &str) -> Result<VolumeId> {
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
-    async fn create_volume(&self, req: Request<CreateVolumeRequest>) -> std::result::Result<Response<CreateVolumeResponse>, Status> {
+    async fn create_volume(
+        &self,
+        req: Request<CreateVolumeRequest>,
+    ) -> std::result::Result<Response<CreateVolumeResponse>, Status> {
         let r = req.into_inner();
         volume::validate_name(&r.name)?;
         volume::validate_capabilities(&r.volume_capabilities)?;
@@ -153,7 +161,10 @@ impl Controller for ControllerService {
             return Err(Error::InvalidArgument(why).into());
         }
         if r.volume_content_source.is_some() {
-            return Err(Error::InvalidArgument("kelp does not create volumes from snapshots or clones".into()).into());
+            return Err(Error::InvalidArgument(
+                "kelp does not create volumes from snapshots or clones".into(),
+            )
+            .into());
         }
         let params = Params::parse(&r.parameters)?;
         let capacity = volume::capacity_for(r.capacity_range.as_ref())?;
@@ -162,13 +173,23 @@ impl Controller for ControllerService {
         let _guard = self.locks.lock(&fs_name, LOCK_WAIT).await?;
         let (id, spec) = provision::create(
             &self.backends,
-            CreateRequest { name: &r.name, fs_name, capacity, range: r.capacity_range.as_ref(), params, credentials },
+            CreateRequest {
+                name: &r.name,
+                fs_name,
+                capacity,
+                range: r.capacity_range.as_ref(),
+                params,
+                credentials,
+            },
         )
         .await?;
         Ok(Response::new(CreateVolumeResponse { volume: Some(csi_volume(&id, &spec)) }))
     }
 
-    async fn delete_volume(&self, req: Request<DeleteVolumeRequest>) -> std::result::Result<Response<DeleteVolumeResponse>, Status> {
+    async fn delete_volume(
+        &self,
+        req: Request<DeleteVolumeRequest>,
+    ) -> std::result::Result<Response<DeleteVolumeResponse>, Status> {
         let r = req.into_inner();
         require(!r.volume_id.is_empty(), "volume_id is required")?;
         // An id kelp could never have issued names no volume: deleting it succeeds.
@@ -186,7 +207,9 @@ impl Controller for ControllerService {
         let r = req.into_inner();
         require(!r.volume_id.is_empty(), "volume_id is required")?;
         require(!r.node_id.is_empty(), "node_id is required")?;
-        let cap = r.volume_capability.ok_or_else(|| Error::InvalidArgument("volume_capability is required".into()))?;
+        let cap = r
+            .volume_capability
+            .ok_or_else(|| Error::InvalidArgument("volume_capability is required".into()))?;
         volume::validate_capabilities(std::slice::from_ref(&cap))?;
         let id = parse_id(&r.volume_id)?;
         let (_, spec) = provision::lookup(&self.backends, &id).await?;
@@ -200,10 +223,13 @@ impl Controller for ControllerService {
         if let Some(why) = volume::unsupported_capability(std::slice::from_ref(&cap)) {
             return Err(Error::InvalidArgument(why).into());
         }
-        let mode = cap.access_mode.as_ref().and_then(|m| Mode::try_from(m.mode).ok()).unwrap_or(Mode::Unknown);
+        let mode =
+            cap.access_mode.as_ref().and_then(|m| Mode::try_from(m.mode).ok()).unwrap_or(Mode::Unknown);
         let role = pinning::role(mode, r.readonly);
         let mut context = HashMap::new();
-        if pinning::master_for(role, spec.params.shared_writers_local) == pinning::Master::Home && !spec.home_meta.is_empty() {
+        if pinning::master_for(role, spec.params.shared_writers_local) == pinning::Master::Home
+            && !spec.home_meta.is_empty()
+        {
             context.insert(publish_keys::META.to_string(), spec.home_meta.clone());
         }
         if role == pinning::Role::SingleNodeWriter {
@@ -253,7 +279,10 @@ impl Controller for ControllerService {
         Ok(Response::new(resp))
     }
 
-    async fn list_volumes(&self, req: Request<ListVolumesRequest>) -> std::result::Result<Response<ListVolumesResponse>, Status> {
+    async fn list_volumes(
+        &self,
+        req: Request<ListVolumesRequest>,
+    ) -> std::result::Result<Response<ListVolumesResponse>, Status> {
         let r = req.into_inner();
         if r.max_entries < 0 {
             return Err(Error::InvalidArgument("max_entries must not be negative".into()).into());
@@ -262,7 +291,9 @@ impl Controller for ControllerService {
             None
         } else {
             let name = r.starting_token.strip_prefix(TOKEN_PREFIX).filter(|n| volume::is_valid_fs_name(n));
-            Some(name.ok_or_else(|| Error::Aborted(format!("starting_token {:?} was not issued by kelp", r.starting_token)))?)
+            Some(name.ok_or_else(|| {
+                Error::Aborted(format!("starting_token {:?} was not issued by kelp", r.starting_token))
+            })?)
         };
         let page = if r.max_entries == 0 { 1000 } else { r.max_entries as usize };
         // One extra name tells whether another page follows.
@@ -286,10 +317,14 @@ impl Controller for ControllerService {
         Ok(Response::new(ListVolumesResponse { entries, next_token }))
     }
 
-    async fn get_capacity(&self, _req: Request<GetCapacityRequest>) -> std::result::Result<Response<GetCapacityResponse>, Status> {
+    async fn get_capacity(
+        &self,
+        _req: Request<GetCapacityRequest>,
+    ) -> std::result::Result<Response<GetCapacityResponse>, Status> {
         let space = self.backends.filer.space().await.map_err(Error::from)?;
         Ok(Response::new(GetCapacityResponse {
-            available_capacity: space.total_bytes.saturating_sub(space.used_bytes).min(i64::MAX as u64) as i64,
+            available_capacity: space.total_bytes.saturating_sub(space.used_bytes).min(i64::MAX as u64)
+                as i64,
             maximum_volume_size: None,
             minimum_volume_size: None,
         }))
@@ -314,19 +349,31 @@ impl Controller for ControllerService {
         Ok(Response::new(ControllerGetCapabilitiesResponse { capabilities: caps }))
     }
 
-    async fn create_snapshot(&self, _req: Request<CreateSnapshotRequest>) -> std::result::Result<Response<CreateSnapshotResponse>, Status> {
+    async fn create_snapshot(
+        &self,
+        _req: Request<CreateSnapshotRequest>,
+    ) -> std::result::Result<Response<CreateSnapshotResponse>, Status> {
         Err(Error::Unimplemented("snapshots are not offered".into()).into())
     }
 
-    async fn delete_snapshot(&self, _req: Request<DeleteSnapshotRequest>) -> std::result::Result<Response<DeleteSnapshotResponse>, Status> {
+    async fn delete_snapshot(
+        &self,
+        _req: Request<DeleteSnapshotRequest>,
+    ) -> std::result::Result<Response<DeleteSnapshotResponse>, Status> {
         Err(Error::Unimplemented("snapshots are not offered".into()).into())
     }
 
-    async fn list_snapshots(&self, _req: Request<ListSnapshotsRequest>) -> std::result::Result<Response<ListSnapshotsResponse>, Status> {
+    async fn list_snapshots(
+        &self,
+        _req: Request<ListSnapshotsRequest>,
+    ) -> std::result::Result<Response<ListSnapshotsResponse>, Status> {
         Err(Error::Unimplemented("snapshots are not offered".into()).into())
     }
 
-    async fn get_snapshot(&self, _req: Request<GetSnapshotRequest>) -> std::result::Result<Response<GetSnapshotResponse>, Status> {
+    async fn get_snapshot(
+        &self,
+        _req: Request<GetSnapshotRequest>,
+    ) -> std::result::Result<Response<GetSnapshotResponse>, Status> {
         Err(Error::Unimplemented("snapshots are not offered".into()).into())
     }
 
@@ -336,7 +383,8 @@ impl Controller for ControllerService {
     ) -> std::result::Result<Response<ControllerExpandVolumeResponse>, Status> {
         let r = req.into_inner();
         require(!r.volume_id.is_empty(), "volume_id is required")?;
-        let range = r.capacity_range.ok_or_else(|| Error::InvalidArgument("capacity_range is required".into()))?;
+        let range =
+            r.capacity_range.ok_or_else(|| Error::InvalidArgument("capacity_range is required".into()))?;
         let wanted = volume::capacity_for(Some(&range))?;
         let id = parse_id(&r.volume_id)?;
         let _guard = self.locks.lock(&id.fs_name, LOCK_WAIT).await?;

@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::juicefs::{self, FormatSpec, Setting};
 use crate::keydb::{Reservation, VolumeRecord, VolumeState};
-use crate::volume::{bucket_for, capacity_fits, Params, Spec, VolumeId};
 use crate::proto::csi::CapacityRange;
+use crate::volume::{bucket_for, capacity_fits, Params, Spec, VolumeId};
 use tracing::{info, warn};
 
 /// S3 credentials written (sealed) into the file system's setting.
@@ -86,7 +86,10 @@ fn check_compatible(existing: &VolumeRecord, req: &CreateRequest<'_>) -> Result<
         )));
     }
     if existing.state == VolumeState::Deleting {
-        return Err(Error::Aborted(format!("volume {:?} is being deleted; retry once that finishes", req.name)));
+        return Err(Error::Aborted(format!(
+            "volume {:?} is being deleted; retry once that finishes",
+            req.name
+        )));
     }
     if !capacity_fits(spec.capacity_bytes, req.range) {
         return Err(Error::AlreadyExists(format!(
@@ -108,9 +111,7 @@ async fn build(b: &Backends, id: &VolumeId, spec: &Spec, creds: &S3Credentials, 
     }
     failpoint::hit("create:bucket");
     // The same marker `juicefs format` leaves, so a later real format refuses the prefix.
-    b.filer
-        .put_small_file(&bucket, &format!("{}/juicefs_uuid", id.fs_name), spec.uuid.as_bytes())
-        .await?;
+    b.filer.put_small_file(&bucket, &format!("{}/juicefs_uuid", id.fs_name), spec.uuid.as_bytes()).await?;
     let setting = Setting::new(&FormatSpec {
         name: id.fs_name.clone(),
         uuid: spec.uuid.clone(),
@@ -158,7 +159,9 @@ pub async fn lookup(b: &Backends, id: &VolumeId) -> Result<(VolumeRecord, Spec)>
         Some(r) if r.db == id.db && r.state == VolumeState::Ready => {
             let spec = parse_spec(&r)?;
             if !id.matches_uuid(&spec.uuid) {
-                return Err(Error::NotFound(format!("volume {id} does not exist (its name now belongs to a newer volume)")));
+                return Err(Error::NotFound(format!(
+                    "volume {id} does not exist (its name now belongs to a newer volume)"
+                )));
             }
             Ok((r, spec))
         }

@@ -36,11 +36,8 @@ pub struct Usage {
 /// have seen; a database holding another file system is refused untouched.
 pub async fn write_format(meta: &MetaServer, db: u32, setting: &Setting, now_secs: i64) -> Result<()> {
     let mut c = meta.database(db).await?;
-    let existing: Option<String> = redis::cmd("GET")
-        .arg("setting")
-        .query_async(&mut c)
-        .await
-        .map_err(|e| meta.err(e))?;
+    let existing: Option<String> =
+        redis::cmd("GET").arg("setting").query_async(&mut c).await.map_err(|e| meta.err(e))?;
     if let Some(json) = existing {
         let found = Setting::from_json(&json).map_err(|e| Error::BadSetting { db, detail: e.to_string() })?;
         if found.uuid != setting.uuid {

@@ -31,7 +31,8 @@ impl MetaServer {
     /// The fence this server holds for the volume in `db` (0 when none).
     pub async fn fence(&self, db: u32) -> Result<u64> {
         let mut c = self.database(db).await?;
-        let v: Option<u64> = redis::cmd("GET").arg(FENCE_KEY).query_async(&mut c).await.map_err(|e| self.err(e))?;
+        let v: Option<u64> =
+            redis::cmd("GET").arg(FENCE_KEY).query_async(&mut c).await.map_err(|e| self.err(e))?;
         Ok(v.unwrap_or(0))
     }
 }

@@ -129,14 +129,24 @@ return 0
 impl MetaServer {
     pub async fn holder(&self, fs_name: &str) -> Result<Option<Holder>> {
         let key = holder_key(fs_name);
-        let fields: Vec<(String, String)> =
-            self.registry(|mut c| { let key = key.clone(); async move { c.hgetall(key).await } }).await?;
+        let fields: Vec<(String, String)> = self
+            .registry(|mut c| {
+                let key = key.clone();
+                async move { c.hgetall(key).await }
+            })
+            .await?;
         if fields.is_empty() {
             return Ok(None);
         }
-        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default();
+        let get =
+            |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default();
         let num = |name: &str| get(name).parse::<u64>().map_err(|e| corrupt(&key, e));
-        Ok(Some(Holder { node: get("node").to_string(), epoch: num("epoch")?, released: get("released") == "1", wait_fence: num("wait")? }))
+        Ok(Some(Holder {
+            node: get("node").to_string(),
+            epoch: num("epoch")?,
+            released: get("released") == "1",
+            wait_fence: num("wait")?,
+        }))
     }
 
     /// Replaces the holder record if its epoch is still `expected_epoch` (0: none yet).
@@ -147,7 +157,11 @@ impl MetaServer {
         let done: i64 = self
             .registry(|mut c| {
                 let mut inv = script.key(&key);
-                inv.arg(expected_epoch).arg(&next.node).arg(next.epoch).arg(next.released as u8).arg(next.wait_fence);
+                inv.arg(expected_epoch)
+                    .arg(&next.node)
+                    .arg(next.epoch)
+                    .arg(next.released as u8)
+                    .arg(next.wait_fence);
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;
@@ -170,7 +184,11 @@ impl MetaServer {
 
     pub async fn drop_holder(&self, fs_name: &str) -> Result<()> {
         let key = holder_key(fs_name);
-        self.registry(|mut c| { let key = key.clone(); async move { c.del::<_, ()>(key).await } }).await
+        self.registry(|mut c| {
+            let key = key.clone();
+            async move { c.del::<_, ()>(key).await }
+        })
+        .await
     }
 
     /// Registers `fs_name` in state `Creating` with a fresh database, or returns the
@@ -206,8 +224,12 @@ impl MetaServer {
 
     pub async fn volume(&self, fs_name: &str) -> Result<Option<VolumeRecord>> {
         let key = volume_key(fs_name);
-        let fields: Vec<(String, String)> =
-            self.registry(|mut c| { let key = key.clone(); async move { c.hgetall(key).await } }).await?;
+        let fields: Vec<(String, String)> = self
+            .registry(|mut c| {
+                let key = key.clone();
+                async move { c.hgetall(key).await }
+            })
+            .await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -216,13 +238,21 @@ impl MetaServer {
 
     pub async fn set_volume_state(&self, fs_name: &str, state: VolumeState) -> Result<()> {
         let key = volume_key(fs_name);
-        self.registry(|mut c| { let key = key.clone(); async move { c.hset::<_, _, _, ()>(key, "state", state.as_str()).await } }).await
+        self.registry(|mut c| {
+            let key = key.clone();
+            async move { c.hset::<_, _, _, ()>(key, "state", state.as_str()).await }
+        })
+        .await
     }
 
     /// Replaces the volume's spec (e.g. after an expansion).
     pub async fn set_volume_spec(&self, fs_name: &str, spec: &str) -> Result<()> {
         let key = volume_key(fs_name);
-        self.registry(|mut c| { let key = key.clone(); async move { c.hset::<_, _, _, ()>(key, "spec", spec).await } }).await
+        self.registry(|mut c| {
+            let key = key.clone();
+            async move { c.hset::<_, _, _, ()>(key, "spec", spec).await }
+        })
+        .await
     }
 
     /// Forgets the volume and frees its database. Idempotent.
@@ -274,9 +304,7 @@ fn record_from_fields(fs_name: &str, fields: Vec<(String, String)>) -> Result<Vo
     let db = get("db").and_then(|d| d.parse().ok());
     let state = get("state").as_deref().and_then(VolumeState::parse);
     match (db, state, get("spec")) {
-        (Some(db), Some(state), Some(spec)) => {
-            Ok(VolumeRecord { fs_name: fs_name.into(), db, state, spec })
-        }
+        (Some(db), Some(state), Some(spec)) => Ok(VolumeRecord { fs_name: fs_name.into(), db, state, spec }),
         _ => Err(Error::Corrupt { key, detail: "missing db, state or spec".into() }),
     }
 }

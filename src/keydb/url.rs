@@ -39,8 +39,7 @@ impl MetaUrl {
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
                 h.to_string(),
-                p.parse::<u16>()
-                    .map_err(|_| format!("bad port in metadata URL host {hostport:?}"))?,
+                p.parse::<u16>().map_err(|_| format!("bad port in metadata URL host {hostport:?}"))?,
             ),
             _ => (hostport.to_string(), 6379),
         };

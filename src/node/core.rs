@@ -67,7 +67,14 @@ impl NodeCore {
     pub fn new(cfg: NodeConfig, meta: MetaServer, registry: MetaServer) -> std::io::Result<NodeCore> {
         let state_file = StateFile::new(&cfg.state_dir);
         let state = state_file.load()?;
-        Ok(NodeCore { cfg, meta, registry, locks: VolumeLocks::default(), state: Mutex::new(state), state_file })
+        Ok(NodeCore {
+            cfg,
+            meta,
+            registry,
+            locks: VolumeLocks::default(),
+            state: Mutex::new(state),
+            state_file,
+        })
     }
 
     /// Announces this node with a fresh timestamp: its heartbeat.
@@ -85,8 +92,9 @@ impl NodeCore {
         match home {
             None => Ok(self.meta.clone()),
             Some(u) => {
-                let url = crate::keydb::MetaUrl::parse(u)
-                    .map_err(|e| Error::InvalidArgument(format!("publish context names a bad master {u:?}: {e}")))?;
+                let url = crate::keydb::MetaUrl::parse(u).map_err(|e| {
+                    Error::InvalidArgument(format!("publish context names a bad master {u:?}: {e}"))
+                })?;
                 Ok(MetaServer::new(url.with_password(self.meta.url().password())))
             }
         }
@@ -143,9 +151,9 @@ impl NodeCore {
     fn update(&self, f: impl FnOnce(&mut NodeState)) -> Result<()> {
         let mut s = self.state.lock().expect("state");
         f(&mut s);
-        self.state_file
-            .save(&s)
-            .map_err(|e| Error::Internal(format!("cannot save node state in {}: {e}", self.cfg.state_dir.display())))
+        self.state_file.save(&s).map_err(|e| {
+            Error::Internal(format!("cannot save node state in {}: {e}", self.cfg.state_dir.display()))
+        })
     }
 
     /// Mounts the volume at its staging path, or confirms an existing healthy mount.
@@ -224,9 +232,10 @@ impl NodeCore {
     async fn check_exists(&self, server: &MetaServer, id: &VolumeId) -> Result<()> {
         match juicefs::read_setting(server, id.db).await {
             Ok(s) if s.name == id.fs_name && id.matches_uuid(&s.uuid) => Ok(()),
-            Ok(_) | Err(juicefs::Error::Missing { .. }) => {
-                Err(Error::NotFound(format!("volume {id} does not exist on metadata server {}", server.url())))
-            }
+            Ok(_) | Err(juicefs::Error::Missing { .. }) => Err(Error::NotFound(format!(
+                "volume {id} does not exist on metadata server {}",
+                server.url()
+            ))),
             Err(e) => Err(e.into()),
         }
     }
@@ -234,7 +243,9 @@ impl NodeCore {
     /// Bind-mounts the staged volume at `target`.
     pub async fn publish(&self, volume_id: &str, target: &Path, read_only: bool) -> Result<()> {
         let Some(v) = self.staged(volume_id) else {
-            return Err(Error::FailedPrecondition(format!("volume {volume_id} is not staged on this node; stage it first")));
+            return Err(Error::FailedPrecondition(format!(
+                "volume {volume_id} is not staged on this node; stage it first"
+            )));
         };
         if let Some(&ro) = v.targets.get(target) {
             if mount::mount_at(target).is_some() {
@@ -339,7 +350,8 @@ impl NodeCore {
             acted = true;
         }
         for (t, &ro) in &v.targets {
-            let bound = mount::mount_at(t).is_some() && mount::health(t, PROBE_TIMEOUT).await == (Health::Alive { root: true });
+            let bound = mount::mount_at(t).is_some()
+                && mount::health(t, PROBE_TIMEOUT).await == (Health::Alive { root: true });
             if !bound {
                 mount::unmount(t)?;
                 std::fs::create_dir_all(t).map_err(mount::io("create", t))?;

@@ -8,18 +8,17 @@ pub mod mount;
 pub mod state;
 pub mod supervisor;
 
+use self::core::{NodeCore, StageRequest, PROBE_TIMEOUT};
 use crate::error::{require, Error, Result};
 use crate::proto::csi::{
-    node_server::Node, node_service_capability, volume_capability::access_mode::Mode,
-    volume_usage::Unit, NodeExpandVolumeRequest, NodeExpandVolumeResponse, NodeGetCapabilitiesRequest,
+    node_server::Node, node_service_capability, volume_capability::access_mode::Mode, volume_usage::Unit,
+    NodeExpandVolumeRequest, NodeExpandVolumeResponse, NodeGetCapabilitiesRequest,
     NodeGetCapabilitiesResponse, NodeGetInfoRequest, NodeGetInfoResponse, NodeGetVolumeStatsRequest,
-    NodeGetVolumeStatsResponse, NodePublishVolumeRequest, NodePublishVolumeResponse,
-    NodeServiceCapability, NodeStageVolumeRequest, NodeStageVolumeResponse, NodeUnpublishVolumeRequest,
-    NodeUnpublishVolumeResponse, NodeUnstageVolumeRequest, NodeUnstageVolumeResponse, VolumeCapability,
-    VolumeCondition, VolumeUsage,
+    NodeGetVolumeStatsResponse, NodePublishVolumeRequest, NodePublishVolumeResponse, NodeServiceCapability,
+    NodeStageVolumeRequest, NodeStageVolumeResponse, NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse,
+    NodeUnstageVolumeRequest, NodeUnstageVolumeResponse, VolumeCapability, VolumeCondition, VolumeUsage,
 };
 use crate::volume::{self, publish_keys, VolumeId};
-use self::core::{NodeCore, StageRequest, PROBE_TIMEOUT};
 use mount::Health;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,11 +67,18 @@ type Map = std::collections::HashMap<String, String>;
 fn context_number(publish: &Map, key: &str) -> Result<u64> {
     match publish.get(key) {
         None => Ok(0),
-        Some(v) => v.parse().map_err(|_| Error::InvalidArgument(format!("publish context {key}={v:?} is not a number"))),
+        Some(v) => v
+            .parse()
+            .map_err(|_| Error::InvalidArgument(format!("publish context {key}={v:?} is not a number"))),
     }
 }
 
-fn stage_request(staging: PathBuf, cap: &VolumeCapability, context: &Map, publish: &Map) -> Result<StageRequest> {
+fn stage_request(
+    staging: PathBuf,
+    cap: &VolumeCapability,
+    context: &Map,
+    publish: &Map,
+) -> Result<StageRequest> {
     let key = volume::context_keys::CACHE_SIZE;
     let cache_size_mib = match context.get(key) {
         Some(v) => Some(v.parse().map_err(|_| Error::InvalidArgument(format!("{key}={v:?}: expected MiB")))?),
@@ -94,7 +100,10 @@ fn stage_request(staging: PathBuf, cap: &VolumeCapability, context: &Map, publis
 
 #[tonic::async_trait]
 impl Node for NodeService {
-    async fn node_stage_volume(&self, req: Request<NodeStageVolumeRequest>) -> std::result::Result<Response<NodeStageVolumeResponse>, Status> {
+    async fn node_stage_volume(
+        &self,
+        req: Request<NodeStageVolumeRequest>,
+    ) -> std::result::Result<Response<NodeStageVolumeResponse>, Status> {
         let r = req.into_inner();
         require(!r.volume_id.is_empty(), "volume_id is required")?;
         let staging = required_path(&r.staging_target_path, "staging_target_path")?;
@@ -106,7 +115,10 @@ impl Node for NodeService {
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
-    async fn node_unstage_volume(&self, req: Request<NodeUnstageVolumeRequest>) -> std::result::Result<Response<NodeUnstageVolumeResponse>, Status> {
+    async fn node_unstage_volume(
+        &self,
+        req: Request<NodeUnstageVolumeRequest>,
+    ) -> std::result::Result<Response<NodeUnstageVolumeResponse>, Status> {
         let r = req.into_inner();
         require(!r.volume_id.is_empty(), "volume_id is required")?;
         let staging = required_path(&r.staging_target_path, "staging_target_path")?;
@@ -115,7 +127,10 @@ impl Node for NodeService {
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
 
-    async fn node_publish_volume(&self, req: Request<NodePublishVolumeRequest>) -> std::result::Result<Response<NodePublishVolumeResponse>, Status> {
+    async fn node_publish_volume(
+        &self,
+        req: Request<NodePublishVolumeRequest>,
+    ) -> std::result::Result<Response<NodePublishVolumeResponse>, Status> {
         let r = req.into_inner();
         require(!r.volume_id.is_empty(), "volume_id is required")?;
         let staging = required_path(&r.staging_target_path, "staging_target_path")?;
@@ -130,7 +145,8 @@ impl Node for NodeService {
             self.core.stage(&r.volume_id, &id, &stage).await?;
         }
         self.core.note_epoch(&r.volume_id, context_number(&r.publish_context, publish_keys::EPOCH)?)?;
-        let read_only = r.readonly || matches!(mode(&cap), Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly);
+        let read_only =
+            r.readonly || matches!(mode(&cap), Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly);
         self.core.publish(&r.volume_id, &target, read_only).await?;
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
@@ -156,25 +172,40 @@ impl Node for NodeService {
         require(!r.volume_path.is_empty(), "volume_path is required")?;
         // Any other path, relative ones included, is simply not this volume's.
         let path = PathBuf::from(&r.volume_path);
-        let v = self.core.staged(&r.volume_id).ok_or_else(|| Error::NotFound(format!("volume {} is not staged on this node", r.volume_id)))?;
+        let v = self
+            .core
+            .staged(&r.volume_id)
+            .ok_or_else(|| Error::NotFound(format!("volume {} is not staged on this node", r.volume_id)))?;
         if v.staging_path != path && !v.targets.contains_key(&path) {
-            return Err(Error::NotFound(format!("{} is not a path of volume {}", path.display(), r.volume_id)).into());
+            return Err(Error::NotFound(format!(
+                "{} is not a path of volume {}",
+                path.display(),
+                r.volume_id
+            ))
+            .into());
         }
         let (usage, condition) = stats(&self.core, &path, v.home.as_deref()).await;
         Ok(Response::new(NodeGetVolumeStatsResponse { usage, volume_condition: Some(condition) }))
     }
 
-    async fn node_expand_volume(&self, req: Request<NodeExpandVolumeRequest>) -> std::result::Result<Response<NodeExpandVolumeResponse>, Status> {
+    async fn node_expand_volume(
+        &self,
+        req: Request<NodeExpandVolumeRequest>,
+    ) -> std::result::Result<Response<NodeExpandVolumeResponse>, Status> {
         let r = req.into_inner();
         require(!r.volume_id.is_empty(), "volume_id is required")?;
         require(!r.volume_path.is_empty(), "volume_path is required")?;
         let path = PathBuf::from(&r.volume_path);
         let id = parse_id(&r.volume_id)?;
-        let v = self.core.staged(&r.volume_id).ok_or_else(|| Error::NotFound(format!("volume {id} is not staged on this node")))?;
+        let v = self
+            .core
+            .staged(&r.volume_id)
+            .ok_or_else(|| Error::NotFound(format!("volume {id} is not staged on this node")))?;
         if v.staging_path != path && !v.targets.contains_key(&path) {
             return Err(Error::NotFound(format!("{} is not a path of volume {id}", path.display())).into());
         }
-        let range = r.capacity_range.ok_or_else(|| Error::InvalidArgument("capacity_range is required".into()))?;
+        let range =
+            r.capacity_range.ok_or_else(|| Error::InvalidArgument("capacity_range is required".into()))?;
         let wanted = volume::capacity_for(Some(&range))?;
         let capacity = wait_for_capacity(&path, wanted, Duration::from_secs(14)).await?;
         Ok(Response::new(NodeExpandVolumeResponse { capacity_bytes: capacity as i64 }))
@@ -198,7 +229,10 @@ impl Node for NodeService {
         Ok(Response::new(NodeGetCapabilitiesResponse { capabilities }))
     }
 
-    async fn node_get_info(&self, _req: Request<NodeGetInfoRequest>) -> std::result::Result<Response<NodeGetInfoResponse>, Status> {
+    async fn node_get_info(
+        &self,
+        _req: Request<NodeGetInfoRequest>,
+    ) -> std::result::Result<Response<NodeGetInfoResponse>, Status> {
         Ok(Response::new(NodeGetInfoResponse {
             node_id: self.core.cfg.node_id.clone(),
             max_volumes_per_node: self.core.cfg.max_volumes,
@@ -218,11 +252,22 @@ async fn stats(core: &NodeCore, path: &Path, home: Option<&str>) -> (Vec<VolumeU
         None => format!("metadata: this node's master {}", server.url()),
     };
     let condition = match (&health, &meta) {
-        (Health::Alive { .. }, Ok(())) => VolumeCondition { abnormal: false, message: format!("mounted, {via}") },
+        (Health::Alive { .. }, Ok(())) => {
+            VolumeCondition { abnormal: false, message: format!("mounted, {via}") }
+        }
         (Health::Alive { .. }, Err(e)) => VolumeCondition { abnormal: true, message: e.to_string() },
-        (Health::Dead, _) => VolumeCondition { abnormal: true, message: format!("the JuiceFS mount is dead (transport endpoint is not connected); kelp remounts it; {via}") },
-        (Health::Hung, _) => VolumeCondition { abnormal: true, message: format!("the JuiceFS mount does not answer; {via}") },
-        (Health::Missing, _) => VolumeCondition { abnormal: true, message: "the volume path is missing".into() },
+        (Health::Dead, _) => VolumeCondition {
+            abnormal: true,
+            message: format!(
+                "the JuiceFS mount is dead (transport endpoint is not connected); kelp remounts it; {via}"
+            ),
+        },
+        (Health::Hung, _) => {
+            VolumeCondition { abnormal: true, message: format!("the JuiceFS mount does not answer; {via}") }
+        }
+        (Health::Missing, _) => {
+            VolumeCondition { abnormal: true, message: "the volume path is missing".into() }
+        }
     };
     let usage = if matches!(health, Health::Alive { .. }) {
         match nix::sys::statvfs::statvfs(path) {
@@ -233,8 +278,18 @@ async fn stats(core: &NodeCore, path: &Path, home: Option<&str>) -> (Vec<VolumeU
                 let files = s.files() as u64;
                 let ffree = s.files_free() as u64;
                 vec![
-                    VolumeUsage { available: avail as i64, total: total as i64, used: total.saturating_sub(s.blocks_free() as u64 * bsize) as i64, unit: Unit::Bytes as i32 },
-                    VolumeUsage { available: ffree as i64, total: files as i64, used: files.saturating_sub(ffree) as i64, unit: Unit::Inodes as i32 },
+                    VolumeUsage {
+                        available: avail as i64,
+                        total: total as i64,
+                        used: total.saturating_sub(s.blocks_free() as u64 * bsize) as i64,
+                        unit: Unit::Bytes as i32,
+                    },
+                    VolumeUsage {
+                        available: ffree as i64,
+                        total: files as i64,
+                        used: files.saturating_sub(ffree) as i64,
+                        unit: Unit::Inodes as i32,
+                    },
                 ]
             }
             Err(_) => Vec::new(),

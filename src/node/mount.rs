@@ -93,7 +93,9 @@ pub fn mounts_under(path: &Path) -> Vec<MountEntry> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
     /// Answers; `root` tells if the inode is 1 (a JuiceFS root is inode 1).
-    Alive { root: bool },
+    Alive {
+        root: bool,
+    },
     /// The FUSE server is gone ("transport endpoint is not connected").
     Dead,
     /// Did not answer in time (a hung server).
@@ -124,7 +126,8 @@ fn libc_enotconn() -> i32 {
 /// Bind-mounts `source` on `target`; a read-only bind is made read-only for real
 /// (a second remount pass, as the kernel ignores MS_RDONLY on the first).
 pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
-    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(sys("bind mount", target))?;
+    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(sys("bind mount", target))?;
     if read_only {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {

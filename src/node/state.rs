@@ -46,8 +46,9 @@ impl StateFile {
 
     pub fn load(&self) -> std::io::Result<NodeState> {
         match std::fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", self.path.display()))),
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", self.path.display()))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NodeState::default()),
             Err(e) => Err(e),
         }

@@ -4,8 +4,8 @@
 //! whole collection in one call.
 
 use crate::proto::filer::{
-    seaweed_filer_client::SeaweedFilerClient, CreateEntryRequest, DeleteEntryRequest, Entry,
-    FuseAttributes, LookupDirectoryEntryRequest, StatisticsRequest, UpdateEntryRequest,
+    seaweed_filer_client::SeaweedFilerClient, CreateEntryRequest, DeleteEntryRequest, Entry, FuseAttributes,
+    LookupDirectoryEntryRequest, StatisticsRequest, UpdateEntryRequest,
 };
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -20,7 +20,9 @@ const MODE_DIR: u32 = 1 << 31;
 /// Errors of the SeaweedFS layer; messages name the filer and say what to check.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("SeaweedFS filer {filer} is unreachable ({detail}); check that it runs and that --filer points at it")]
+    #[error(
+        "SeaweedFS filer {filer} is unreachable ({detail}); check that it runs and that --filer points at it"
+    )]
     Unreachable { filer: String, detail: String },
     #[error("SeaweedFS filer {filer} refused {op}: {detail}")]
     Refused { filer: String, op: &'static str, detail: String },
@@ -105,7 +107,9 @@ impl Filer {
                 }
                 Ok(())
             }
-            Some(_) => Err(self.refused("create bucket", format!("{BUCKETS_DIR}/{bucket} exists and is a file"))),
+            Some(_) => {
+                Err(self.refused("create bucket", format!("{BUCKETS_DIR}/{bucket} exists and is a file")))
+            }
             None => self.create(BUCKETS_DIR, dir_entry(bucket, quota), "create bucket").await,
         }
     }
@@ -134,7 +138,8 @@ impl Filer {
             ignore_recursive_error: false,
             ..Default::default()
         };
-        let resp = self.client.clone().delete_entry(req).await.map_err(|s| self.status("delete bucket", s))?;
+        let resp =
+            self.client.clone().delete_entry(req).await.map_err(|s| self.status("delete bucket", s))?;
         let err = resp.into_inner().error;
         if !err.is_empty() && !is_not_found(&err) {
             return Err(self.refused("delete bucket", err));
@@ -148,7 +153,10 @@ impl Filer {
         let _guard = self.conf_lock.lock().await;
         let prefix = format!("{BUCKETS_DIR}/{bucket}/");
         let current = self.lookup(CONF_DIR, CONF_NAME).await?;
-        if current.as_ref().is_some_and(|e| e.content.is_empty() && e.attributes.as_ref().is_some_and(|a| a.file_size > 0)) {
+        if current
+            .as_ref()
+            .is_some_and(|e| e.content.is_empty() && e.attributes.as_ref().is_some_and(|a| a.file_size > 0))
+        {
             return Err(self.refused(
                 "set replication",
                 format!("{CONF_DIR}/{CONF_NAME} is stored in chunks; set the rule for {prefix} with `weed shell fs.configure`"),
@@ -231,10 +239,13 @@ fn dir_entry(name: &str, quota: i64) -> Entry {
     }
 }
 
-
 /// Returns filer.conf (protobuf JSON) with the rule for `prefix` set to `replication`
 /// or removed; `None` when nothing changes. Other rules and fields are kept as they are.
-fn edit_filer_conf(text: &[u8], prefix: &str, replication: Option<&str>) -> std::result::Result<Option<Vec<u8>>, String> {
+fn edit_filer_conf(
+    text: &[u8],
+    prefix: &str,
+    replication: Option<&str>,
+) -> std::result::Result<Option<Vec<u8>>, String> {
     use serde_json::{json, Value};
     let mut conf: Value = if text.iter().all(u8::is_ascii_whitespace) {
         json!({"version": 0, "locations": []})

