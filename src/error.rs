@@ -4,7 +4,7 @@
 //! code chosen in exactly one place, so the code a client sees for a given failure
 //! never depends on which RPC met it.
 
-use crate::{juicefs, keydb, node::mount, seaweedfs};
+use crate::{juicefs, meta, node::mount, seaweedfs};
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +33,13 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-impl From<keydb::Error> for Error {
-    fn from(e: keydb::Error) -> Error {
+impl From<meta::Error> for Error {
+    fn from(e: meta::Error) -> Error {
         match e {
-            keydb::Error::Unreachable { .. } => Error::Unavailable(e.to_string()),
-            keydb::Error::NoFreeDatabase { .. } => Error::ResourceExhausted(e.to_string()),
-            keydb::Error::Command { .. } | keydb::Error::Corrupt { .. } => Error::Internal(e.to_string()),
+            meta::Error::Unreachable { .. } => Error::Unavailable(e.to_string()),
+            meta::Error::NoFreeDatabase { .. } => Error::ResourceExhausted(e.to_string()),
+            meta::Error::BadUrl { .. } => Error::InvalidArgument(e.to_string()),
+            meta::Error::Command { .. } | meta::Error::Corrupt { .. } => Error::Internal(e.to_string()),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! process depends on answers, and names the one that does not.
 
 use crate::error::Error;
-use crate::keydb::MetaServer;
+use crate::meta::MetaServer;
 use crate::proto::csi::{
     identity_server::Identity, plugin_capability, GetPluginCapabilitiesRequest,
     GetPluginCapabilitiesResponse, GetPluginInfoRequest, GetPluginInfoResponse, PluginCapability,

@@ -3,18 +3,20 @@
 //! Redis-protocol server (KeyDB), mounted on every node against that node's own master.
 
 pub mod controller;
+pub mod endpoint;
 pub mod error;
 pub mod failpoint;
 pub mod identity;
 pub mod juicefs;
-pub mod keydb;
 pub mod locks;
+pub mod meta;
 pub mod node;
 pub mod pinning;
 pub mod proto;
 pub mod seaweedfs;
 pub mod server;
 pub mod volume;
+pub mod wait;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> i64 {

@@ -9,6 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
+/// How long an RPC waits for another RPC on the same volume: below Swarm's 15 s
+/// deadline, so the caller gets a clean `Aborted` and retries.
+pub const RPC_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Clone, Default)]
 pub struct VolumeLocks {
     inner: Arc<Mutex<HashMap<String, Arc<AsyncMutex<()>>>>>,
@@ -22,6 +26,11 @@ pub struct Guard {
 }
 
 impl VolumeLocks {
+    /// Waits up to [`RPC_WAIT`] for the volume's guard, on behalf of an RPC.
+    pub async fn lock_rpc(&self, key: &str) -> Result<Guard> {
+        self.lock(key, RPC_WAIT).await
+    }
+
     /// Waits up to `wait` for the volume's guard.
     pub async fn lock(&self, key: &str, wait: Duration) -> Result<Guard> {
         let m = self.inner.lock().expect("lock map").entry(key.to_string()).or_default().clone();

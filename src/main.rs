@@ -1,27 +1,10 @@
 //! The `kelp` command: `serve` runs the CSI driver; the other subcommands are small
-//! clients of a running driver for operators and scripts.
+//! clients of a running driver for operators and scripts (see `cli`).
 
-mod bench;
-mod cli_admin;
-mod cli_client;
-mod stack;
+mod cli;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use kelp::controller::{Backends, ControllerService};
-use kelp::identity::IdentityService;
-use kelp::keydb::{MetaServer, MetaUrl};
-use kelp::node::core::{NodeConfig, NodeCore};
-use kelp::node::jfs::JuicefsConfig;
-use kelp::node::{supervisor, NodeService};
-use kelp::proto::csi::{
-    controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
-};
-use kelp::seaweedfs::Filer;
-use kelp::server::{self, Endpoint, RpcLogLayer};
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
-use tracing::{error, info};
+use clap::{Parser, Subcommand};
+use tracing::error;
 
 #[derive(Parser)]
 #[command(
@@ -37,115 +20,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the CSI driver (Identity plus the Controller and/or Node service).
-    Serve(Box<ServeArgs>),
+    Serve(Box<cli::serve::ServeArgs>),
     /// Talk to a running driver over its endpoint (create, list, mount, ...).
-    Client(cli_client::ClientArgs),
+    Client(cli::client::ClientArgs),
     /// Create the kelp cluster volumes a stack file describes (`docker stack deploy` does not).
-    Stack(stack::StackArgs),
+    Stack(cli::stack::StackArgs),
     /// Read kelp's registry from a metadata server (volumes, writers, fences).
-    Admin(cli_admin::AdminArgs),
+    Admin(cli::admin::AdminArgs),
     /// Measure a running driver against a by-hand juicefs baseline (see scripts/bench.sh).
-    Bench(bench::BenchArgs),
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Services {
-    Controller,
-    Node,
-    Both,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// Where to listen: unix:///path/to.sock or tcp://host:port. A stale socket file is replaced.
-    #[arg(long, env = "KELP_ENDPOINT", default_value = "unix:///run/kelp/csi.sock")]
-    endpoint: String,
-    /// CSI node id reported by NodeGetInfo (default: the host name).
-    #[arg(long, env = "KELP_NODE_ID")]
-    node_id: Option<String>,
-    /// Which services to run.
-    #[arg(long, env = "KELP_SERVICES", value_enum, default_value = "both")]
-    services: Services,
-    /// The metadata server (KeyDB/Redis) on this node: redis://[user@]host:port. The controller
-    /// keeps its registry there; nodes mount every volume against it.
-    #[arg(long, env = "KELP_META_URL", default_value = "redis://127.0.0.1:6379")]
-    meta_url: String,
-    /// This node's metadata master as other nodes reach it (default: --meta-url). A
-    /// controller gives it to new volumes as their home master.
-    #[arg(long, env = "KELP_META_ADVERTISE")]
-    meta_advertise: Option<String>,
-    /// Where this node announces itself (default: --meta-url); set it when the local
-    /// master does not replicate to the controller's (e.g. a read replica).
-    #[arg(long, env = "KELP_REGISTRY_URL")]
-    registry_url: Option<String>,
-    /// Seconds a single-node writer waits for its local master to hold the previous
-    /// writer's fence before staging fails (FailedPrecondition; Swarm retries).
-    #[arg(long, env = "KELP_FENCE_WAIT", default_value_t = 10)]
-    fence_wait: u64,
-    /// Password of the metadata server (prefer the environment variable).
-    #[arg(long, env = "KELP_META_PASSWORD", hide_env_values = true)]
-    meta_password: Option<String>,
-    /// Logical databases to allocate volumes from (default: the server's `databases`).
-    #[arg(long, env = "KELP_DATABASES")]
-    databases: Option<u32>,
-    /// SeaweedFS filer gRPC address, host:port (the filer's HTTP port + 10000).
-    #[arg(long, env = "KELP_FILER", default_value = "127.0.0.1:18888")]
-    filer: String,
-    /// SeaweedFS S3 endpoint as every node reaches it; written into each volume.
-    #[arg(long, env = "KELP_S3_ENDPOINT", default_value = "http://127.0.0.1:8333")]
-    s3_endpoint: String,
-    /// S3 access key used when CreateVolume carries no `access-key` secret.
-    #[arg(long, env = "KELP_S3_ACCESS_KEY", hide_env_values = true, default_value = "")]
-    s3_access_key: String,
-    /// S3 secret key used when CreateVolume carries no `secret-key` secret.
-    #[arg(long, env = "KELP_S3_SECRET_KEY", hide_env_values = true, default_value = "")]
-    s3_secret_key: String,
-    /// The juicefs binary.
-    #[arg(long, env = "KELP_JUICEFS", default_value = "juicefs")]
-    juicefs: PathBuf,
-    /// Local cache directory; each volume gets a subdirectory.
-    #[arg(long, env = "KELP_CACHE_DIR", default_value = "/var/lib/kelp/cache")]
-    cache_dir: PathBuf,
-    /// Local read cache per volume, MiB (a volume's `cache-size` context overrides it).
-    #[arg(long, env = "KELP_CACHE_SIZE", default_value_t = 1024)]
-    cache_size: u64,
-    /// Node state and juicefs logs.
-    #[arg(long, env = "KELP_STATE_DIR", default_value = "/var/lib/kelp")]
-    state_dir: PathBuf,
-    /// Most volumes this node may hold (0: no limit).
-    #[arg(long, env = "KELP_MAX_VOLUMES", default_value_t = 0)]
-    max_volumes: i64,
-    /// Seconds a staged volume may stay unpublished before the node releases it.
-    #[arg(long, env = "KELP_IDLE_RELEASE", default_value_t = 60)]
-    idle_release: u64,
-    /// Seconds between mount health checks.
-    #[arg(long, env = "KELP_REPAIR_INTERVAL", default_value_t = 5)]
-    repair_interval: u64,
-    /// Seconds a JuiceFS mount may take to become ready.
-    #[arg(long, env = "KELP_MOUNT_TIMEOUT", default_value_t = 12)]
-    mount_timeout: u64,
-    /// Log filter, e.g. info or kelp=debug.
-    #[arg(long, env = "KELP_LOG_LEVEL", default_value = "info")]
-    log_level: String,
-    /// Log format.
-    #[arg(long, env = "KELP_LOG_FORMAT", value_enum, default_value = "text")]
-    log_format: LogFormat,
-}
-
-fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
-    }
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -157,13 +40,13 @@ fn main() -> std::process::ExitCode {
         .expect("tokio runtime");
     let result = match cli.command {
         Command::Serve(args) => {
-            init_logging(&args.log_level, args.log_format);
-            rt.block_on(serve(*args))
+            cli::serve::init_logging(&args.log_level, args.log_format);
+            rt.block_on(cli::serve::run(*args))
         }
-        Command::Client(args) => rt.block_on(cli_client::run(args)),
-        Command::Bench(args) => rt.block_on(bench::run(args)),
-        Command::Admin(args) => rt.block_on(cli_admin::run(args)),
-        Command::Stack(args) => rt.block_on(stack::run(args)),
+        Command::Client(args) => rt.block_on(cli::client::run(args)),
+        Command::Bench(args) => rt.block_on(cli::bench::run(args)),
+        Command::Admin(args) => rt.block_on(cli::admin::run(args)),
+        Command::Stack(args) => rt.block_on(cli::stack::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -173,71 +56,4 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-async fn serve(a: ServeArgs) -> Result<(), String> {
-    let endpoint = Endpoint::parse(&a.endpoint)?;
-    let node_id = match a.node_id.clone().filter(|n| !n.is_empty()) {
-        Some(n) => n,
-        None => nix::unistd::gethostname()
-            .map_err(|e| format!("no --node-id and no host name: {e}"))?
-            .to_string_lossy()
-            .into_owned(),
-    };
-    let url = MetaUrl::parse(&a.meta_url)?.with_password(a.meta_password.as_deref());
-    let meta = MetaServer::new(url.clone());
-    // Empty values (as a plugin's unset settings arrive) mean "not set".
-    let advertise = match a.meta_advertise.as_deref().filter(|s| !s.is_empty()) {
-        Some(u) => MetaUrl::parse(u)?,
-        None => url.clone(),
-    };
-    let registry = match a.registry_url.as_deref().filter(|s| !s.is_empty()) {
-        Some(u) => MetaServer::new(MetaUrl::parse(u)?.with_password(a.meta_password.as_deref())),
-        None => meta.clone(),
-    };
-    let controller = a.services != Services::Node;
-    let node = a.services != Services::Controller;
-    let filer = if controller { Some(Filer::new(&a.filer).map_err(|e| e.to_string())?) } else { None };
-
-    let identity = IdentityService { controller, meta: meta.clone(), filer: filer.clone() };
-    let mut router =
-        tonic::transport::Server::builder().layer(RpcLogLayer).add_service(IdentityServer::new(identity));
-    if let Some(filer) = filer {
-        let backends = Backends {
-            meta: meta.clone(),
-            filer,
-            s3_endpoint: a.s3_endpoint.clone(),
-            s3_access_key: a.s3_access_key.clone(),
-            s3_secret_key: a.s3_secret_key.clone(),
-            databases: a.databases,
-            home_meta: advertise.public_url(),
-        };
-        router = router.add_service(ControllerServer::new(ControllerService::new(backends)));
-    }
-    if node {
-        let cfg = NodeConfig {
-            node_id: node_id.clone(),
-            max_volumes: a.max_volumes,
-            juicefs: JuicefsConfig {
-                binary: a.juicefs.clone(),
-                cache_dir: a.cache_dir.clone(),
-                cache_size_mib: a.cache_size,
-                log_dir: a.state_dir.join("logs"),
-                ready_timeout: Duration::from_secs(a.mount_timeout),
-            },
-            state_dir: a.state_dir.clone(),
-            idle_release: Duration::from_secs(a.idle_release),
-            repair_interval: Duration::from_secs(a.repair_interval.max(1)),
-            fence_wait: Duration::from_secs(a.fence_wait),
-            advertise: advertise.public_url(),
-        };
-        let core =
-            Arc::new(NodeCore::new(cfg, meta.clone(), registry).map_err(|e| format!("node state: {e}"))?);
-        // Announce the node, re-adopt, repair or clean what a previous run left, and
-        // keep doing so; in the background, so the socket listens at once.
-        tokio::spawn(supervisor::run(core.clone()));
-        router = router.add_service(NodeServer::new(NodeService::new(core)));
-    }
-    info!(node_id, meta = %url, controller, node, version = env!("CARGO_PKG_VERSION"), "kelp starting");
-    server::serve(router, &endpoint).await.map_err(|e| format!("serving {}: {e}", a.endpoint))
 }

@@ -88,7 +88,7 @@ impl Cluster {
         let primary: SocketAddr = format!("{}:{META_PORT}", ips[0]).parse().unwrap();
         let mut redis = Vec::new();
         let mut proxies = vec![None];
-        for i in 0..3 {
+        for (i, ip) in ips.iter().enumerate() {
             let mut cmd = net.command(i, "redis-server");
             cmd.args(["--bind", "0.0.0.0", "--port", &META_PORT.to_string(), "--protected-mode", "no"])
                 .args(["--save", "", "--appendonly", "no", "--databases", "64"])
@@ -109,7 +109,7 @@ impl Cluster {
                 proxies.push(Some(proxy));
             }
             redis.push(Proc { child: cmd.spawn().unwrap(), name: "redis-server" });
-            assert!(wait_addr(&ips[i], META_PORT, Duration::from_secs(10)), "redis in node {i}");
+            assert!(wait_addr(ip, META_PORT, Duration::from_secs(10)), "redis in node {i}");
         }
         let primary_url = format!("redis://{}:{META_PORT}", ips[0]);
         let controller = spawn_kelp(

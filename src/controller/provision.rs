@@ -13,15 +13,44 @@ use super::Backends;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::juicefs::{self, FormatSpec, Setting};
-use crate::keydb::{Reservation, VolumeRecord, VolumeState};
-use crate::proto::csi::CapacityRange;
-use crate::volume::{bucket_for, capacity_fits, Params, Spec, VolumeId};
+use crate::meta::{Reservation, VolumeRecord, VolumeState};
+use crate::proto::csi::{CapacityRange, Volume};
+use crate::volume::{bucket_for, capacity_fits, volume_context, Params, Spec, VolumeId};
+use std::collections::HashMap;
 use tracing::{info, warn};
 
 /// S3 credentials written (sealed) into the file system's setting.
 pub struct S3Credentials {
     pub access_key: String,
     pub secret_key: String,
+}
+
+impl S3Credentials {
+    /// Credentials from the request's secrets (`access-key`, `secret-key`), else the
+    /// controller's configured ones.
+    pub fn from_secrets(secrets: &HashMap<String, String>, b: &Backends) -> Result<S3Credentials> {
+        let pick = |k: &str| secrets.get(k).filter(|v| !v.is_empty()).cloned();
+        match (pick("access-key"), pick("secret-key")) {
+            (Some(access_key), Some(secret_key)) => Ok(S3Credentials { access_key, secret_key }),
+            (None, None) => {
+                Ok(S3Credentials { access_key: b.s3_access_key.clone(), secret_key: b.s3_secret_key.clone() })
+            }
+            _ => Err(Error::InvalidArgument(
+                "secrets must hold both access-key and secret-key, or neither".into(),
+            )),
+        }
+    }
+}
+
+/// The CSI view of a volume. No secret ever goes into it: Swarm shows the volume
+/// context in `docker volume inspect`.
+pub fn csi_volume(id: &VolumeId, spec: &Spec) -> Volume {
+    Volume {
+        capacity_bytes: spec.capacity_bytes as i64,
+        volume_id: id.to_string(),
+        volume_context: volume_context(id, spec),
+        ..Default::default()
+    }
 }
 
 pub struct CreateRequest<'a> {
@@ -44,7 +73,7 @@ pub async fn create(b: &Backends, req: CreateRequest<'_>) -> Result<(VolumeId, S
         created_unix: now,
         home_meta: b.home_meta.clone(),
     };
-    let spec_json = serde_json::to_string(&spec).expect("spec serialises");
+    let spec_json = spec.to_json();
     let databases = match b.databases {
         Some(n) => n,
         None => b.meta.database_count().await?,
@@ -60,7 +89,7 @@ pub async fn create(b: &Backends, req: CreateRequest<'_>) -> Result<(VolumeId, S
         }
     };
     failpoint::hit("create:reserved");
-    let spec: Spec = parse_spec(&record)?;
+    let spec: Spec = Spec::of(&record)?;
     let id = VolumeId::new(record.db, &spec.uuid, &req.fs_name);
     if record.state == VolumeState::Ready {
         return Ok((id, spec));
@@ -78,7 +107,7 @@ pub async fn create(b: &Backends, req: CreateRequest<'_>) -> Result<(VolumeId, S
 }
 
 fn check_compatible(existing: &VolumeRecord, req: &CreateRequest<'_>) -> Result<()> {
-    let spec = parse_spec(existing)?;
+    let spec = Spec::of(existing)?;
     if spec.name != req.name {
         return Err(Error::AlreadyExists(format!(
             "volume name {:?} maps to file system {:?}, which volume {:?} already uses; choose another name",
@@ -132,7 +161,7 @@ async fn build(b: &Backends, id: &VolumeId, spec: &Spec, creds: &S3Credentials, 
 /// Deletes the volume with all its data. Unknown volumes and stale ids succeed.
 pub async fn delete(b: &Backends, id: &VolumeId) -> Result<()> {
     let Some(record) = b.meta.volume(&id.fs_name).await? else { return Ok(()) };
-    if record.db != id.db || !id.matches_uuid(&parse_spec(&record)?.uuid) {
+    if record.db != id.db || !id.matches_uuid(&Spec::of(&record)?.uuid) {
         // The name now belongs to a newer volume; this id's volume is long gone.
         return Ok(());
     }
@@ -157,7 +186,7 @@ async fn destroy(b: &Backends, id: &VolumeId) -> Result<()> {
 pub async fn lookup(b: &Backends, id: &VolumeId) -> Result<(VolumeRecord, Spec)> {
     match b.meta.volume(&id.fs_name).await? {
         Some(r) if r.db == id.db && r.state == VolumeState::Ready => {
-            let spec = parse_spec(&r)?;
+            let spec = Spec::of(&r)?;
             if !id.matches_uuid(&spec.uuid) {
                 return Err(Error::NotFound(format!(
                     "volume {id} does not exist (its name now belongs to a newer volume)"
@@ -167,9 +196,4 @@ pub async fn lookup(b: &Backends, id: &VolumeId) -> Result<(VolumeRecord, Spec)>
         }
         _ => Err(Error::NotFound(format!("volume {id} does not exist"))),
     }
-}
-
-pub fn parse_spec(r: &VolumeRecord) -> Result<Spec> {
-    serde_json::from_str(&r.spec)
-        .map_err(|e| Error::Internal(format!("registry entry of {} is unreadable: {e}", r.fs_name)))
 }

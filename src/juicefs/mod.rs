@@ -3,14 +3,14 @@
 
 pub mod format;
 
-use crate::keydb::{self, MetaServer};
+use crate::meta::{self, MetaServer};
 pub use format::{FormatSpec, Setting};
 
 /// Errors of the JuiceFS layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Meta(#[from] keydb::Error),
+    Meta(#[from] meta::Error),
     #[error("database {db} already holds file system {found:?} (uuid {uuid}), not the one being created; it was not touched")]
     Foreign { db: u32, found: String, uuid: String },
     #[error("database {db} holds no JuiceFS file system")]

@@ -3,7 +3,7 @@
 //! and kelp re-adopts the mounts on start (see `supervisor`).
 
 use super::mount::{self, Error, Health, Result};
-use crate::keydb::MetaUrl;
+use crate::meta::MetaUrl;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};

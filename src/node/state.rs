@@ -2,14 +2,14 @@
 //! which mounts are its own. Written atomically (temp file + rename) after every
 //! change; a torn write can never leave a half file.
 
+use crate::volume::VolumeId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeState {
-    /// Keyed by CSI volume id.
-    pub volumes: BTreeMap<String, StagedVolume>,
+    pub volumes: BTreeMap<VolumeId, StagedVolume>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,19 +54,34 @@ impl StateFile {
         }
     }
 
-    pub fn save(&self, state: &NodeState) -> std::io::Result<()> {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `data` (a serialised [`NodeState`]) durably: temp file, fsync, rename.
+    /// Blocking; callers on the async runtime run it with `spawn_blocking`.
+    pub fn save_bytes(&self, data: &[u8]) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let tmp = self.path.with_extension("json.tmp");
-        let data = serde_json::to_vec_pretty(state).expect("state serialises");
         {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
+            f.write_all(data)?;
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &self.path)
+    }
+
+    pub fn save(&self, state: &NodeState) -> std::io::Result<()> {
+        self.save_bytes(&state.to_bytes())
+    }
+}
+
+impl NodeState {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("node state always serialises")
     }
 }
 
@@ -81,7 +96,7 @@ mod tests {
         assert_eq!(f.load().unwrap(), NodeState::default());
         let mut s = NodeState::default();
         s.volumes.insert(
-            "kelp1:1:0a1b2c3d:abc".into(),
+            VolumeId::parse("kelp1:1:0a1b2c3d:abc").unwrap(),
             StagedVolume {
                 staging_path: "/s".into(),
                 read_only: false,

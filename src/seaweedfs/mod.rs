@@ -239,26 +239,35 @@ fn dir_entry(name: &str, quota: i64) -> Entry {
     }
 }
 
+/// Why filer.conf could not be edited.
+#[derive(Debug, thiserror::Error)]
+enum BadConf {
+    #[error("not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Shape(&'static str),
+}
+
 /// Returns filer.conf (protobuf JSON) with the rule for `prefix` set to `replication`
 /// or removed; `None` when nothing changes. Other rules and fields are kept as they are.
 fn edit_filer_conf(
     text: &[u8],
     prefix: &str,
     replication: Option<&str>,
-) -> std::result::Result<Option<Vec<u8>>, String> {
+) -> std::result::Result<Option<Vec<u8>>, BadConf> {
     use serde_json::{json, Value};
     let mut conf: Value = if text.iter().all(u8::is_ascii_whitespace) {
         json!({"version": 0, "locations": []})
     } else {
-        serde_json::from_slice(text).map_err(|e| e.to_string())?
+        serde_json::from_slice(text)?
     };
     let locations = conf
         .as_object_mut()
-        .ok_or("not a JSON object")?
+        .ok_or(BadConf::Shape("not a JSON object"))?
         .entry("locations")
         .or_insert_with(|| json!([]))
         .as_array_mut()
-        .ok_or("locations is not a list")?;
+        .ok_or(BadConf::Shape("locations is not a list"))?;
     let pos = locations.iter().position(|l| l["locationPrefix"] == prefix);
     match (pos, replication) {
         (None, None) => return Ok(None),
@@ -273,7 +282,7 @@ fn edit_filer_conf(
         }
         (None, Some(r)) => locations.push(json!({"locationPrefix": prefix, "replication": r})),
     }
-    serde_json::to_vec_pretty(&conf).map(Some).map_err(|e| e.to_string())
+    Ok(Some(serde_json::to_vec_pretty(&conf)?))
 }
 
 #[cfg(test)]

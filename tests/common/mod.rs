@@ -471,7 +471,7 @@ pub mod csi {
     }
 
     pub async fn connect(endpoint: &str) -> Clients {
-        let ch = kelp::server::connect(endpoint).await.expect("connect to kelp");
+        let ch = kelp::endpoint::connect(endpoint).await.expect("connect to kelp");
         Clients {
             ctl: controller_client::ControllerClient::new(ch.clone()),
             node: node_client::NodeClient::new(ch.clone()),
@@ -590,14 +590,7 @@ pub fn db_of(volume_id: &str) -> u32 {
 
 /// The file system type mounted at exactly `path`, if any.
 pub fn fs_type_at(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    text.lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mp = left.split(' ').nth(4)?;
-            (Path::new(mp) == path).then(|| right.split(' ').next().unwrap_or_default().to_string())
-        })
-        .last()
+    kelp::node::mount::mount_at(path).map(|m| m.fs_type)
 }
 
 /// Test cleanup after a failure: lazily unmounts everything below `root` and kills the

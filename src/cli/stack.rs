@@ -4,6 +4,7 @@
 //! `kelp.*` labels; missing ones are created with `docker volume create`, existing
 //! ones are left alone, so the command is safe to run before every deploy.
 
+use super::{Error, Result};
 use clap::Args;
 use serde_yaml_ng::Value;
 use std::path::PathBuf;
@@ -29,8 +30,8 @@ pub struct Planned {
     pub args: Vec<String>,
 }
 
-pub async fn run(a: StackArgs) -> Result<(), String> {
-    let text = std::fs::read_to_string(&a.file).map_err(|e| format!("{}: {e}", a.file.display()))?;
+pub async fn run(a: StackArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.file).map_err(super::io(a.file.display()))?;
     let planned = plan(&text, &a.driver)?;
     if planned.is_empty() {
         println!("no kelp cluster volumes in {}", a.file.display());
@@ -43,14 +44,15 @@ pub async fn run(a: StackArgs) -> Result<(), String> {
         let exists = Command::new("docker")
             .args(["volume", "inspect", &p.name])
             .output()
-            .map_err(|e| format!("docker: {e}"))?;
+            .map_err(super::io("running docker"))?;
         if exists.status.success() {
             println!("{}: exists", p.name);
             continue;
         }
-        let out = Command::new("docker").args(&p.args).output().map_err(|e| format!("docker: {e}"))?;
+        let out = Command::new("docker").args(&p.args).output().map_err(super::io("running docker"))?;
         if !out.status.success() {
-            return Err(format!("creating {}: {}", p.name, String::from_utf8_lossy(&out.stderr).trim()));
+            let why = String::from_utf8_lossy(&out.stderr);
+            return Err(Error::Refused(format!("creating {}: {}", p.name, why.trim())));
         }
         println!("{}: created", p.name);
     }
@@ -67,12 +69,13 @@ fn text(v: &Value) -> Option<String> {
 }
 
 /// Reads the stack file and plans a `docker volume create` for each cluster volume.
-pub fn plan(yaml: &str, driver: &str) -> Result<Vec<Planned>, String> {
-    let doc: Value = serde_yaml_ng::from_str(yaml).map_err(|e| format!("not a stack file: {e}"))?;
+pub fn plan(yaml: &str, driver: &str) -> Result<Vec<Planned>> {
+    let doc: Value =
+        serde_yaml_ng::from_str(yaml).map_err(|e| Error::Refused(format!("not a stack file: {e}")))?;
     let Some(volumes) = doc.get("volumes").and_then(Value::as_mapping) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for (key, spec) in volumes {
-        let key = text(key).ok_or("a volume name is not a string")?;
+        let key = text(key).ok_or_else(|| Error::Refused("a volume name is not a string".into()))?;
         let name = spec.get("name").and_then(text).unwrap_or_else(|| key.clone());
         let labels = spec.get("labels");
         let label = |k: &str| labels.and_then(|l| l.get(format!("kelp.{k}"))).and_then(text);
@@ -109,7 +112,7 @@ pub fn plan(yaml: &str, driver: &str) -> Result<Vec<Planned>, String> {
             for s in secrets {
                 let (k, v) = (s.get("key").and_then(text), s.get("secret").and_then(text));
                 let (Some(k), Some(v)) = (k, v) else {
-                    return Err(format!("volume {name}: a secret needs key and secret"));
+                    return Err(Error::Refused(format!("volume {name}: a secret needs key and secret")));
                 };
                 flag("secret", Some(format!("{k}={v}")));
             }

@@ -1,13 +1,14 @@
 //! `kelp client`: drive a running kelp over CSI from a shell, the way a CO would.
 //! Used by the README's demo and handy for operators checking a node by hand.
 
+use super::Result;
 use clap::{Args, Subcommand};
+use kelp::endpoint::connect;
 use kelp::proto::csi::{
     controller_client::ControllerClient, node_client::NodeClient, volume_capability::access_mode::Mode,
     DeleteVolumeRequest, ListVolumesRequest, NodeGetVolumeStatsRequest, NodePublishVolumeRequest,
     NodeStageVolumeRequest, NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
 };
-use kelp::server::connect;
 use kelp::volume::{create_request, mount_capability as mount_capability_for};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -58,7 +59,8 @@ enum ClientCommand {
     Stats { volume_id: String, path: PathBuf },
 }
 
-fn key_value(s: &str) -> Result<(String, String), String> {
+/// A `--opt` value (clap parses it, so its error is clap's plain message).
+fn key_value(s: &str) -> std::result::Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("{s:?} is not key=value"))
@@ -72,30 +74,26 @@ fn mount_capability(read_only: bool) -> VolumeCapability {
     mount_capability_for(if read_only { Mode::MultiNodeReaderOnly } else { Mode::MultiNodeMultiWriter })
 }
 
-pub async fn run(a: ClientArgs) -> Result<(), String> {
+pub async fn run(a: ClientArgs) -> Result<()> {
     let ch = connect(&a.endpoint).await?;
-    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     let mut ctl = ControllerClient::new(ch.clone());
     let mut node = NodeClient::new(ch);
     match a.command {
         ClientCommand::Create { name, size, opts } => {
             let mut req = create_request(&name, size, Mode::MultiNodeMultiWriter);
             req.parameters = opts.into_iter().collect::<HashMap<_, _>>();
-            let v = ctl.create_volume(req).await.map_err(status)?.into_inner().volume.unwrap_or_default();
+            let v = ctl.create_volume(req).await?.into_inner().volume.unwrap_or_default();
             println!("{}", v.volume_id);
         }
         ClientCommand::Delete { volume_id } => {
-            ctl.delete_volume(DeleteVolumeRequest { volume_id, secrets: HashMap::new() })
-                .await
-                .map_err(status)?;
+            ctl.delete_volume(DeleteVolumeRequest { volume_id, secrets: HashMap::new() }).await?;
         }
         ClientCommand::List => {
             let mut token = String::new();
             loop {
                 let r = ctl
                     .list_volumes(ListVolumesRequest { max_entries: 100, starting_token: token })
-                    .await
-                    .map_err(status)?
+                    .await?
                     .into_inner();
                 for e in r.entries {
                     let v = e.volume.unwrap_or_default();
@@ -115,8 +113,7 @@ pub async fn run(a: ClientArgs) -> Result<(), String> {
                 volume_capability: Some(mount_capability(read_only)),
                 ..Default::default()
             })
-            .await
-            .map_err(status)?;
+            .await?;
             node.node_publish_volume(NodePublishVolumeRequest {
                 volume_id,
                 staging_target_path: staging.display().to_string(),
@@ -125,8 +122,7 @@ pub async fn run(a: ClientArgs) -> Result<(), String> {
                 readonly: read_only,
                 ..Default::default()
             })
-            .await
-            .map_err(status)?;
+            .await?;
         }
         ClientCommand::Unmount { volume_id, target, staging } => {
             let staging = staging_for(&volume_id, staging);
@@ -134,14 +130,12 @@ pub async fn run(a: ClientArgs) -> Result<(), String> {
                 volume_id: volume_id.clone(),
                 target_path: target.display().to_string(),
             })
-            .await
-            .map_err(status)?;
+            .await?;
             node.node_unstage_volume(NodeUnstageVolumeRequest {
                 volume_id,
                 staging_target_path: staging.display().to_string(),
             })
-            .await
-            .map_err(status)?;
+            .await?;
         }
         ClientCommand::Stats { volume_id, path } => {
             let r = node
@@ -150,8 +144,7 @@ pub async fn run(a: ClientArgs) -> Result<(), String> {
                     volume_path: path.display().to_string(),
                     staging_target_path: String::new(),
                 })
-                .await
-                .map_err(status)?
+                .await?
                 .into_inner();
             for u in r.usage {
                 println!("unit={} total={} used={} available={}", u.unit, u.total, u.used, u.available);

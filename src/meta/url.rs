@@ -16,13 +16,14 @@ pub struct MetaUrl {
 impl MetaUrl {
     /// Parses `redis://[user[:password]@]host[:port][/db]` or `rediss://...`.
     /// A database number in the URL is ignored: kelp chooses databases itself.
-    pub fn parse(s: &str) -> Result<MetaUrl, String> {
+    pub fn parse(s: &str) -> Result<MetaUrl, super::Error> {
+        let bad = |why: String| super::Error::BadUrl { why };
         let (tls, rest) = if let Some(r) = s.strip_prefix("rediss://") {
             (true, r)
         } else if let Some(r) = s.strip_prefix("redis://") {
             (false, r)
         } else {
-            return Err("metadata URL must start with redis:// or rediss://".into());
+            return Err(bad("it must start with redis:// or rediss://".into()));
         };
         let rest = rest.split('/').next().unwrap_or_default();
         let (auth, hostport) = match rest.rsplit_once('@') {
@@ -37,14 +38,13 @@ impl MetaUrl {
             None => (String::new(), String::new()),
         };
         let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h.to_string(),
-                p.parse::<u16>().map_err(|_| format!("bad port in metadata URL host {hostport:?}"))?,
-            ),
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h.to_string(), p.parse::<u16>().map_err(|_| bad(format!("bad port in host {hostport:?}")))?)
+            }
             _ => (hostport.to_string(), 6379),
         };
         if host.is_empty() {
-            return Err("metadata URL has no host".into());
+            return Err(bad("it has no host".into()));
         }
         Ok(MetaUrl { tls, user, password, host, port })
     }

@@ -1,8 +1,9 @@
 //! `kelp admin`: read kelp's registry straight from a metadata server, for operators.
 //! Works while no driver runs (e.g. to see who holds a volume after a node died).
 
+use super::Result;
 use clap::{Args, Subcommand};
-use kelp::keydb::{MetaServer, MetaUrl, VolumeState};
+use kelp::meta::{MetaServer, MetaUrl, VolumeState};
 use kelp::volume::{Spec, VolumeId};
 
 #[derive(Args)]
@@ -22,14 +23,14 @@ enum AdminCommand {
     Volumes,
 }
 
-pub async fn run(a: AdminArgs) -> Result<(), String> {
+pub async fn run(a: AdminArgs) -> Result<()> {
     let meta = MetaServer::new(MetaUrl::parse(&a.meta_url)?.with_password(a.meta_password.as_deref()));
     match a.command {
-        AdminCommand::Volumes => volumes(&meta).await.map_err(|e| e.to_string()),
+        AdminCommand::Volumes => volumes(&meta).await,
     }
 }
 
-async fn volumes(meta: &MetaServer) -> Result<(), kelp::keydb::Error> {
+async fn volumes(meta: &MetaServer) -> Result<()> {
     println!(
         "{:<28} {:<44} {:<9} {:<26} {:<14} {:>5} {:<8} {:>5}",
         "NAME", "ID", "STATE", "HOME", "WRITER", "EPOCH", "RELEASED", "FENCE"

@@ -26,6 +26,9 @@ pub enum Error {
     Command { server: String, detail: String },
     #[error("metadata server {server} has no free database for a new volume (it has {databases}); raise `databases` in its configuration")]
     NoFreeDatabase { server: String, databases: u32 },
+    /// The message never repeats the URL: it may hold a password.
+    #[error("bad metadata URL: {why} (expected redis://[user@]host:port)")]
+    BadUrl { why: String },
     #[error("registry entry {key} is unreadable: {detail}")]
     Corrupt { key: String, detail: String },
 }

@@ -8,13 +8,14 @@
 //!   sequential I/O and small-file creates through a kelp publish against the directly
 //!   mounted file system; peak RSS of the driver with many volumes staged.
 
+use super::{Error, Result};
 use clap::{Args, Subcommand};
 use kelp::proto::csi::{
     controller_client::ControllerClient, node_client::NodeClient, volume_capability::access_mode::Mode,
     CreateVolumeRequest, DeleteVolumeRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
     NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
 };
-use kelp::volume::{create_request, mount_capability};
+use kelp::volume::{create_request, mount_capability, VolumeId};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -97,7 +98,7 @@ fn stats(mut ms: Vec<f64>, wall: Duration) -> Stats {
 }
 
 fn progress(what: &str, i: usize, n: usize) {
-    if i % 20 == 0 || i == n {
+    if i.is_multiple_of(20) || i == n {
         eprint!("\r{what}: {i}/{n}   ");
         let _ = std::io::stderr().flush();
         if i == n {
@@ -114,9 +115,9 @@ fn redis_flush(meta: &str, db: u32) {
     let _ = Command::new("redis-cli").args(["-u", &meta_db(meta, db), "flushdb"]).output();
 }
 
-pub async fn run(a: BenchArgs) -> Result<(), String> {
-    let ch = kelp::server::connect(&a.endpoint).await?;
-    std::fs::create_dir_all(&a.dir).map_err(|e| e.to_string())?;
+pub async fn run(a: BenchArgs) -> Result<()> {
+    let ch = kelp::endpoint::connect(&a.endpoint).await?;
+    std::fs::create_dir_all(&a.dir).map_err(super::io(a.dir.display()))?;
     match a.what {
         BenchWhat::Provision { count, baseline_db } => provision(&a, ch, count, baseline_db).await,
         BenchWhat::Node { kelp_pid, volumes, seq_mib, files } => {
@@ -125,16 +126,15 @@ pub async fn run(a: BenchArgs) -> Result<(), String> {
     }
 }
 
-async fn provision(a: &BenchArgs, ch: Channel, count: usize, baseline_db: u32) -> Result<(), String> {
+async fn provision(a: &BenchArgs, ch: Channel, count: usize, baseline_db: u32) -> Result<()> {
     let mut ctl = ControllerClient::new(ch);
-    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     // kelp CreateVolume
     let mut create_ms = Vec::with_capacity(count);
     let mut ids = Vec::with_capacity(count);
     let start = Instant::now();
     for i in 0..count {
         let t = Instant::now();
-        let v = ctl.create_volume(create(format!("bench-{i}"), 1)).await.map_err(status)?;
+        let v = ctl.create_volume(create(format!("bench-{i}"), 1)).await?;
         create_ms.push(t.elapsed().as_secs_f64() * 1e3);
         ids.push(v.into_inner().volume.unwrap_or_default().volume_id);
         progress("kelp CreateVolume", i + 1, count);
@@ -144,9 +144,7 @@ async fn provision(a: &BenchArgs, ch: Channel, count: usize, baseline_db: u32) -
     let start = Instant::now();
     for (i, id) in ids.iter().enumerate() {
         let t = Instant::now();
-        ctl.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), secrets: Default::default() })
-            .await
-            .map_err(status)?;
+        ctl.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), secrets: Default::default() }).await?;
         delete_ms.push(t.elapsed().as_secs_f64() * 1e3);
         progress("kelp DeleteVolume", i + 1, count);
     }
@@ -167,10 +165,13 @@ async fn provision(a: &BenchArgs, ch: Channel, count: usize, baseline_db: u32) -
             .arg(meta_db(&a.meta_url, db))
             .arg(format!("base-{i}"))
             .output()
-            .map_err(|e| format!("juicefs format: {e}"))?;
+            .map_err(super::io("running juicefs format"))?;
         base_ms.push(t.elapsed().as_secs_f64() * 1e3);
         if !out.status.success() {
-            return Err(format!("juicefs format failed: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(Error::Refused(format!(
+                "juicefs format failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
         progress("baseline juicefs format", i + 1, count);
     }
@@ -242,10 +243,9 @@ async fn node(
     volumes: usize,
     seq_mib: usize,
     files: usize,
-) -> Result<(), String> {
+) -> Result<()> {
     let mut ctl = ControllerClient::new(ch.clone());
     let mut node = NodeClient::new(ch);
-    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     let rss_before = rss_kib(kelp_pid, "VmRSS:");
 
     // Stage `volumes` volumes, timing each; publish the first one.
@@ -254,8 +254,7 @@ async fn node(
     for i in 0..volumes {
         let v = ctl
             .create_volume(create(format!("nbench-{i}"), 4))
-            .await
-            .map_err(status)?
+            .await?
             .into_inner()
             .volume
             .unwrap_or_default();
@@ -267,8 +266,7 @@ async fn node(
             volume_capability: Some(cap()),
             ..Default::default()
         })
-        .await
-        .map_err(status)?;
+        .await?;
         stage_ms.push(t.elapsed().as_secs_f64() * 1e3);
         ids.push(v.volume_id);
         progress("kelp NodeStageVolume", i + 1, volumes);
@@ -283,14 +281,15 @@ async fn node(
         volume_capability: Some(cap()),
         ..Default::default()
     })
-    .await
-    .map_err(status)?;
+    .await?;
 
     // Baseline: the same file system (the published volume's database), mounted by
     // hand with the same cache size, so the only difference is kelp's bind mount.
-    let db: u32 = ids[0].split(':').nth(1).and_then(|d| d.parse().ok()).ok_or("unexpected volume id")?;
+    let db = VolumeId::parse(&ids[0])
+        .ok_or_else(|| Error::Refused(format!("unexpected volume id {:?}", ids[0])))?
+        .db;
     let direct = a.dir.join("direct");
-    std::fs::create_dir_all(&direct).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&direct).map_err(super::io(direct.display()))?;
     let mut mount_ms = Vec::new();
     for round in 0..5 {
         let t = Instant::now();
@@ -308,9 +307,9 @@ async fn node(
             .arg(meta_db(&a.meta_url, db))
             .arg(&direct)
             .output()
-            .map_err(|e| e.to_string())?;
+            .map_err(super::io("running juicefs mount"))?;
         if !out.status.success() {
-            return Err(format!("juicefs mount: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(Error::Refused(format!("juicefs mount: {}", String::from_utf8_lossy(&out.stderr))));
         }
         mount_ms.push(t.elapsed().as_secs_f64() * 1e3);
         if round < 4 {
@@ -355,18 +354,14 @@ async fn node(
         volume_id: ids[0].clone(),
         target_path: target.display().to_string(),
     })
-    .await
-    .map_err(status)?;
+    .await?;
     for (i, id) in ids.iter().enumerate() {
         node.node_unstage_volume(NodeUnstageVolumeRequest {
             volume_id: id.clone(),
             staging_target_path: a.dir.join(format!("staged-{i}")).display().to_string(),
         })
-        .await
-        .map_err(status)?;
-        ctl.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), secrets: Default::default() })
-            .await
-            .map_err(status)?;
+        .await?;
+        ctl.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), secrets: Default::default() }).await?;
     }
 
     println!("## node: {volumes} volumes staged, I/O through one publish");

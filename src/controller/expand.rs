@@ -1,0 +1,23 @@
+//! ControllerExpandVolume: JuiceFS's Capacity is the exact limit (mounted clients pick
+//! it up on their heartbeat); the bucket quota follows it.
+
+use super::provision;
+use super::Backends;
+use crate::error::Result;
+use crate::volume::VolumeId;
+use tracing::info;
+
+/// Grows the volume to `wanted` bytes and returns its capacity. Unlimited stays
+/// unlimited, and kelp never shrinks a file system under its data. The caller holds
+/// the volume's operation guard.
+pub async fn expand(b: &Backends, id: &VolumeId, wanted: u64) -> Result<u64> {
+    let (_, mut spec) = provision::lookup(b, id).await?;
+    if spec.capacity_bytes != 0 && wanted > spec.capacity_bytes {
+        crate::juicefs::set_capacity(&b.meta, id.db, wanted).await?;
+        b.filer.set_quota(&id.bucket(), wanted).await?;
+        spec.capacity_bytes = wanted;
+        b.meta.set_volume_spec(&id.fs_name, &spec.to_json()).await?;
+        info!(volume_id = %id, capacity = wanted, "volume expanded");
+    }
+    Ok(spec.capacity_bytes)
+}

@@ -1,0 +1,111 @@
+//! Keeps this node's mounts as the state file says they should be: on start and then
+//! periodically it remounts dead JuiceFS mounts at the same path and re-binds their
+//! targets (so tasks get working I/O back without a new publish), forgets volumes
+//! that were deleted, and releases staged volumes nothing has published for a while,
+//! because Swarm may never send NodeUnstageVolume.
+
+use super::core::{NodeCore, PROBE_TIMEOUT};
+use super::mount::{self, Health};
+use super::stage::StageRequest;
+use crate::error::{Error, Result};
+use crate::volume::VolumeId;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+impl NodeCore {
+    /// Brings a staged volume back to health: remounts a dead or missing JuiceFS
+    /// mount at the same path and re-binds every target. Returns whether it acted.
+    pub async fn repair(&self, id: &VolumeId) -> Result<bool> {
+        let Some(v) = self.staged(id) else { return Ok(false) };
+        let mut acted = false;
+        let health = self.juicefs_health(&v.staging_path).await;
+        if health == Health::Hung {
+            // A slow metadata server makes a mount slow, not dead; remounting would
+            // only break the tasks using it.
+            warn!(volume_id = %id, path = ?v.staging_path, "staged mount does not answer; leaving it");
+            return Ok(false);
+        }
+        if health != (Health::Alive { root: true }) {
+            warn!(volume_id = %id, path = ?v.staging_path, "staged mount is dead or gone; remounting");
+            for t in v.targets.keys() {
+                mount::unmount(t)?;
+            }
+            self.stage(id, &StageRequest::again(&v)).await?;
+            acted = true;
+        }
+        for (t, &ro) in &v.targets {
+            let bound = mount::mount_at(t).is_some()
+                && mount::health(t, PROBE_TIMEOUT).await == (Health::Alive { root: true });
+            if !bound {
+                mount::unmount(t)?;
+                std::fs::create_dir_all(t).map_err(mount::io("create", t))?;
+                mount::bind(&v.staging_path, t, ro)?;
+                info!(volume_id = %id, target = ?t, "target re-bound");
+                acted = true;
+            }
+        }
+        Ok(acted)
+    }
+
+    /// Forgets a volume whose file system no longer exists, unmounting what is left.
+    pub async fn drop_vanished(&self, id: &VolumeId) -> Result<bool> {
+        let Some(v) = self.staged(id) else { return Ok(false) };
+        match self.check_exists(&self.server_for(v.home.as_deref())?, id).await {
+            Err(Error::NotFound(_)) => {
+                warn!(volume_id = %id, "volume no longer exists; removing its mounts");
+                self.unstage(id, &v.staging_path).await?;
+                Ok(true)
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(false),
+        }
+    }
+}
+
+/// One pass over every staged volume.
+pub async fn tick(core: &NodeCore) {
+    for id in core.snapshot().volumes.into_keys() {
+        // A volume busy with an RPC is looked at on the next pass.
+        let Ok(_guard) = core.locks.lock(&id.to_string(), Duration::from_millis(50)).await else { continue };
+        let Some(v) = core.staged(&id) else { continue };
+        match core.drop_vanished(&id).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                warn!(volume_id = %id, error = %e, "cannot check whether the volume still exists; checking again later");
+                continue;
+            }
+        }
+        let idle_for = v.idle_since.map(|t| crate::unix_now() - t).unwrap_or(0);
+        if v.targets.is_empty() && idle_for >= core.cfg.idle_release.as_secs() as i64 {
+            info!(
+                volume_id = %id,
+                idle_secs = idle_for,
+                "releasing staged volume: nothing has published it for the idle period (Swarm may not send NodeUnstageVolume)"
+            );
+            if let Err(e) = core.unstage(&id, &v.staging_path).await {
+                warn!(volume_id = %id, error = %e, "release failed; retrying on the next pass");
+            }
+            continue;
+        }
+        if let Err(e) = core.repair(&id).await {
+            warn!(volume_id = %id, error = %e, "repair failed; retrying on the next pass");
+        }
+    }
+}
+
+/// Announces the node (its heartbeat, which decides when a silent node's volumes may
+/// be taken over) and runs [`tick`], forever, at the configured interval.
+pub async fn run(core: Arc<NodeCore>) {
+    let mut announced = false;
+    loop {
+        match core.announce().await {
+            Ok(()) => announced = true,
+            Err(e) if !announced => warn!(error = %e, "cannot announce this node yet; retrying"),
+            Err(e) => warn!(error = %e, "node heartbeat failed; retrying"),
+        }
+        tick(&core).await;
+        tokio::time::sleep(core.cfg.repair_interval).await;
+    }
+}

@@ -1,0 +1,220 @@
+//! Staging: one JuiceFS mount per volume per node, against the master the pinning
+//! rule chose, after the previous writer's fence has replicated; and its release.
+
+use super::core::{NodeCore, PROBE_TIMEOUT};
+use super::jfs::MountSpec;
+use super::mount::{self, Health};
+use super::state::StagedVolume;
+use crate::error::{Error, Result};
+use crate::juicefs;
+use crate::meta::MetaServer;
+use crate::proto::csi::volume_capability::access_mode::Mode;
+use crate::proto::csi::VolumeCapability;
+use crate::volume::{self, context_keys, PublishContext, VolumeId};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// What a stage request asks for.
+#[derive(Debug, Clone)]
+pub struct StageRequest {
+    pub staging_path: PathBuf,
+    pub read_only: bool,
+    pub single_target: bool,
+    pub cache_size_mib: Option<u64>,
+    /// Per-volume cache directory (default: below the node's).
+    pub cache_dir: Option<PathBuf>,
+    /// Mount against this master (the volume's home) instead of the local one.
+    pub home: Option<String>,
+    /// This node's writer epoch (single-node writers; 0 otherwise).
+    pub epoch: u64,
+    /// The fence the local master must hold before mounting.
+    pub wait_fence: u64,
+}
+
+impl StageRequest {
+    /// From a NodeStage (or a NodePublish that must stage again) request's fields.
+    pub fn from_rpc(
+        staging_path: PathBuf,
+        cap: &VolumeCapability,
+        volume_context: &HashMap<String, String>,
+        publish: &PublishContext,
+    ) -> Result<StageRequest> {
+        let key = context_keys::CACHE_SIZE;
+        let cache_size_mib = match volume_context.get(key) {
+            Some(v) => {
+                Some(v.parse().map_err(|_| Error::InvalidArgument(format!("{key}={v:?}: expected MiB")))?)
+            }
+            None => None,
+        };
+        let mode = volume::mode(cap);
+        Ok(StageRequest {
+            staging_path,
+            read_only: volume::is_reader_mode(mode),
+            single_target: mode == Mode::SingleNodeSingleWriter,
+            cache_size_mib,
+            cache_dir: volume_context.get(context_keys::CACHE_DIR).map(PathBuf::from),
+            home: publish.home.clone(),
+            epoch: publish.epoch,
+            wait_fence: publish.wait_fence,
+        })
+    }
+
+    /// The request that mounts a recorded volume again exactly as it was staged.
+    pub fn again(v: &StagedVolume) -> StageRequest {
+        StageRequest {
+            staging_path: v.staging_path.clone(),
+            read_only: v.read_only,
+            single_target: v.single_target,
+            cache_size_mib: v.cache_size_mib,
+            cache_dir: v.cache_dir.clone(),
+            home: v.home.clone(),
+            epoch: v.epoch,
+            wait_fence: 0,
+        }
+    }
+}
+
+impl NodeCore {
+    /// Mounts the volume at its staging path, or confirms an existing healthy mount.
+    pub async fn stage(&self, id: &VolumeId, req: &StageRequest) -> Result<()> {
+        let path = &req.staging_path;
+        if let Some(prev) = self.staged(id) {
+            if prev.staging_path != *path {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} is already staged at {:?}; unstage it first",
+                    prev.staging_path
+                )));
+            }
+            if prev.home != req.home {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} is staged against another metadata master; unstage it first"
+                )));
+            }
+        }
+        let server = self.server_for(req.home.as_deref())?;
+        match self.juicefs_health(path).await {
+            Health::Alive { root: true } => {}
+            state => {
+                if state != Health::Missing {
+                    mount::unmount(path)?;
+                }
+                self.check_exists(&server, id).await?;
+                if req.home.is_none() && req.wait_fence > 0 {
+                    self.await_fence(id, req.wait_fence).await?;
+                }
+                std::fs::create_dir_all(path).map_err(mount::io("create", path))?;
+                let spec = MountSpec {
+                    fs_name: &id.fs_name,
+                    meta: server.url(),
+                    db: id.db,
+                    mount_point: path,
+                    read_only: req.read_only,
+                    cache_size_mib: req.cache_size_mib,
+                    cache_dir: req.cache_dir.as_deref(),
+                };
+                self.cfg.juicefs.mount(&spec).await?;
+                info!(volume_id = %id, path = ?path, meta = %server.url(), read_only = req.read_only, epoch = req.epoch, "staged");
+            }
+        }
+        self.update(|s| {
+            let v = s.volumes.entry(id.clone()).or_insert_with(|| StagedVolume {
+                staging_path: path.clone(),
+                read_only: req.read_only,
+                single_target: req.single_target,
+                cache_size_mib: req.cache_size_mib,
+                cache_dir: req.cache_dir.clone(),
+                targets: Default::default(),
+                idle_since: Some(crate::unix_now()),
+                home: req.home.clone(),
+                epoch: 0,
+            });
+            v.read_only = req.read_only;
+            v.single_target = req.single_target;
+            v.epoch = v.epoch.max(req.epoch);
+        })
+        .await
+    }
+
+    /// Unmounts the staged volume (and any target still bound to it).
+    pub async fn unstage(&self, id: &VolumeId, staging: &Path) -> Result<()> {
+        let staged = self.staged(id);
+        if let Some(v) = &staged {
+            for t in v.targets.keys() {
+                warn!(volume_id = %id, target = ?t, "target still published at unstage; unmounting it");
+                mount::unmount(t)?;
+                mount::remove_dir(t)?;
+            }
+        }
+        mount::unmount(staging)?;
+        mount::remove_dir(staging)?;
+        if let Some(v) = &staged {
+            self.leave_fence(id, v).await?;
+        }
+        self.update(|s| {
+            s.volumes.remove(id);
+        })
+        .await?;
+        info!(volume_id = %id, path = ?staging, "unstaged");
+        Ok(())
+    }
+
+    /// Health of a JuiceFS mount at `path`: anything else mounted there counts as dead.
+    pub(super) async fn juicefs_health(&self, path: &Path) -> Health {
+        match mount::mount_at(path) {
+            None => Health::Missing,
+            Some(m) if !m.fs_type.starts_with("fuse.juicefs") => Health::Dead,
+            Some(_) => mount::health(path, PROBE_TIMEOUT).await,
+        }
+    }
+
+    /// The volume's file system must exist in `server` (and be the right one).
+    pub(super) async fn check_exists(&self, server: &MetaServer, id: &VolumeId) -> Result<()> {
+        match juicefs::read_setting(server, id.db).await {
+            Ok(s) if s.name == id.fs_name && id.matches_uuid(&s.uuid) => Ok(()),
+            Ok(_) | Err(juicefs::Error::Missing { .. }) => Err(Error::NotFound(format!(
+                "volume {id} does not exist on metadata server {}",
+                server.url()
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Waits (bounded) until the local master holds the fence `want` for `id`.
+    async fn await_fence(&self, id: &VolumeId, want: u64) -> Result<()> {
+        let meta = &self.meta;
+        let got = crate::wait::poll_until(self.cfg.fence_wait, Duration::from_millis(100), || async move {
+            match meta.fence(id.db).await {
+                Ok(have) if have >= want => Some(Ok(have)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+        .await;
+        match got {
+            Some(Ok(have)) => {
+                if have > 0 {
+                    info!(volume_id = %id, fence = have, "previous writer's fence replicated; mounting");
+                }
+                Ok(())
+            }
+            Some(Err(e)) => Err(e.into()),
+            None => Err(Error::FailedPrecondition(format!(
+                "volume {id} was last written on another node (writer epoch {want}), and this node's metadata master {} has replicated only up to {} after {} s; check replication between the masters (the CO retries this)",
+                meta.url(),
+                meta.fence(id.db).await.unwrap_or(0),
+                self.cfg.fence_wait.as_secs()
+            ))),
+        }
+    }
+
+    /// Leaves this node's fence for the next writer, through its own master.
+    pub(super) async fn leave_fence(&self, id: &VolumeId, v: &StagedVolume) -> Result<()> {
+        if v.home.is_none() && v.epoch > 0 && !v.read_only {
+            self.meta.raise_fence(id.db, v.epoch).await?;
+            info!(volume_id = %id, fence = v.epoch, "released: fence written for the next writer");
+        }
+        Ok(())
+    }
+}

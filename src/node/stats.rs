@@ -1,0 +1,86 @@
+//! NodeGetVolumeStats and NodeExpandVolume's wait: usage from statfs of the mount
+//! (JuiceFS reports its Capacity as the size) and a condition that names the fault.
+
+use super::core::{NodeCore, PROBE_TIMEOUT};
+use super::mount::{self, Health};
+use crate::error::{Error, Result};
+use crate::proto::csi::{volume_usage::Unit, VolumeCondition, VolumeUsage};
+use std::path::Path;
+use std::time::Duration;
+
+/// statfs on a blocking thread with a timeout, so a hung FUSE server cannot hang the
+/// RPC that asked.
+async fn statfs(path: &Path) -> Option<nix::sys::statvfs::Statvfs> {
+    let p = path.to_path_buf();
+    let probe = tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(&p));
+    tokio::time::timeout(PROBE_TIMEOUT, probe).await.ok()?.ok()?.ok()
+}
+
+impl NodeCore {
+    /// Usage of the mount at `path` and its condition (abnormal when the mount or the
+    /// metadata server is gone).
+    pub async fn stats(&self, path: &Path, home: Option<&str>) -> (Vec<VolumeUsage>, VolumeCondition) {
+        let health = mount::health(path, PROBE_TIMEOUT).await;
+        let server = self.server_for(home).unwrap_or_else(|_| self.meta.clone());
+        let meta = server.ping().await;
+        let via = match home {
+            Some(_) => format!("metadata: the volume's home master {}", server.url()),
+            None => format!("metadata: this node's master {}", server.url()),
+        };
+        let abnormal = |message: String| VolumeCondition { abnormal: true, message };
+        let condition = match (&health, &meta) {
+            (Health::Alive { .. }, Ok(())) => {
+                VolumeCondition { abnormal: false, message: format!("mounted, {via}") }
+            }
+            (Health::Alive { .. }, Err(e)) => abnormal(e.to_string()),
+            (Health::Dead, _) => abnormal(format!(
+                "the JuiceFS mount is dead (transport endpoint is not connected); kelp remounts it; {via}"
+            )),
+            (Health::Hung, _) => abnormal(format!("the JuiceFS mount does not answer; {via}")),
+            (Health::Missing, _) => abnormal("the volume path is missing".into()),
+        };
+        let usage = match health {
+            Health::Alive { .. } => statfs(path).await.map(usage).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        (usage, condition)
+    }
+}
+
+fn usage(s: nix::sys::statvfs::Statvfs) -> Vec<VolumeUsage> {
+    let bsize = s.fragment_size();
+    let total = s.blocks() * bsize;
+    let files = s.files();
+    let ffree = s.files_free();
+    vec![
+        VolumeUsage {
+            available: (s.blocks_available() * bsize) as i64,
+            total: total as i64,
+            used: total.saturating_sub(s.blocks_free() * bsize) as i64,
+            unit: Unit::Bytes as i32,
+        },
+        VolumeUsage {
+            available: ffree as i64,
+            total: files as i64,
+            used: files.saturating_sub(ffree) as i64,
+            unit: Unit::Inodes as i32,
+        },
+    ]
+}
+
+/// Waits until statfs of the mount shows at least `wanted` bytes (clients pick up a new
+/// Capacity on their heartbeat); returns the size seen.
+pub async fn wait_for_capacity(path: &Path, wanted: u64, within: Duration) -> Result<u64> {
+    let size = || async { statfs(path).await.map(|s| s.blocks() * s.fragment_size()) };
+    let seen = crate::wait::poll_until(within, Duration::from_millis(500), || async {
+        size().await.filter(|total| wanted == 0 || *total >= wanted)
+    })
+    .await;
+    match seen {
+        Some(total) => Ok(total),
+        None => Err(Error::Unavailable(format!(
+            "the mount at {path:?} still shows {} bytes, not {wanted}; JuiceFS applies a new capacity on its next heartbeat, retry shortly",
+            size().await.unwrap_or(0)
+        ))),
+    }
+}

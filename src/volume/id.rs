@@ -1,0 +1,118 @@
+//! The CSI volume id, parsed once at the RPC edge and passed on typed from there.
+
+use super::names::{bucket_for, is_valid_fs_name};
+use crate::error::{require, Error, Result};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+const ID_PREFIX: &str = "kelp1";
+const TAG_LEN: usize = 8;
+
+/// The CSI volume id: `kelp1:<db>:<uuid tag>:<fs name>`. It carries all a node needs
+/// to mount (database number and file-system name) and stays valid across restarts.
+/// The tag (first 8 hex digits of the file system's UUID) tells incarnations apart: a
+/// volume deleted and created again under the same name may get the same database
+/// back, but never the same tag, so a stale id never reaches the new volume.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VolumeId {
+    pub db: u32,
+    pub tag: String,
+    pub fs_name: String,
+}
+
+impl VolumeId {
+    pub fn new(db: u32, uuid: &str, fs_name: &str) -> VolumeId {
+        let tag: String = uuid.chars().filter(char::is_ascii_hexdigit).take(TAG_LEN).collect();
+        VolumeId { db, tag: tag.to_ascii_lowercase(), fs_name: fs_name.to_string() }
+    }
+
+    pub fn parse(id: &str) -> Option<VolumeId> {
+        let mut parts = id.splitn(4, ':');
+        if parts.next()? != ID_PREFIX {
+            return None;
+        }
+        let db: u32 = parts.next()?.parse().ok()?;
+        let tag = parts.next()?.to_string();
+        let fs_name = parts.next()?.to_string();
+        let tag_ok =
+            tag.len() == TAG_LEN && tag.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (db > 0 && tag_ok && is_valid_fs_name(&fs_name)).then_some(VolumeId { db, tag, fs_name })
+    }
+
+    /// The id of a request that needs an existing volume: empty is an argument error
+    /// (csi-sanity checks that before existence), and an id kelp could never have
+    /// issued names no volume.
+    pub fn from_request(id: &str) -> Result<VolumeId> {
+        require(!id.is_empty(), "volume_id is required")?;
+        VolumeId::parse(id).ok_or_else(|| Error::NotFound(format!("volume {id:?} does not exist")))
+    }
+
+    /// Whether this id names the file system with `uuid`.
+    pub fn matches_uuid(&self, uuid: &str) -> bool {
+        VolumeId::new(self.db, uuid, &self.fs_name).tag == self.tag
+    }
+
+    pub fn bucket(&self) -> String {
+        bucket_for(&self.fs_name)
+    }
+}
+
+impl std::fmt::Display for VolumeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{ID_PREFIX}:{}:{}:{}", self.db, self.tag, self.fs_name)
+    }
+}
+
+/// Stored as the id string (the node state file keys volumes by it).
+impl Serialize for VolumeId {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for VolumeId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<VolumeId, D::Error> {
+        let s = String::deserialize(d)?;
+        VolumeId::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("not a kelp volume id: {s:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_ids_round_trip_and_reject_garbage() {
+        let id = VolumeId::new(7, "0A1B2C3D-9999-4000-8000-000000000000", "media");
+        assert_eq!(id.to_string(), "kelp1:7:0a1b2c3d:media");
+        assert_eq!(VolumeId::parse(&id.to_string()), Some(id.clone()));
+        assert!(id.matches_uuid("0a1b2c3d-9999-4000-8000-000000000000"));
+        assert!(!id.matches_uuid("ffffffff-9999-4000-8000-000000000000"));
+        for bad in [
+            "",
+            "media",
+            "kelp1:0:0a1b2c3d:media",
+            "kelp1:x:0a1b2c3d:media",
+            "kelp2:1:0a1b2c3d:media",
+            "kelp1:1:0a1b2c3d:Bad_Name",
+            "kelp1:1:media",
+            "kelp1:1:xyz:media",
+        ] {
+            assert_eq!(VolumeId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_ids_get_the_codes_csi_sanity_expects() {
+        assert!(matches!(VolumeId::from_request(""), Err(Error::InvalidArgument(_))));
+        assert!(matches!(VolumeId::from_request("made-up"), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn serialises_as_its_string() {
+        let id = VolumeId::new(3, "0a1b2c3d-0000", "abc");
+        let json = serde_json::to_string(&std::collections::BTreeMap::from([(id.clone(), 1)])).unwrap();
+        assert_eq!(json, r#"{"kelp1:3:0a1b2c3d:abc":1}"#);
+        let back: std::collections::BTreeMap<VolumeId, i32> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.keys().next(), Some(&id));
+    }
+}

@@ -1,0 +1,172 @@
+//! Per-volume choices: the `--opt key=value` map of `docker volume create`, checked
+//! once at CreateVolume and stored with the volume.
+
+use crate::error::{require, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+const MAX_PARAMS: usize = 32;
+const MAX_PARAM_VALUE: usize = 256;
+
+/// Per-volume choices, from `docker volume create --opt key=value`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    pub block_size_kib: u32,
+    pub compression: String,
+    pub trash_days: u32,
+    pub inodes: u64,
+    /// SeaweedFS replication code (xyz) for the bucket; `None` keeps the cluster default.
+    pub replication: Option<String>,
+    /// Opt-in: writers on several nodes use their local masters instead of the home
+    /// master (faster, and unsafe: concurrent writes through two masters can be lost).
+    #[serde(default)]
+    pub shared_writers_local: bool,
+    /// Seconds a single-node writer's node must have been silent before another node
+    /// may take the volume over without a release; `None`: never.
+    #[serde(default)]
+    pub takeover_after: Option<i64>,
+    /// Node-local read cache for this volume, MiB (default: the node's --cache-size).
+    #[serde(default)]
+    pub cache_size_mib: Option<u64>,
+    /// Node-local cache directory for this volume (default: below the node's --cache-dir).
+    #[serde(default)]
+    pub cache_dir: Option<String>,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            block_size_kib: 4096,
+            compression: "none".into(),
+            trash_days: 1,
+            inodes: 0,
+            replication: None,
+            shared_writers_local: false,
+            takeover_after: None,
+            cache_size_mib: None,
+            cache_dir: None,
+        }
+    }
+}
+
+/// The keys `Params::parse` accepts, with what each means, for errors and `--help`.
+pub const PARAM_KEYS: &[(&str, &str)] = &[
+    ("block-size", "JuiceFS block size: KiB, or with a K or M suffix (64K to 16M, default 4M)"),
+    ("compression", "none, lz4 or zstd (default none)"),
+    ("trash-days", "days deleted files stay in .trash, 0 to disable (default 1)"),
+    ("inodes", "maximum number of files, 0 for no limit (default 0)"),
+    ("replication", "SeaweedFS replication code xyz for the bucket, e.g. 010 (default: the cluster's)"),
+    ("shared-writers", "home (default) or local: where writers on several nodes send metadata; local is unsafe"),
+    ("takeover-after", "never (default) or seconds a crashed writer's node must be silent before another node takes over"),
+    ("cache-size", "node-local read cache for this volume, MiB (default: the node's --cache-size)"),
+    ("cache-dir", "node-local cache directory for this volume, an absolute path (default: below the node's --cache-dir)"),
+];
+
+impl Params {
+    /// Parses CSI parameters; an unknown key or a bad value is an error naming it.
+    /// Keys the Kubernetes sidecars add (`csi.storage.k8s.io/...`) are ignored.
+    pub fn parse(raw: &HashMap<String, String>) -> Result<Params> {
+        require(raw.len() <= MAX_PARAMS, format!("{} parameters given; at most {MAX_PARAMS}", raw.len()))?;
+        let mut p = Params::default();
+        let mut keys: Vec<_> = raw.keys().collect();
+        keys.sort();
+        for key in keys {
+            let value = raw[key].trim();
+            if key.starts_with("csi.storage.k8s.io/") {
+                continue;
+            }
+            require(
+                value.len() <= MAX_PARAM_VALUE,
+                format!("parameter {key:?} is {} bytes long; at most {MAX_PARAM_VALUE}", value.len()),
+            )?;
+            let bad = |why: &str| Error::InvalidArgument(format!("parameter {key}={value:?}: {why}"));
+            match key.as_str() {
+                "block-size" => {
+                    let kib = parse_kib(value).ok_or_else(|| bad("expected KiB or a size like 4M"))?;
+                    if !(64..=16384).contains(&kib) {
+                        return Err(bad("must be between 64K and 16M"));
+                    }
+                    p.block_size_kib = kib;
+                }
+                "compression" => match value {
+                    "none" | "lz4" | "zstd" => p.compression = value.into(),
+                    _ => return Err(bad("expected none, lz4 or zstd")),
+                },
+                "trash-days" => {
+                    p.trash_days =
+                        value.parse().ok().filter(|d| *d <= 3650).ok_or_else(|| bad("expected 0 to 3650"))?
+                }
+                "inodes" => p.inodes = value.parse().map_err(|_| bad("expected a whole number"))?,
+                "replication" => {
+                    if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(bad("expected three digits xyz, e.g. 010"));
+                    }
+                    p.replication = Some(value.into());
+                }
+                "shared-writers" => match value {
+                    "home" => p.shared_writers_local = false,
+                    "local" => p.shared_writers_local = true,
+                    _ => return Err(bad("expected home or local")),
+                },
+                "cache-size" => {
+                    p.cache_size_mib = Some(value.parse().map_err(|_| bad("expected MiB, a whole number"))?)
+                }
+                "cache-dir" => {
+                    if !value.starts_with('/') || value.split('/').any(|c| c == "..") {
+                        return Err(bad("expected an absolute path without .."));
+                    }
+                    p.cache_dir = Some(value.into());
+                }
+                "takeover-after" => {
+                    p.takeover_after = match value {
+                        "never" => None,
+                        v => Some(
+                            v.parse()
+                                .ok()
+                                .filter(|s| *s >= 0)
+                                .ok_or_else(|| bad("expected never or whole seconds"))?,
+                        ),
+                    }
+                }
+                _ => {
+                    let known: Vec<_> = PARAM_KEYS.iter().map(|(k, _)| *k).collect();
+                    return Err(Error::InvalidArgument(format!(
+                        "unknown parameter {key:?}; known parameters are {}",
+                        known.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
+fn parse_kib(v: &str) -> Option<u32> {
+    let lower = v.to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = lower.strip_suffix('m') {
+        (n, 1024)
+    } else if let Some(n) = lower.strip_suffix('k') {
+        (n, 1)
+    } else {
+        (lower.as_str(), 1)
+    };
+    num.parse::<u32>().ok()?.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_parse_and_name_bad_keys() {
+        let raw = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let p = Params::parse(&raw(&[("block-size", "1M"), ("compression", "lz4"), ("replication", "010")]))
+            .unwrap();
+        assert_eq!((p.block_size_kib, p.compression.as_str()), (1024, "lz4"));
+        let e = Params::parse(&raw(&[("colour", "blue")])).unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        assert!(Params::parse(&raw(&[("block-size", "1G")])).is_err());
+        assert!(Params::parse(&raw(&[("replication", "01")])).is_err());
+        assert!(Params::parse(&raw(&[("trash-days", &"9".repeat(300))])).is_err());
+    }
+}
