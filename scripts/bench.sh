@@ -20,7 +20,7 @@ start_redis "$work/redis"
 start_weed "$work/weed"
 export KELP_ENDPOINT="unix://$work/kelp.sock" KELP_META_URL="redis://127.0.0.1:$REDIS_PORT"
 export KELP_S3_ENDPOINT="http://127.0.0.1:$S3_PORT" KELP_S3_ACCESS_KEY KELP_S3_SECRET_KEY
-"$kelp" serve --services=both --filer="127.0.0.1:$FILER_GRPC" --state-dir="$work/kelp" \
+"$kelp" serve --services=both --allowed-roots="$work" --filer="127.0.0.1:$FILER_GRPC" --state-dir="$work/kelp" \
   --cache-dir="$work/kelp/cache" --log-level=warn >"$work/kelp.log" 2>&1 &
 kelp_pid=$!
 KELP_PIDS+=("$kelp_pid")

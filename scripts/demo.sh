@@ -40,7 +40,7 @@ echo "metadata: redis://127.0.0.1:$REDIS_PORT   filer gRPC: 127.0.0.1:$FILER_GRP
 
 step "Starting kelp serve (controller + node)"
 export KELP_ENDPOINT="unix://$work/kelp.sock"
-KELP_S3_SECRET_KEY="$KELP_S3_SECRET_KEY" "$kelp" serve --services=both \
+KELP_S3_SECRET_KEY="$KELP_S3_SECRET_KEY" "$kelp" serve --services=both --allowed-roots="$work" \
   --meta-url="redis://127.0.0.1:$REDIS_PORT" --filer="127.0.0.1:$FILER_GRPC" \
   --s3-endpoint="http://127.0.0.1:$S3_PORT" --s3-access-key="$KELP_S3_ACCESS_KEY" \
   --state-dir="$work/kelp" --cache-dir="$work/kelp/cache" >"$work/kelp.log" 2>&1 &

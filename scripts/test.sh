@@ -8,6 +8,10 @@ source scripts/env.sh
 export KELP_NEED_CSI_SANITY=1
 scripts/deps.sh
 
+# Gates first: formatting and lints fail the run before anything slow starts.
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+
 # Fail early and clearly on leftovers of an earlier, interrupted run.
 rm -rf .kelp-test
 

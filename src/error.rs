@@ -39,6 +39,7 @@ impl From<meta::Error> for Error {
             meta::Error::Unreachable { .. } => Error::Unavailable(e.to_string()),
             meta::Error::NoFreeDatabase { .. } => Error::ResourceExhausted(e.to_string()),
             meta::Error::BadUrl { .. } => Error::InvalidArgument(e.to_string()),
+            meta::Error::NoSuchDatabase { .. } => Error::NotFound(e.to_string()),
             meta::Error::Command { .. } | meta::Error::Corrupt { .. } => Error::Internal(e.to_string()),
         }
     }
@@ -69,6 +70,7 @@ impl From<mount::Error> for Error {
     fn from(e: mount::Error) -> Error {
         match e {
             mount::Error::Timeout { .. } => Error::Unavailable(e.to_string()),
+            mount::Error::Foreign { .. } => Error::FailedPrecondition(e.to_string()),
             _ => Error::Internal(e.to_string()),
         }
     }

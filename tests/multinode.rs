@@ -59,6 +59,7 @@ fn spawn_kelp(net: Option<(&Net, usize)>, args: Vec<String>) -> NodeProc {
         .arg(format!("--endpoint={endpoint}"))
         .arg(format!("--state-dir={}", state_dir.display()))
         .arg(format!("--cache-dir={}", state_dir.join("cache").display()))
+        .arg("--allowed-roots=/")
         .args(args)
         .env("KELP_S3_ACCESS_KEY", S3_ACCESS_KEY)
         .env("KELP_S3_SECRET_KEY", S3_SECRET_KEY)

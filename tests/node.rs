@@ -80,7 +80,17 @@ async fn cleanup(c: &mut Clients, id: &str, staging: &Path, targets: &[&Path]) {
         c.unpublish(id, &s(t)).await.unwrap();
     }
     c.unstage(id, &s(staging)).await.unwrap();
-    c.delete(id).await.unwrap();
+    // A juicefs killed by a test leaves its session until two heartbeats have passed;
+    // until then DeleteVolume refuses, and a CO retries, as this does.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match c.delete(id).await {
+            Err(e) if e.code() == Code::FailedPrecondition && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            }
+            done => break done.unwrap(),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -259,8 +269,12 @@ async fn mounts_of_deleted_volumes_are_removed() {
     let t = b.root.join("t");
     c.stage(id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
     c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
-    // Deleted behind the node's back (e.g. `docker volume rm -f` then a manual delete).
-    c.delete(id).await.unwrap();
+    // DeleteVolume refuses a mounted volume, so delete it behind the node's back, as an
+    // operator wiping the registry and the database by hand would.
+    assert_eq!(c.delete(id).await.unwrap_err().code(), Code::FailedPrecondition);
+    let fs = &vol.volume_context["fsName"];
+    b.redis.cli(db_of(id), &["flushdb"]);
+    b.redis.cli(0, &["del", &format!("kelp:vol:{fs}")]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !mounts_under(&b.root).is_empty() {
         assert!(Instant::now() < deadline, "mounts of a deleted volume stayed: {:?}", mounts_under(&b.root));
@@ -273,7 +287,8 @@ async fn mounts_of_deleted_volumes_are_removed() {
 async fn per_volume_cache_settings_reach_the_mount() {
     let b = bed("node-cache");
     let mut c = csi::connect(&b.kelp.endpoint).await;
-    let cache_dir = b.root.join("volume-cache");
+    // A volume's cache directory must lie below the node's own --cache-dir.
+    let cache_dir = b.kelp.state_dir.join("cache/volume-cache");
     let mut req = csi::create_req("node-cache", GIB);
     req.parameters =
         [("cache-size".to_string(), "64".to_string()), ("cache-dir".to_string(), s(&cache_dir))].into();

@@ -10,6 +10,7 @@ use kelp::identity::IdentityService;
 use kelp::meta::{MetaServer, MetaUrl};
 use kelp::node::core::{NodeConfig, NodeCore};
 use kelp::node::jfs::JuicefsConfig;
+use kelp::node::paths::PathPolicy;
 use kelp::node::{repair, NodeService};
 use kelp::proto::csi::{
     controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
@@ -103,6 +104,11 @@ pub struct ServeArgs {
     /// Seconds a JuiceFS mount may take to become ready.
     #[arg(long, env = "KELP_MOUNT_TIMEOUT", default_value_t = 12)]
     mount_timeout: u64,
+    /// Directories below which the orchestrator's staging and target paths may be,
+    /// comma-separated (Swarm's are below /data in the plugin). Paths elsewhere, with
+    /// `..`, or through a symbolic link are refused.
+    #[arg(long, env = "KELP_ALLOWED_ROOTS", value_delimiter = ',', default_value = "/data,/var/lib/kelp")]
+    allowed_roots: Vec<PathBuf>,
     /// Log filter, e.g. info or kelp=debug.
     #[arg(long, env = "KELP_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -123,6 +129,9 @@ pub fn init_logging(level: &str, format: LogFormat) {
 
 pub async fn run(a: ServeArgs) -> Result<()> {
     let endpoint = Endpoint::parse(&a.endpoint)?;
+    if let Some(bad) = a.allowed_roots.iter().find(|r| !r.is_absolute()) {
+        return Err(Error::Refused(format!("--allowed-roots: {bad:?} is not an absolute path")));
+    }
     let node_id = match a.node_id.clone().filter(|n| !n.is_empty()) {
         Some(n) => n,
         None => nix::unistd::gethostname()
@@ -146,8 +155,14 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     let filer = if controller { Some(Filer::new(&a.filer)?) } else { None };
 
     let identity = IdentityService { controller, meta: meta.clone(), filer: filer.clone() };
-    let mut router =
-        tonic::transport::Server::builder().layer(RpcLogLayer).add_service(IdentityServer::new(identity));
+    let mut router = tonic::transport::Server::builder()
+        // A client that vanished without closing (a killed CO, a dropped TCP peer)
+        // is noticed and its connection closed instead of being kept forever.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .layer(RpcLogLayer)
+        .add_service(IdentityServer::new(identity));
     if let Some(filer) = filer {
         let backends = Backends {
             meta: meta.clone(),
@@ -176,6 +191,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
             repair_interval: Duration::from_secs(a.repair_interval.max(1)),
             fence_wait: Duration::from_secs(a.fence_wait),
             advertise: advertise.public_url(),
+            paths: PathPolicy::new(a.allowed_roots.clone()),
         };
         let core =
             Arc::new(NodeCore::new(cfg, meta.clone(), registry).map_err(super::io("reading node state"))?);

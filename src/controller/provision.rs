@@ -17,7 +17,11 @@ use crate::meta::{Reservation, VolumeRecord, VolumeState};
 use crate::proto::csi::{CapacityRange, Volume};
 use crate::volume::{bucket_for, capacity_fits, volume_context, Params, Spec, VolumeId};
 use std::collections::HashMap;
+use std::time::Duration;
 use tracing::{info, warn};
+
+/// How long DeleteVolume waits for mounts that are ending: below Swarm's 15 s deadline.
+const SESSION_WAIT: Duration = Duration::from_secs(8);
 
 /// S3 credentials written (sealed) into the file system's setting.
 pub struct S3Credentials {
@@ -165,9 +169,36 @@ pub async fn delete(b: &Backends, id: &VolumeId) -> Result<()> {
         // The name now belongs to a newer volume; this id's volume is long gone.
         return Ok(());
     }
+    if record.state == VolumeState::Ready {
+        refuse_while_mounted(b, id).await?;
+    }
     destroy(b, id).await?;
     info!(volume_id = %id, "volume deleted");
     Ok(())
+}
+
+/// Deleting a mounted volume would pull its data from under running tasks, and their
+/// clients would write sessions back into the freed database and objects into a
+/// re-created bucket. A clean unmount ends a session at once; give one that is
+/// ending a few seconds, then refuse (the CO retries). A client killed without
+/// unmounting stops counting about 24 s after its last heartbeat.
+async fn refuse_while_mounted(b: &Backends, id: &VolumeId) -> Result<()> {
+    let meta = &b.meta;
+    let done = crate::wait::poll_until(SESSION_WAIT, Duration::from_millis(200), || async move {
+        match juicefs::live_sessions(meta, id.db).await {
+            Ok(0) => Some(Ok(())),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        }
+    })
+    .await;
+    match done {
+        Some(r) => Ok(r?),
+        None => Err(Error::FailedPrecondition(format!(
+            "volume {id} is still mounted by {} JuiceFS client(s); stop the tasks using it (docker service rm / scale 0) and retry; a client that died stops counting about 24 s after its last heartbeat",
+            juicefs::live_sessions(meta, id.db).await.unwrap_or(0)
+        ))),
+    }
 }
 
 async fn destroy(b: &Backends, id: &VolumeId) -> Result<()> {

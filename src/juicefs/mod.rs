@@ -109,3 +109,22 @@ pub async fn usage(meta: &MetaServer, db: u32) -> Result<Usage> {
         max_inodes: setting.inodes,
     })
 }
+
+/// How many JuiceFS clients have a live session on the file system in `db`. Each
+/// client sets its session's expiry to now + 5 heartbeats (60 s with the default 12 s
+/// heartbeat) in `allSessions` at every heartbeat, and removes it when it unmounts
+/// cleanly. A running client's expiry is therefore always more than 48 s ahead; one
+/// more than 36 s ahead has beaten within the last two heartbeats and counts as live,
+/// while a killed client stops counting about 24 s after its last beat.
+pub async fn live_sessions(meta: &MetaServer, db: u32) -> Result<u64> {
+    const LIVE_MARGIN_SECS: i64 = 36;
+    let mut c = meta.database(db).await?;
+    let live: u64 = redis::cmd("ZCOUNT")
+        .arg("allSessions")
+        .arg(format!("({}", crate::unix_now() + LIVE_MARGIN_SECS))
+        .arg("+inf")
+        .query_async(&mut c)
+        .await
+        .map_err(|e| meta.err(e))?;
+    Ok(live)
+}

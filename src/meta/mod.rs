@@ -26,6 +26,8 @@ pub enum Error {
     Command { server: String, detail: String },
     #[error("metadata server {server} has no free database for a new volume (it has {databases}); raise `databases` in its configuration")]
     NoFreeDatabase { server: String, databases: u32 },
+    #[error("metadata server {server} has no database {db}; the volume id names a database the server was never configured with")]
+    NoSuchDatabase { server: String, db: u32 },
     /// The message never repeats the URL: it may hold a password.
     #[error("bad metadata URL: {why} (expected redis://[user@]host:port)")]
     BadUrl { why: String },
@@ -104,10 +106,15 @@ impl MetaServer {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| unreachable(&self.url, e))
+        client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| {
+            // The SELECT of the handshake fails for a number the server does not have:
+            // that volume cannot exist there (and retrying will not change it).
+            if e.to_string().contains("DB index is out of range") {
+                Error::NoSuchDatabase { server: self.url.to_string(), db }
+            } else {
+                unreachable(&self.url, e)
+            }
+        })
     }
 
     pub async fn ping(&self) -> Result<()> {

@@ -3,6 +3,7 @@
 //! operations on one volume live beside it: `stage`, `publish`, `repair`, `stats`.
 
 use super::jfs::JuicefsConfig;
+use super::paths::PathPolicy;
 use super::state::{NodeState, StagedVolume, StateFile};
 use crate::error::{Error, Result};
 use crate::locks::VolumeLocks;
@@ -30,6 +31,8 @@ pub struct NodeConfig {
     pub fence_wait: Duration,
     /// This node's master as other nodes reach it (no password), announced.
     pub advertise: String,
+    /// Where the orchestrator's staging and target paths may be.
+    pub paths: PathPolicy,
 }
 
 pub struct NodeCore {
@@ -82,6 +85,25 @@ impl NodeCore {
                 Ok(MetaServer::new(url.with_password(self.meta.url().password())))
             }
         }
+    }
+
+    /// Refuses a publish context that names a master other than this node's own or
+    /// the volume's registered home: kelp sends its metadata password to no one else.
+    pub async fn check_home(&self, id: &VolumeId, home: Option<&str>) -> Result<()> {
+        let Some(home) = home else { return Ok(()) };
+        if home == self.cfg.advertise || home == self.meta.url().public_url() {
+            return Ok(());
+        }
+        let registered = match self.registry.volume(&id.fs_name).await? {
+            Some(record) => Some(crate::volume::Spec::of(&record)?.home_meta),
+            None => None,
+        };
+        if registered.as_deref() == Some(home) {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "the publish context names metadata master {home:?}, which is neither this node's master nor the home master the registry lists for volume {id}; kelp connects with its password only to those"
+        )))
     }
 
     pub fn snapshot(&self) -> NodeState {

@@ -6,6 +6,7 @@
 pub mod core;
 pub mod jfs;
 pub mod mount;
+pub mod paths;
 pub mod publish;
 pub mod repair;
 pub mod stage;
@@ -20,11 +21,12 @@ use crate::proto::csi::{
     NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse, NodePublishVolumeRequest,
     NodePublishVolumeResponse, NodeServiceCapability, NodeStageVolumeRequest, NodeStageVolumeResponse,
     NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse, NodeUnstageVolumeRequest,
-    NodeUnstageVolumeResponse,
+    NodeUnstageVolumeResponse, VolumeCapability,
 };
 use crate::server::record_volume;
 use crate::volume::{self, PublishContext, VolumeId};
 use stage::StageRequest;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,26 @@ pub struct NodeService {
 impl NodeService {
     pub fn new(core: Arc<NodeCore>) -> NodeService {
         NodeService { core }
+    }
+
+    /// The lexical checks of a path the CO hands in (see `paths`).
+    fn path(&self, raw: &str, what: &str) -> Result<PathBuf> {
+        self.core.cfg.paths.check(raw, what)
+    }
+
+    /// The stage request of a NodeStage or NodePublish, its home master checked.
+    async fn stage_request(
+        &self,
+        id: &VolumeId,
+        staging: PathBuf,
+        cap: &VolumeCapability,
+        volume_context: &HashMap<String, String>,
+        publish: &PublishContext,
+    ) -> Result<StageRequest> {
+        let cache_root = &self.core.cfg.juicefs.cache_dir;
+        let req = StageRequest::from_rpc(staging, cap, volume_context, publish, cache_root)?;
+        self.core.check_home(id, req.home.as_deref()).await?;
+        Ok(req)
     }
 
     /// The staged volume and the path of it a stats or expand request names;
@@ -64,13 +86,6 @@ impl NodeService {
     }
 }
 
-fn required_path(p: &str, what: &str) -> Result<PathBuf> {
-    require(!p.is_empty(), format!("{what} is required"))?;
-    let path = PathBuf::from(p);
-    require(path.is_absolute(), format!("{what} must be an absolute path"))?;
-    Ok(path)
-}
-
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn node_stage_volume(
@@ -79,12 +94,12 @@ impl Node for NodeService {
     ) -> RpcResult<NodeStageVolumeResponse> {
         let r = req.into_inner();
         require(!r.volume_id.is_empty(), "volume_id is required")?;
-        let staging = required_path(&r.staging_target_path, "staging_target_path")?;
+        let staging = self.path(&r.staging_target_path, "staging_target_path")?;
         let cap = volume::required_capability(r.volume_capability)?;
         let id = VolumeId::from_request(&r.volume_id)?;
         record_volume(&id);
         let publish = PublishContext::parse(&r.publish_context)?;
-        let stage = StageRequest::from_rpc(staging, &cap, &r.volume_context, &publish)?;
+        let stage = self.stage_request(&id, staging, &cap, &r.volume_context, &publish).await?;
         let _guard = self.core.locks.lock_rpc(&r.volume_id).await?;
         self.core.stage(&id, &stage).await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
@@ -96,7 +111,7 @@ impl Node for NodeService {
     ) -> RpcResult<NodeUnstageVolumeResponse> {
         let r = req.into_inner();
         require(!r.volume_id.is_empty(), "volume_id is required")?;
-        let staging = required_path(&r.staging_target_path, "staging_target_path")?;
+        let staging = self.path(&r.staging_target_path, "staging_target_path")?;
         // An id kelp never issued was never staged here: nothing to undo.
         if let Some(id) = VolumeId::parse(&r.volume_id) {
             record_volume(&id);
@@ -112,8 +127,8 @@ impl Node for NodeService {
     ) -> RpcResult<NodePublishVolumeResponse> {
         let r = req.into_inner();
         require(!r.volume_id.is_empty(), "volume_id is required")?;
-        let staging = required_path(&r.staging_target_path, "staging_target_path")?;
-        let target = required_path(&r.target_path, "target_path")?;
+        let staging = self.path(&r.staging_target_path, "staging_target_path")?;
+        let target = self.path(&r.target_path, "target_path")?;
         let cap = volume::required_capability(r.volume_capability)?;
         let id = VolumeId::from_request(&r.volume_id)?;
         record_volume(&id);
@@ -122,9 +137,8 @@ impl Node for NodeService {
         // The node may have released the staged mount while idle (Swarm never
         // unstages); everything needed to stage again is in this request.
         if self.core.staged(&id).is_none() {
-            self.core
-                .stage(&id, &StageRequest::from_rpc(staging, &cap, &r.volume_context, &publish)?)
-                .await?;
+            let stage = self.stage_request(&id, staging, &cap, &r.volume_context, &publish).await?;
+            self.core.stage(&id, &stage).await?;
         }
         self.core.note_epoch(&id, publish.epoch).await?;
         let read_only = r.readonly || volume::is_reader_mode(volume::mode(&cap));
@@ -138,7 +152,7 @@ impl Node for NodeService {
     ) -> RpcResult<NodeUnpublishVolumeResponse> {
         let r = req.into_inner();
         require(!r.volume_id.is_empty(), "volume_id is required")?;
-        let target = required_path(&r.target_path, "target_path")?;
+        let target = self.path(&r.target_path, "target_path")?;
         if let Some(id) = VolumeId::parse(&r.volume_id) {
             record_volume(&id);
             let _guard = self.core.locks.lock_rpc(&r.volume_id).await?;

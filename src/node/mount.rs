@@ -8,13 +8,15 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{op} {path}: {errno}")]
+    #[error("{op} {path:?}: {errno}")]
     Sys { op: &'static str, path: String, errno: Errno },
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path:?}: {source}")]
     Io { op: &'static str, path: String, source: std::io::Error },
-    #[error("mount of {volume} at {path} was not ready after {secs} s; juicefs log tail:\n{log_tail}")]
+    #[error("mount of {volume} at {path:?} was not ready after {secs} s; juicefs log tail:\n{log_tail}")]
     Timeout { volume: String, path: String, secs: u64, log_tail: String },
-    #[error("juicefs mount of {volume} at {path} failed ({status}); juicefs log tail:\n{log_tail}")]
+    #[error("{path:?} holds a {fs_type} mount of {mounted:?}, which kelp did not make; it was left alone")]
+    Foreign { path: String, fs_type: String, mounted: String },
+    #[error("juicefs mount of {volume} at {path:?} failed ({status}); juicefs log tail:\n{log_tail}")]
     Juicefs { volume: String, path: String, status: String, log_tail: String },
 }
 
@@ -77,6 +79,14 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+impl MountEntry {
+    /// Whether this is the JuiceFS mount of file system `fs_name`, or a bind of it
+    /// (a bind shows its source's type and source). Dead FUSE mounts still qualify.
+    pub fn is_juicefs_of(&self, fs_name: &str) -> bool {
+        self.fs_type.starts_with("fuse.juicefs") && self.source.strip_prefix("JuiceFS:") == Some(fs_name)
+    }
+}
+
 /// The topmost mount at exactly `path`, if any.
 pub fn mount_at(path: &Path) -> Option<MountEntry> {
     mount_table().into_iter().rev().find(|m| m.mount_point == path)
@@ -123,19 +133,45 @@ fn libc_enotconn() -> i32 {
     Errno::ENOTCONN as i32
 }
 
-/// Bind-mounts `source` on `target`; a read-only bind is made read-only for real
-/// (a second remount pass, as the kernel ignores MS_RDONLY on the first).
-pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
+/// Bind-mounts `source` on `target` (both may be `/proc/self/fd/N` paths of opened
+/// directories, so the checked directories are the ones used).
+pub fn bind(source: &Path, target: &Path) -> Result<()> {
     mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(sys("bind mount", target))?;
-    if read_only {
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
-            let _ = umount2(target, MntFlags::MNT_DETACH);
-            return Err(sys("read-only remount", target)(e));
+        .map_err(sys("bind mount", target))
+}
+
+/// Makes the bind mount at `mounted` read-only for real (the kernel ignores
+/// MS_RDONLY on the bind itself). `mounted` must name the new mount's root, e.g. a
+/// descriptor opened after the bind.
+pub fn remount_read_only(mounted: &Path) -> Result<()> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    mount(None::<&str>, mounted, None::<&str>, flags, None::<&str>).map_err(sys("read-only remount", mounted))
+}
+
+/// Unmounts the JuiceFS mounts of `fs_name` at `path`, never anything else: a mount
+/// of another file system on top is left alone and reported as an error.
+pub fn unmount_juicefs(path: &Path, fs_name: &str) -> Result<()> {
+    match mount_at(path) {
+        None => Ok(()),
+        Some(m) if m.is_juicefs_of(fs_name) => {
+            unmount_top(path)?;
+            unmount_juicefs(path, fs_name)
+        }
+        Some(m) => {
+            Err(Error::Foreign { path: path.display().to_string(), fs_type: m.fs_type, mounted: m.source })
         }
     }
-    Ok(())
+}
+
+/// Unmounts the topmost mount at `path`; busy or dead ones are detached lazily.
+fn unmount_top(path: &Path) -> Result<()> {
+    match umount2(path, MntFlags::UMOUNT_NOFOLLOW) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::EBUSY) | Err(Errno::ENOTCONN) | Err(Errno::EIO) => {
+            umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).map_err(sys("lazy unmount", path))
+        }
+        Err(e) => Err(sys("unmount", path)(e)),
+    }
 }
 
 /// Unmounts everything at `path`. A busy or dead mount is detached lazily so the

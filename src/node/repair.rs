@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::volume::VolumeId;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 impl NodeCore {
     /// Brings a staged volume back to health: remounts a dead or missing JuiceFS
@@ -19,7 +19,7 @@ impl NodeCore {
     pub async fn repair(&self, id: &VolumeId) -> Result<bool> {
         let Some(v) = self.staged(id) else { return Ok(false) };
         let mut acted = false;
-        let health = self.juicefs_health(&v.staging_path).await;
+        let health = self.juicefs_health(id, &v.staging_path).await;
         if health == Health::Hung {
             // A slow metadata server makes a mount slow, not dead; remounting would
             // only break the tasks using it.
@@ -29,21 +29,40 @@ impl NodeCore {
         if health != (Health::Alive { root: true }) {
             warn!(volume_id = %id, path = ?v.staging_path, "staged mount is dead or gone; remounting");
             for t in v.targets.keys() {
-                mount::unmount(t)?;
+                mount::unmount_juicefs(t, &id.fs_name)?;
             }
             self.stage(id, &StageRequest::again(&v)).await?;
             acted = true;
         }
+        let mut created = Vec::new();
         for (t, &ro) in &v.targets {
-            let bound = mount::mount_at(t).is_some()
+            let bound = mount::mount_at(t).is_some_and(|m| m.is_juicefs_of(&id.fs_name))
                 && mount::health(t, PROBE_TIMEOUT).await == (Health::Alive { root: true });
-            if !bound {
-                mount::unmount(t)?;
-                std::fs::create_dir_all(t).map_err(mount::io("create", t))?;
-                mount::bind(&v.staging_path, t, ro)?;
-                info!(volume_id = %id, target = ?t, "target re-bound");
-                acted = true;
+            if bound {
+                continue;
             }
+            // Never onto something kelp did not mount, and never on top of a mount.
+            let rebound = mount::unmount_juicefs(t, &id.fs_name)
+                .map_err(Error::from)
+                .and_then(|()| self.bind_target(id, &v, t, ro));
+            match rebound {
+                Ok(dirs) => {
+                    info!(volume_id = %id, target = ?t, "target re-bound");
+                    created.extend(dirs);
+                    acted = true;
+                }
+                Err(e) => {
+                    error!(volume_id = %id, target = ?t, error = %e, "cannot re-bind the target; leaving it as it is")
+                }
+            }
+        }
+        if !created.is_empty() {
+            self.update(|s| {
+                if let Some(v) = s.volumes.get_mut(id) {
+                    v.created.extend(created);
+                }
+            })
+            .await?;
         }
         Ok(acted)
     }

@@ -4,6 +4,7 @@
 use super::core::{NodeCore, PROBE_TIMEOUT};
 use super::jfs::MountSpec;
 use super::mount::{self, Health};
+use super::paths::{self, PathPolicy};
 use super::state::StagedVolume;
 use crate::error::{Error, Result};
 use crate::juicefs;
@@ -40,11 +41,20 @@ impl StageRequest {
         cap: &VolumeCapability,
         volume_context: &HashMap<String, String>,
         publish: &PublishContext,
+        cache_root: &Path,
     ) -> Result<StageRequest> {
         let key = context_keys::CACHE_SIZE;
         let cache_size_mib = match volume_context.get(key) {
             Some(v) => {
                 Some(v.parse().map_err(|_| Error::InvalidArgument(format!("{key}={v:?}: expected MiB")))?)
+            }
+            None => None,
+        };
+        // The cache holds volume data on the node's disk: only below the node's own
+        // cache directory, whatever the context says.
+        let cache_dir = match volume_context.get(context_keys::CACHE_DIR) {
+            Some(dir) => {
+                Some(PathPolicy::new(vec![cache_root.to_path_buf()]).check(dir, "volume context cache-dir")?)
             }
             None => None,
         };
@@ -54,7 +64,7 @@ impl StageRequest {
             read_only: volume::is_reader_mode(mode),
             single_target: mode == Mode::SingleNodeSingleWriter,
             cache_size_mib,
-            cache_dir: volume_context.get(context_keys::CACHE_DIR).map(PathBuf::from),
+            cache_dir,
             home: publish.home.clone(),
             epoch: publish.epoch,
             wait_fence: publish.wait_fence,
@@ -94,17 +104,19 @@ impl NodeCore {
             }
         }
         let server = self.server_for(req.home.as_deref())?;
-        match self.juicefs_health(path).await {
+        let mut created = Vec::new();
+        match self.juicefs_health(id, path).await {
             Health::Alive { root: true } => {}
             state => {
                 if state != Health::Missing {
-                    mount::unmount(path)?;
+                    mount::unmount_juicefs(path, &id.fs_name)?;
                 }
                 self.check_exists(&server, id).await?;
                 if req.home.is_none() && req.wait_fence > 0 {
                     self.await_fence(id, req.wait_fence).await?;
                 }
-                std::fs::create_dir_all(path).map_err(mount::io("create", path))?;
+                let dir = self.cfg.paths.open_dir(path, true)?;
+                created = dir.created;
                 let spec = MountSpec {
                     fs_name: &id.fs_name,
                     meta: server.url(),
@@ -115,6 +127,16 @@ impl NodeCore {
                     cache_dir: req.cache_dir.as_deref(),
                 };
                 self.cfg.juicefs.mount(&spec).await?;
+                // juicefs was given the path, not the descriptor: check that it mounted
+                // exactly the directory that was checked.
+                if !mount::mount_at(path).is_some_and(|m| m.is_juicefs_of(&id.fs_name))
+                    || self.cfg.paths.open_dir(path, false).is_err()
+                {
+                    let _ = mount::unmount(path);
+                    return Err(Error::InvalidArgument(format!(
+                        "staging path {path:?} changed while it was being mounted; refusing it"
+                    )));
+                }
                 info!(volume_id = %id, path = ?path, meta = %server.url(), read_only = req.read_only, epoch = req.epoch, "staged");
             }
         }
@@ -129,29 +151,31 @@ impl NodeCore {
                 idle_since: Some(crate::unix_now()),
                 home: req.home.clone(),
                 epoch: 0,
+                created: Default::default(),
             });
             v.read_only = req.read_only;
             v.single_target = req.single_target;
             v.epoch = v.epoch.max(req.epoch);
+            v.created.extend(created);
         })
         .await
     }
 
-    /// Unmounts the staged volume (and any target still bound to it).
+    /// Unmounts the staged volume (and any target still bound to it) if this node
+    /// staged it at `staging`; anything else is left alone (the spec's "OK, nothing
+    /// to do").
     pub async fn unstage(&self, id: &VolumeId, staging: &Path) -> Result<()> {
-        let staged = self.staged(id);
-        if let Some(v) = &staged {
-            for t in v.targets.keys() {
-                warn!(volume_id = %id, target = ?t, "target still published at unstage; unmounting it");
-                mount::unmount(t)?;
-                mount::remove_dir(t)?;
-            }
+        let Some(v) = self.staged(id) else { return Ok(()) };
+        if v.staging_path != staging {
+            warn!(volume_id = %id, asked = ?staging, staged = ?v.staging_path, "unstage of a path this volume is not staged at; nothing done");
+            return Ok(());
         }
-        mount::unmount(staging)?;
-        mount::remove_dir(staging)?;
-        if let Some(v) = &staged {
-            self.leave_fence(id, v).await?;
+        for t in v.targets.keys() {
+            warn!(volume_id = %id, target = ?t, "target still published at unstage; unmounting it");
+            self.release_path(id, &v, t).await?;
         }
+        self.release_path(id, &v, staging).await?;
+        self.leave_fence(id, &v).await?;
         self.update(|s| {
             s.volumes.remove(id);
         })
@@ -160,11 +184,31 @@ impl NodeCore {
         Ok(())
     }
 
-    /// Health of a JuiceFS mount at `path`: anything else mounted there counts as dead.
-    pub(super) async fn juicefs_health(&self, path: &Path) -> Health {
+    /// Lets go of one path of a volume: unmounts the volume there (never another
+    /// file system) and removes the directories kelp made for it. Files found in
+    /// them are moved aside and recorded, never deleted.
+    pub(super) async fn release_path(&self, id: &VolumeId, v: &StagedVolume, path: &Path) -> Result<()> {
+        mount::unmount_juicefs(path, &id.fs_name)?;
+        let mine = v.created_for(path);
+        let set_aside = paths::remove_created(path, &mine);
+        self.update(|s| {
+            if let Some(v) = s.volumes.get_mut(id) {
+                // Forget what is gone; shared parents still in use stay recorded.
+                for c in mine.iter().filter(|c| !c.exists()) {
+                    v.created.remove(c);
+                }
+            }
+            s.set_aside.extend(set_aside);
+        })
+        .await
+    }
+
+    /// Health of the volume's JuiceFS mount at `path`: anything else mounted there
+    /// counts as dead.
+    pub(super) async fn juicefs_health(&self, id: &VolumeId, path: &Path) -> Health {
         match mount::mount_at(path) {
             None => Health::Missing,
-            Some(m) if !m.fs_type.starts_with("fuse.juicefs") => Health::Dead,
+            Some(m) if !m.is_juicefs_of(&id.fs_name) => Health::Dead,
             Some(_) => mount::health(path, PROBE_TIMEOUT).await,
         }
     }

@@ -4,12 +4,16 @@
 
 use crate::volume::VolumeId;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeState {
     pub volumes: BTreeMap<VolumeId, StagedVolume>,
+    /// Directories found holding files when kelp let go of a path it had mounted on
+    /// (something wrote there while nothing was mounted), moved aside for the operator.
+    #[serde(default)]
+    pub set_aside: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +37,17 @@ pub struct StagedVolume {
     /// This node's writer epoch, left as the fence on release (0: not a fenced writer).
     #[serde(default)]
     pub epoch: u64,
+    /// Directories kelp created for the staging path and targets: the only ones it
+    /// removes when it lets go of them.
+    #[serde(default)]
+    pub created: BTreeSet<PathBuf>,
+}
+
+impl StagedVolume {
+    /// The directories kelp created that lie on the way to `path` (or are it).
+    pub fn created_for(&self, path: &Path) -> Vec<PathBuf> {
+        self.created.iter().filter(|c| path.starts_with(c)).cloned().collect()
+    }
 }
 
 pub struct StateFile {
@@ -107,6 +122,7 @@ mod tests {
                 idle_since: None,
                 home: None,
                 epoch: 3,
+                created: Default::default(),
             },
         );
         f.save(&s).unwrap();

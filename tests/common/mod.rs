@@ -334,6 +334,8 @@ impl Kelp {
             format!("--state-dir={}", state_dir.display()),
             format!("--cache-dir={}", state_dir.join("cache").display()),
             "--node-id=test-node".to_string(),
+            // Test paths live in scratch directories; the path rules are tested in security.rs.
+            "--allowed-roots=/".to_string(),
             "--log-level=kelp=debug,info".to_string(),
         ];
         args.extend(o.extra);

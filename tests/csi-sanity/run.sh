@@ -22,7 +22,7 @@ start_weed "$work/weed"
 
 KELP_PID=
 start_kelp() { # endpoint
-  "$kelp" serve --endpoint="$1" --services=both --node-id=sanity-node \
+  "$kelp" serve --endpoint="$1" --services=both --node-id=sanity-node --allowed-roots="$work" \
     --meta-url="redis://127.0.0.1:$REDIS_PORT" --filer="127.0.0.1:$FILER_GRPC" \
     --s3-endpoint="http://127.0.0.1:$S3_PORT" --s3-access-key="$KELP_S3_ACCESS_KEY" \
     --state-dir="$work/kelp" --cache-dir="$work/kelp/cache" >>"$work/kelp.log" 2>&1 &

@@ -1,0 +1,278 @@
+//! The node trusts nothing it is handed (issue 19): hostile or confused paths, ids and
+//! contexts, driven through the real gRPC API against real servers. kelp runs in a
+//! private mount namespace (`unshare --mount --propagation private`), so even a
+//! regression can mount or unmount nothing on the host; the checks read that
+//! namespace's mount table through /proc/<pid>/mountinfo. Decoy directories stand in
+//! for `/etc`.
+
+mod common;
+
+use common::csi::{self, volume_capability::access_mode::Mode, Clients};
+use common::*;
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Code;
+
+const GIB: i64 = 1 << 30;
+
+/// kelp in its own mount namespace, with the orchestrator's paths allowed only below
+/// `<root>/co`.
+struct Isolated {
+    proc: Proc,
+    endpoint: String,
+    state_dir: PathBuf,
+    log: PathBuf,
+    root: PathBuf,
+    _redis: Redis,
+}
+
+impl Isolated {
+    fn start(name: &str) -> Isolated {
+        let redis = Redis::start(Some(META_PASSWORD));
+        let weed = shared_weed();
+        let root = scratch(name);
+        std::fs::create_dir_all(root.join("co")).unwrap();
+        std::fs::create_dir_all(root.join("decoy")).unwrap();
+        std::fs::write(root.join("decoy/marker"), b"untouched").unwrap();
+        let state_dir = root.join("state");
+        let endpoint = format!("unix://{}/csi.sock", root.display());
+        let log = root.join("kelp.log");
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--"])
+            .arg(kelp_bin())
+            .arg("serve")
+            .arg(format!("--endpoint={endpoint}"))
+            .arg("--services=both")
+            .arg(format!("--meta-url={}", redis.url()))
+            .arg(format!("--filer={}", weed.filer_addr()))
+            .arg(format!("--s3-endpoint={}", weed.s3_endpoint()))
+            .arg(format!("--state-dir={}", state_dir.display()))
+            .arg(format!("--cache-dir={}", state_dir.join("cache").display()))
+            .arg(format!("--allowed-roots={}", root.join("co").display()))
+            .args(["--node-id=security-node", "--repair-interval=1", "--log-level=kelp=debug,info"])
+            .env("KELP_S3_ACCESS_KEY", S3_ACCESS_KEY)
+            .env("KELP_S3_SECRET_KEY", S3_SECRET_KEY)
+            .env("KELP_META_PASSWORD", META_PASSWORD)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("unshare (util-linux)");
+        let sock = root.join("csi.sock");
+        for _ in 0..300 {
+            if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Isolated { proc: Proc { child, name: "kelp" }, endpoint, state_dir, log, root, _redis: redis }
+    }
+
+    fn co(&self, rel: &str) -> String {
+        self.root.join("co").join(rel).display().to_string()
+    }
+
+    /// Mount points in kelp's namespace at or below `path`.
+    fn mounts_under(&self, path: &Path) -> Vec<String> {
+        let text = std::fs::read_to_string(format!("/proc/{}/mountinfo", self.proc.pid())).unwrap();
+        kelp::node::mount::parse_mountinfo(&text)
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|m| m.starts_with(path))
+            .map(|m| m.display().to_string())
+            .collect()
+    }
+
+    /// Runs a shell command inside kelp's mount namespace.
+    fn in_ns(&self, script: &str) {
+        run(Command::new("nsenter")
+            .arg("-t")
+            .arg(self.proc.pid().to_string())
+            .args(["-m", "sh", "-c", script]));
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn decoy_untouched(&self) {
+        assert_eq!(std::fs::read(self.root.join("decoy/marker")).unwrap(), b"untouched");
+        assert!(self.mounts_under(&self.root.join("decoy")).is_empty(), "nothing mounted on the decoy");
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        // Unmounts happen with the namespace; its juicefs daemons are ended by pid.
+        self.proc.kill();
+        kill_juicefs_of(&self.state_dir);
+    }
+}
+
+/// Ends the juicefs daemons a kelp with `state_dir` started (their command line
+/// names their log under it), by pid.
+fn kill_juicefs_of(state_dir: &Path) {
+    let needle = format!("{}/logs/", state_dir.display());
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn stage_req(
+    id: &str,
+    staging: &str,
+    ctx: HashMap<String, String>,
+    publish: HashMap<String, String>,
+) -> csi::NodeStageVolumeRequest {
+    csi::NodeStageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.into(),
+        volume_capability: Some(csi::mount_cap(Mode::SingleNodeWriter)),
+        volume_context: ctx,
+        publish_context: publish,
+        ..Default::default()
+    }
+}
+
+async fn publish(c: &mut Clients, id: &str, staging: &str, target: &str) -> Result<(), tonic::Status> {
+    c.publish(id, staging, target, Mode::SingleNodeWriter, false).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_paths_ids_and_contexts_change_nothing() {
+    let k = Isolated::start("security");
+    let mut c = csi::connect(&k.endpoint).await;
+    let vol = c.create("security-vol", GIB).await.unwrap();
+    let id = vol.volume_id.clone();
+    let staging = k.co("staged/vol");
+
+    // Paths outside the allowed roots, with `..`, through a symlink, or with a newline.
+    std::os::unix::fs::symlink(k.root.join("decoy"), k.root.join("co/evil")).unwrap();
+    let decoy = k.root.join("decoy").display().to_string();
+    let hostile_targets = [
+        (decoy.clone(), "outside the roots"),
+        (k.co("../decoy"), "dot-dot"),
+        (k.co("pods/../../decoy"), "dot-dot below a root"),
+        (k.co("evil"), "symlink as the target"),
+        (k.co("evil/inner"), "symlink on the way"),
+        (k.co("pub/line\nkelp: forged log line"), "newline"),
+    ];
+    for (staging, why) in [(k.co("evil"), "symlink staging"), (k.co("../decoy/st"), "dot-dot staging")] {
+        let e = c
+            .node
+            .node_stage_volume(stage_req(&id, &staging, HashMap::new(), HashMap::new()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{why}: {e:?}");
+    }
+    for (target, why) in &hostile_targets {
+        let e = publish(&mut c, &id, &staging, target).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{why}: {e:?}");
+    }
+    k.decoy_untouched();
+    assert!(!k.root.join("decoy/inner").exists(), "nothing created through the link");
+    assert!(
+        !k.log_text().lines().any(|l| l.starts_with("kelp: forged log line")),
+        "a path cannot forge a log line"
+    );
+
+    // A context naming a master kelp was not configured for: refused before any connection.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    listener.set_nonblocking(true).unwrap();
+    let seen = connections.clone();
+    let spy = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(4);
+        while std::time::Instant::now() < deadline {
+            if let Ok((mut s, _)) = listener.accept() {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let evil_meta = HashMap::from([("kelp/meta".to_string(), format!("redis://127.0.0.1:{port}"))]);
+    let e = c.node.node_stage_volume(stage_req(&id, &staging, HashMap::new(), evil_meta)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    spy.join().unwrap();
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "kelp connected to an address it was not configured for"
+    );
+
+    // A cache directory outside the node's own cache root.
+    let ctx = HashMap::from([("cache-dir".to_string(), decoy.clone())]);
+    let e = c.node.node_stage_volume(stage_req(&id, &staging, ctx, HashMap::new())).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // A database the server does not have: NotFound, not a retry forever.
+    let e = c
+        .node
+        .node_stage_volume(stage_req(
+            "kelp1:4000:0a1b2c3d:no-such-db",
+            &k.co("staged/nosuch"),
+            HashMap::new(),
+            HashMap::new(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    // Unpublish and unstage touch only what kelp mounted: a tmpfs with a file in it,
+    // at a path kelp never published, stays, for a real and for a made-up volume id.
+    let foreign = k.root.join("co/foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    k.in_ns(&format!("mount -t tmpfs kelp-test-tmpfs {0} && echo keep > {0}/file", foreign.display()));
+    let f = foreign.display().to_string();
+    for vid in [id.as_str(), "kelp1:9:0a1b2c3d:made-up"] {
+        c.unpublish(vid, &f).await.unwrap();
+        c.unstage(vid, &f).await.unwrap();
+    }
+    assert_eq!(k.mounts_under(&foreign), vec![f.clone()], "the foreign tmpfs is still mounted");
+    k.in_ns(&format!("test \"$(cat {f}/file)\" = keep"));
+
+    // The real thing still works, and DeleteVolume refuses while it is mounted.
+    let target = k.co("pub/t1");
+    c.stage(&id, &staging, Mode::SingleNodeWriter).await.unwrap();
+    publish(&mut c, &id, &staging, &target).await.unwrap();
+    // Publishing onto a path that already holds a mount never stacks another one.
+    let e = publish(&mut c, &id, &staging, &f).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(k.mounts_under(&foreign).len(), 1);
+    let e = c.delete(&id).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "delete of a mounted volume: {e:?}");
+
+    // Files that land under a target while nothing is mounted there are moved
+    // aside on release, never deleted, and the target can still be released.
+    k.in_ns(&format!("umount {target} && echo stray > {target}/stray.txt"));
+    c.unpublish(&id, &target).await.unwrap();
+    assert!(!Path::new(&target).exists(), "the target path is free again");
+    let aside: Vec<_> = std::fs::read_dir(k.root.join("co/pub"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("t1.kelp-lost-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "moved aside once");
+    assert_eq!(std::fs::read(aside[0].path().join("stray.txt")).unwrap(), b"stray\n");
+
+    c.unstage(&id, &staging).await.unwrap();
+    assert!(!Path::new(&staging).exists(), "kelp removes the staging directory it created");
+    c.delete(&id).await.unwrap();
+    let mut left = k.mounts_under(&k.root);
+    left.retain(|m| m != &f);
+    assert!(left.is_empty(), "mounts left in kelp's namespace: {left:?}");
+    k.decoy_untouched();
+    k.in_ns(&format!("umount {f}"));
+}
