@@ -127,14 +127,14 @@ return 0
 "#;
 
 impl MetaServer {
+    /// Every field of the registry hash `key` (none when it does not exist).
+    async fn hash(&self, key: &str) -> Result<Vec<(String, String)>> {
+        self.registry(|mut c| async move { c.hgetall(key).await }).await
+    }
+
     pub async fn holder(&self, fs_name: &str) -> Result<Option<Holder>> {
         let key = holder_key(fs_name);
-        let fields: Vec<(String, String)> = self
-            .registry(|mut c| {
-                let key = key.clone();
-                async move { c.hgetall(key).await }
-            })
-            .await?;
+        let fields = self.hash(&key).await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -224,12 +224,7 @@ impl MetaServer {
 
     pub async fn volume(&self, fs_name: &str) -> Result<Option<VolumeRecord>> {
         let key = volume_key(fs_name);
-        let fields: Vec<(String, String)> = self
-            .registry(|mut c| {
-                let key = key.clone();
-                async move { c.hgetall(key).await }
-            })
-            .await?;
+        let fields = self.hash(&key).await?;
         if fields.is_empty() {
             return Ok(None);
         }
