@@ -21,15 +21,6 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Space and inode usage as the clients account it.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Usage {
-    pub used_bytes: u64,
-    pub used_inodes: u64,
-    pub capacity_bytes: u64,
-    pub max_inodes: u64,
-}
-
 /// Writes `setting`, the root inode and (with trash) the trash inode into `db`,
 /// exactly the keys `juicefs format` writes. Each key is written only if absent, so a
 /// retry after a crash finishes the job and never changes what a client may already
@@ -88,26 +79,6 @@ pub async fn set_capacity(meta: &MetaServer, db: u32, capacity_bytes: u64) -> Re
         .await
         .map_err(|e| meta.err(e))?;
     Ok(())
-}
-
-/// Current usage; counters absent before the first client wrote are zero.
-pub async fn usage(meta: &MetaServer, db: u32) -> Result<Usage> {
-    let setting = read_setting(meta, db).await?;
-    let mut c = meta.database(db).await?;
-    let (space, inodes): (Option<i64>, Option<i64>) = redis::pipe()
-        .cmd("GET")
-        .arg("usedSpace")
-        .cmd("GET")
-        .arg("totalInodes")
-        .query_async(&mut c)
-        .await
-        .map_err(|e| meta.err(e))?;
-    Ok(Usage {
-        used_bytes: space.unwrap_or(0).max(0) as u64,
-        used_inodes: inodes.unwrap_or(0).max(0) as u64,
-        capacity_bytes: setting.capacity,
-        max_inodes: setting.inodes,
-    })
 }
 
 /// How many JuiceFS clients have a live session on the file system in `db`. Each

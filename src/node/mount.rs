@@ -193,16 +193,6 @@ pub fn unmount(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes an empty directory the driver created; a missing one is fine.
-pub fn remove_dir(path: &Path) -> Result<()> {
-    match std::fs::remove_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc_enotconn()) => Ok(()),
-        Err(e) => Err(io("remove", path)(e)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,10 +44,6 @@ impl PathPolicy {
         PathPolicy { roots }
     }
 
-    pub fn roots(&self) -> &[PathBuf] {
-        &self.roots
-    }
-
     /// The lexical checks: the path as kelp records it (`.` and repeated slashes
     /// folded), or `InvalidArgument` naming what is wrong.
     pub fn check(&self, raw: &str, what: &str) -> Result<PathBuf> {

@@ -92,10 +92,6 @@ impl Filer {
         }
     }
 
-    pub async fn bucket_exists(&self, bucket: &str) -> Result<bool> {
-        Ok(self.lookup(BUCKETS_DIR, bucket).await?.is_some_and(|e| e.is_directory))
-    }
-
     /// Creates the bucket or, if it exists, sets its quota. Idempotent.
     pub async fn ensure_bucket(&self, bucket: &str, quota_bytes: u64) -> Result<()> {
         let quota = quota_bytes.min(i64::MAX as u64) as i64;
