@@ -19,18 +19,12 @@ use tonic::Code;
 const GIB: i64 = 1 << 30;
 const META_PORT: u16 = 6379;
 
-struct NodeProc {
-    proc: Proc,
-    endpoint: String,
-    state_dir: PathBuf,
-}
-
 struct Cluster {
     _weed: Weed,
     _redis: Vec<Proc>,
     proxies: Vec<Option<DelayProxy>>,
-    _controller: NodeProc,
-    nodes: Vec<Option<NodeProc>>,
+    _controller: Kelp,
+    nodes: Vec<Option<Kelp>>,
     controller_endpoint: String,
     root: PathBuf,
     /// State dirs of killed node drivers, whose juicefs daemons still run.
@@ -46,33 +40,6 @@ impl Drop for Cluster {
             force_cleanup(&self.root, &dir);
         }
     }
-}
-
-fn spawn_kelp(net: Option<(&Net, usize)>, args: Vec<String>) -> NodeProc {
-    let state_dir = scratch("mn-kelp");
-    let endpoint = format!("unix://{}/csi.sock", state_dir.display());
-    let mut cmd = match net {
-        Some((n, i)) => n.command(i, kelp_bin()),
-        None => std::process::Command::new(kelp_bin()),
-    };
-    cmd.arg("serve")
-        .arg(format!("--endpoint={endpoint}"))
-        .arg(format!("--state-dir={}", state_dir.display()))
-        .arg(format!("--cache-dir={}", state_dir.join("cache").display()))
-        .arg("--allowed-roots=/")
-        .args(args)
-        .env("KELP_S3_ACCESS_KEY", S3_ACCESS_KEY)
-        .env("KELP_S3_SECRET_KEY", S3_SECRET_KEY)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(state_dir.join("kelp.log")).unwrap());
-    let child = cmd.spawn().expect("kelp");
-    let sock = state_dir.join("csi.sock");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "kelp did not listen: {}", state_dir.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    NodeProc { proc: Proc { child, name: "kelp" }, endpoint, state_dir }
 }
 
 /// Every test bed uses the same bridge address, so the tests take turns.
@@ -92,7 +59,7 @@ impl Cluster {
         for (i, ip) in ips.iter().enumerate() {
             let mut cmd = net.command(i, "redis-server");
             cmd.args(["--bind", "0.0.0.0", "--port", &META_PORT.to_string(), "--protected-mode", "no"])
-                .args(["--save", "", "--appendonly", "no", "--databases", "64"])
+                .args(["--save", "", "--appendonly", "no", "--databases", &DATABASES.to_string()])
                 .arg("--dir")
                 .arg(scratch("mn-redis"))
                 // Full syncs start at once instead of after redis's 5 s batching delay.
@@ -113,30 +80,23 @@ impl Cluster {
             assert!(wait_addr(ip, META_PORT, Duration::from_secs(10)), "redis in node {i}");
         }
         let primary_url = format!("redis://{}:{META_PORT}", ips[0]);
-        let controller = spawn_kelp(
-            None,
-            vec![
-                "--services=controller".into(),
-                format!("--meta-url={primary_url}"),
-                format!("--filer={}", weed.filer_addr()),
-                format!("--s3-endpoint={}", weed.s3_endpoint()),
-            ],
-        );
+        let controller = KelpBuilder::new()
+            .services("controller")
+            .arg(format!("--meta-url={primary_url}"))
+            .weed(&weed)
+            .start();
         let nodes = (0..3)
             .map(|i| {
-                Some(spawn_kelp(
-                    Some((&net, i)),
-                    vec![
-                        "--services=node".into(),
-                        format!("--node-id=n{i}"),
-                        format!("--meta-url=redis://127.0.0.1:{META_PORT}"),
-                        format!("--meta-advertise=redis://{}:{META_PORT}", ips[i]),
-                        format!("--registry-url={primary_url}"),
-                        "--repair-interval=1".into(),
-                        "--idle-release=600".into(),
-                        format!("--fence-wait={fence_wait}"),
-                    ],
-                ))
+                let node = KelpBuilder::new().services("node").netns(&net, i).args([
+                    format!("--node-id=n{i}"),
+                    format!("--meta-url=redis://127.0.0.1:{META_PORT}"),
+                    format!("--meta-advertise=redis://{}:{META_PORT}", ips[i]),
+                    format!("--registry-url={primary_url}"),
+                    "--repair-interval=1".into(),
+                    "--idle-release=600".into(),
+                    format!("--fence-wait={fence_wait}"),
+                ]);
+                Some(node.start())
             })
             .collect();
         let controller_endpoint = controller.endpoint.clone();
@@ -158,36 +118,25 @@ impl Cluster {
     }
 
     fn wait_replicas_up(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for n in &self.net.nodes()[1..] {
-            loop {
-                let out = std::process::Command::new("redis-cli")
-                    .args(["-h", &n.ip.to_string(), "-p", &META_PORT.to_string(), "info", "replication"])
-                    .output()
-                    .unwrap();
-                if String::from_utf8_lossy(&out.stdout).contains("master_link_status:up") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "replica {} never synced", n.ip);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+        let lagging = || -> Vec<String> {
+            self.net.nodes()[1..]
+                .iter()
+                .map(|n| n.ip.to_string())
+                .filter(|ip| !redis_cli(ip, &["info", "replication"]).contains("master_link_status:up"))
+                .collect()
+        };
+        let synced = poll_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            lagging().is_empty().then_some(())
+        });
+        assert!(synced.is_some(), "replicas {:?} never synced", lagging());
     }
 
     fn wait_nodes_known(&self) {
-        let primary = &self.net.nodes()[0].ip;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let out = std::process::Command::new("redis-cli")
-                .args(["-h", &primary.to_string(), "-p", &META_PORT.to_string(), "hlen", "kelp:nodes"])
-                .output()
-                .unwrap();
-            if String::from_utf8_lossy(&out.stdout).trim() == "3" {
-                return;
-            }
-            assert!(Instant::now() < deadline, "nodes never announced themselves");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let primary = self.net.nodes()[0].ip.to_string();
+        let known = poll_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            (redis_cli(&primary, &["hlen", "kelp:nodes"]).trim() == "3").then_some(())
+        });
+        assert!(known.is_some(), "nodes never announced themselves");
     }
 
     async fn controller(&self) -> Clients {
@@ -285,11 +234,21 @@ impl Cluster {
 
     fn kill_node(&mut self, i: usize) {
         let mut n = self.nodes[i].take().unwrap();
-        n.proc.kill();
+        n.kill();
         // Its mounts stay, as after a crash of the driver or a partition; they are
         // cleaned when the cluster drops.
-        self.dead.push(n.state_dir);
+        self.dead.push(n.state_dir.clone());
     }
+}
+
+/// redis-cli against the server of a node; its standard output.
+fn redis_cli(ip: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", ip, "-p", &META_PORT.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn write_files(dir: &Path, n: usize) {

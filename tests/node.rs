@@ -7,8 +7,7 @@ mod common;
 use common::csi::{self, volume_capability::access_mode::Mode, Clients};
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::Code;
 
 const GIB: i64 = 1 << 30;
@@ -30,13 +29,8 @@ impl Drop for Bed {
 fn bed(name: &str) -> Bed {
     let redis = Redis::start(Some(META_PASSWORD));
     let weed = shared_weed();
-    let kelp = Kelp::start(KelpOpts {
-        redis: &redis,
-        weed,
-        services: "both",
-        extra: vec!["--repair-interval=1".into(), "--idle-release=3".into()],
-        env: vec![],
-    });
+    let kelp =
+        KelpBuilder::new().redis(&redis).weed(weed).args(["--repair-interval=1", "--idle-release=3"]).start();
     Bed { redis, weed, kelp, root: scratch(name) }
 }
 
@@ -46,33 +40,38 @@ fn s(p: &Path) -> String {
 
 /// Retries a write/read until it works or `within` passes (recovery is asynchronous).
 async fn eventually_io(path: &Path, within: Duration) {
-    let deadline = Instant::now() + within;
     let probe = path.join(format!("probe-{}", std::process::id()));
-    loop {
-        // Until the target is a JuiceFS mount again, a write would land in the bare directory.
-        let mounted = fs_type_at(path).is_some_and(|t| t.starts_with("fuse.juicefs"));
-        let ok = mounted && {
-            let probe = probe.clone();
+    let back = poll_until_async(within, Duration::from_millis(300), || {
+        let probe = probe.clone();
+        async move {
+            // Until the target is a JuiceFS mount again, a write would land in the bare directory.
+            if !fs_type_at(path).is_some_and(|t| t.starts_with("fuse.juicefs")) {
+                return None;
+            }
             let io = tokio::task::spawn_blocking(move || {
                 std::fs::write(&probe, b"alive").is_ok()
                     && std::fs::read(&probe).map(|d| d == b"alive").unwrap_or(false)
             });
-            tokio::time::timeout(Duration::from_secs(5), io).await.ok().and_then(|r| r.ok()).unwrap_or(false)
-        };
-        if ok {
-            return;
+            let ok = tokio::time::timeout(Duration::from_secs(5), io).await.ok().and_then(|r| r.ok());
+            ok.unwrap_or(false).then_some(())
         }
-        assert!(Instant::now() < deadline, "I/O at {} did not come back", path.display());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    })
+    .await;
+    assert!(back.is_some(), "I/O at {} did not come back", path.display());
 }
 
-/// juicefs rewrites its own command line (hiding the metadata URL), so find the
-/// processes of a volume by the log file kelp gave them.
+/// Waits until nothing is mounted at or below `root`; returns whether that happened.
+async fn all_released(root: &Path, within: Duration) -> bool {
+    poll_until_async(within, Duration::from_millis(300), || async move {
+        mounts_under(root).is_empty().then_some(())
+    })
+    .await
+    .is_some()
+}
+
+/// The juicefs processes of a volume, found by the log file kelp gave them.
 fn juicefs_pids(fs_name: &str) -> Vec<i32> {
-    let out =
-        Command::new("pgrep").args(["-f", &format!("juicefs mount.*logs/{fs_name}.log")]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+    juicefs_pids_with(&format!("logs/{fs_name}.log"))
 }
 
 async fn cleanup(c: &mut Clients, id: &str, staging: &Path, targets: &[&Path]) {
@@ -82,14 +81,19 @@ async fn cleanup(c: &mut Clients, id: &str, staging: &Path, targets: &[&Path]) {
     c.unstage(id, &s(staging)).await.unwrap();
     // A juicefs killed by a test leaves its session until two heartbeats have passed;
     // until then DeleteVolume refuses, and a CO retries, as this does.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match c.delete(id).await {
-            Err(e) if e.code() == Code::FailedPrecondition && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_secs(1)).await
+    let deleted = poll_until_async(Duration::from_secs(60), Duration::from_secs(1), || {
+        let (mut c, id) = (c.clone(), id.to_string());
+        async move {
+            match c.delete(&id).await {
+                Err(e) if e.code() == Code::FailedPrecondition => None,
+                done => Some(done),
             }
-            done => break done.unwrap(),
         }
+    })
+    .await;
+    match deleted {
+        Some(done) => done.unwrap(),
+        None => c.delete(id).await.unwrap(), // still refused: fails with kelp's reason
     }
 }
 
@@ -200,7 +204,7 @@ async fn killed_kelp_readopts_its_mounts() {
     std::fs::write(t.join("a.txt"), b"1").unwrap();
 
     // kill -9 of the driver: the mount lives on, and the restarted driver adopts it.
-    unsafe { libc::kill(b.kelp.proc.as_ref().unwrap().pid() as i32, libc::SIGKILL) };
+    unsafe { libc::kill(b.kelp.pid() as i32, libc::SIGKILL) };
     b.kelp.wait_exit(Duration::from_secs(5));
     std::fs::write(t.join("b.txt"), b"2").unwrap();
     b.kelp.restart();
@@ -244,11 +248,7 @@ async fn idle_staged_volume_is_released_and_restaged_on_publish() {
     std::fs::write(t.join("x"), b"x").unwrap();
     c.unpublish(id, &s(&t)).await.unwrap();
     // No NodeUnstageVolume (as Swarm may do): the node releases it after the idle period.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !mounts_under(&b.root).is_empty() {
-        assert!(Instant::now() < deadline, "staged mount was never released");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    assert!(all_released(&b.root, Duration::from_secs(20)).await, "staged mount was never released");
     assert!(b.kelp.log_text().contains("releasing staged volume"));
     // A later publish without a new stage call stages again by itself.
     c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
@@ -275,11 +275,11 @@ async fn mounts_of_deleted_volumes_are_removed() {
     let fs = &vol.volume_context["fsName"];
     b.redis.cli(db_of(id), &["flushdb"]);
     b.redis.cli(0, &["del", &format!("kelp:vol:{fs}")]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !mounts_under(&b.root).is_empty() {
-        assert!(Instant::now() < deadline, "mounts of a deleted volume stayed: {:?}", mounts_under(&b.root));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    assert!(
+        all_released(&b.root, Duration::from_secs(20)).await,
+        "mounts of a deleted volume stayed: {:?}",
+        mounts_under(&b.root)
+    );
     assert!(b.kelp.log_text().contains("volume no longer exists"));
 }
 
@@ -311,7 +311,8 @@ async fn per_volume_cache_settings_reach_the_mount() {
     // juicefs keeps its cache for the file system in <cache dir>/<uuid>.
     let entries: Vec<_> = std::fs::read_dir(&cache_dir).expect("per-volume cache dir in use").collect();
     assert!(!entries.is_empty());
-    let args = run(Command::new("pgrep").args(["-af", "juicefs mount.*logs/node-cache.log"]));
+    let args: Vec<String> = juicefs_pids("node-cache").into_iter().filter_map(cmdline).collect();
+    let args = args.join("\n");
     assert!(args.contains("--cache-size=64"), "{args}");
     cleanup(&mut c, id, &staging, &[&t]).await;
     assert!(mounts_under(&b.root).is_empty());

@@ -14,7 +14,7 @@ use tonic::Code;
 const GIB: i64 = 1 << 30;
 
 fn controller(redis: &Redis, weed: &Weed) -> Kelp {
-    Kelp::start(KelpOpts { redis, weed, services: "both", extra: vec![], env: vec![] })
+    KelpBuilder::new().redis(redis).weed(weed).start()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -349,14 +349,12 @@ async fn list_validate_capacity_publish_and_expand() {
         .into_inner();
     assert_eq!(r.capacity_bytes, 3 * GIB);
     let mut seen_size = 0;
-    for _ in 0..40 {
+    poll_until_async(Duration::from_secs(20), Duration::from_millis(500), || {
         let df = run(Command::new("df").arg("-B1").arg("--output=size").arg(&mnt));
         seen_size = df.lines().nth(1).unwrap().trim().parse::<i64>().unwrap();
-        if seen_size == 3 * GIB {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        std::future::ready((seen_size == 3 * GIB).then_some(()))
+    })
+    .await;
     assert_eq!(seen_size, 3 * GIB, "mounted client sees the new capacity");
     umount(&mnt);
     for id in ids {
@@ -429,8 +427,11 @@ async fn secrets_never_leak() {
 
     // A kelp given a password in its metadata URL, whose server is down, says so in
     // Probe's error and its log, without the password.
-    let mut bare =
-        BareKelp::start(&[format!("--meta-url=redis://:{META_PASSWORD}@127.0.0.1:{}", free_port())], &[]);
+    let mut bare = KelpBuilder::new()
+        .bare()
+        .services("controller")
+        .arg(format!("--meta-url=redis://:{META_PASSWORD}@127.0.0.1:{}", free_port()))
+        .start();
     let mut dead = csi::connect(&bare.endpoint).await;
     let err = dead.identity.probe(csi::ProbeRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
@@ -439,7 +440,7 @@ async fn secrets_never_leak() {
         "{}",
         err.message()
     );
-    bare.proc.kill();
+    bare.kill();
     let dead_log = bare.log_text();
     assert!(dead_log.contains("unreachable"), "{dead_log}");
     assert!(!dead_log.contains(META_PASSWORD), "password in log: {dead_log}");
@@ -477,14 +478,13 @@ async fn writes_past_capacity_fail_with_enospc() {
 async fn probe_names_the_backend_that_is_down() {
     let redis = shared_redis();
     // A filer address where nothing listens.
-    let bare = BareKelp::start(
-        &[
-            "--databases=64".into(),
-            format!("--meta-url={}", redis.url()),
-            format!("--filer=127.0.0.1:{}", free_port()),
-        ],
-        &[("KELP_META_PASSWORD", META_PASSWORD)],
-    );
+    let bare = KelpBuilder::new()
+        .bare()
+        .services("controller")
+        .args(["--databases=64".into(), format!("--meta-url={}", redis.url())])
+        .arg(format!("--filer=127.0.0.1:{}", free_port()))
+        .env("KELP_META_PASSWORD", META_PASSWORD)
+        .start();
     let mut c = csi::connect(&bare.endpoint).await;
     let err = c.identity.probe(csi::ProbeRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);

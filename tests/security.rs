@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +24,8 @@ const GIB: i64 = 1 << 30;
 /// kelp in its own mount namespace, with the orchestrator's paths allowed only below
 /// `<root>/co`.
 struct Isolated {
-    proc: Proc,
+    kelp: Kelp,
     endpoint: String,
-    state_dir: PathBuf,
-    log: PathBuf,
     root: PathBuf,
     _redis: Redis,
 }
@@ -35,42 +33,18 @@ struct Isolated {
 impl Isolated {
     fn start(name: &str) -> Isolated {
         let redis = Redis::start(Some(META_PASSWORD));
-        let weed = shared_weed();
         let root = scratch(name);
         std::fs::create_dir_all(root.join("co")).unwrap();
         std::fs::create_dir_all(root.join("decoy")).unwrap();
         std::fs::write(root.join("decoy/marker"), b"untouched").unwrap();
-        let state_dir = root.join("state");
-        let endpoint = format!("unix://{}/csi.sock", root.display());
-        let log = root.join("kelp.log");
-        let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--"])
-            .arg(kelp_bin())
-            .arg("serve")
-            .arg(format!("--endpoint={endpoint}"))
-            .arg("--services=both")
-            .arg(format!("--meta-url={}", redis.url()))
-            .arg(format!("--filer={}", weed.filer_addr()))
-            .arg(format!("--s3-endpoint={}", weed.s3_endpoint()))
-            .arg(format!("--state-dir={}", state_dir.display()))
-            .arg(format!("--cache-dir={}", state_dir.join("cache").display()))
+        let kelp = KelpBuilder::new()
+            .redis(&redis)
+            .weed(shared_weed())
+            .wrapped_in("unshare", &["--mount", "--propagation", "private", "--"])
             .arg(format!("--allowed-roots={}", root.join("co").display()))
-            .args(["--node-id=security-node", "--repair-interval=1", "--log-level=kelp=debug,info"])
-            .env("KELP_S3_ACCESS_KEY", S3_ACCESS_KEY)
-            .env("KELP_S3_SECRET_KEY", S3_SECRET_KEY)
-            .env("KELP_META_PASSWORD", META_PASSWORD)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("unshare (util-linux)");
-        let sock = root.join("csi.sock");
-        for _ in 0..300 {
-            if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Isolated { proc: Proc { child, name: "kelp" }, endpoint, state_dir, log, root, _redis: redis }
+            .args(["--node-id=security-node", "--repair-interval=1"])
+            .start();
+        Isolated { endpoint: kelp.endpoint.clone(), kelp, root, _redis: redis }
     }
 
     fn co(&self, rel: &str) -> String {
@@ -79,7 +53,7 @@ impl Isolated {
 
     /// Mount points in kelp's namespace at or below `path`.
     fn mounts_under(&self, path: &Path) -> Vec<String> {
-        let text = std::fs::read_to_string(format!("/proc/{}/mountinfo", self.proc.pid())).unwrap();
+        let text = std::fs::read_to_string(format!("/proc/{}/mountinfo", self.kelp.pid())).unwrap();
         kelp::node::mount::parse_mountinfo(&text)
             .into_iter()
             .map(|m| m.mount_point)
@@ -92,12 +66,12 @@ impl Isolated {
     fn in_ns(&self, script: &str) {
         run(Command::new("nsenter")
             .arg("-t")
-            .arg(self.proc.pid().to_string())
+            .arg(self.kelp.pid().to_string())
             .args(["-m", "sh", "-c", script]));
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.kelp.log_text()
     }
 
     fn decoy_untouched(&self) {
@@ -108,22 +82,9 @@ impl Isolated {
 
 impl Drop for Isolated {
     fn drop(&mut self) {
-        // Unmounts happen with the namespace; its juicefs daemons are ended by pid.
-        self.proc.kill();
-        kill_juicefs_of(&self.state_dir);
-    }
-}
-
-/// Ends the juicefs daemons a kelp with `state_dir` started (their command line
-/// names their log under it), by pid.
-fn kill_juicefs_of(state_dir: &Path) {
-    let needle = format!("{}/logs/", state_dir.display());
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+        // Its mounts go with the namespace; its juicefs daemons are ended by pid.
+        self.kelp.kill();
+        kill_pids(&juicefs_pids_with(&format!("{}/logs/", self.kelp.state_dir.display())));
     }
 }
 

@@ -51,8 +51,12 @@ cleanup() {
   [[ -n $CONTAINERD_PID ]] && kill "$CONTAINERD_PID" 2>/dev/null && wait "$CONTAINERD_PID" 2>/dev/null
   # Shims of this containerd outlive it, and so can the plugin's and the tasks'
   # processes: end every process whose root directory lies under this test's engine.
-  pkill -f "containerd-shim-runc-v2 .*-address $work/run/containerd.sock" 2>/dev/null
+  # They are found by pid through /proc, never by a pattern handed to pkill.
   local p
+  for p in /proc/[0-9]*; do
+    [[ $(tr '\0' ' ' 2>/dev/null <"$p/cmdline") == *containerd-shim-runc-v2*"-address $work/run/containerd.sock"* ]] &&
+      kill "${p#/proc/}" 2>/dev/null
+  done
   for p in /proc/[0-9]*; do
     [[ $(readlink "$p/root" 2>/dev/null) == "$work"/* ]] && kill "${p#/proc/}" 2>/dev/null
   done

@@ -1,0 +1,45 @@
+//! Mounts: the crate's own mountinfo parser, `juicefs mount` by hand, and cleanup.
+
+use super::procs::{juicefs_pids_with, kill_pids};
+use super::run;
+use super::servers::Redis;
+pub use kelp::node::mount::{mount_at, mounts_under, MountEntry};
+use std::path::Path;
+use std::process::Command;
+
+/// The file system type mounted at exactly `path`, if any.
+pub fn fs_type_at(path: &Path) -> Option<String> {
+    mount_at(path).map(|m| m.fs_type)
+}
+
+/// `juicefs mount -d` of a volume kelp made, straight from the metadata database.
+pub fn juicefs_mount(redis: &Redis, db: u32, mount_point: &Path) {
+    std::fs::create_dir_all(mount_point).unwrap();
+    let mut cmd = Command::new("juicefs");
+    cmd.args(["mount", "-d", "--no-usage-report", "--backup-meta=0", "--metrics=127.0.0.1:0"])
+        .arg(format!("--cache-dir={}", mount_point.with_extension("cache").display()))
+        .arg(format!("--log={}", mount_point.with_extension("log").display()))
+        .arg(format!("redis://127.0.0.1:{}/{db}", redis.port))
+        .arg(mount_point);
+    if let Some(p) = &redis.password {
+        cmd.env("META_PASSWORD", p);
+    }
+    run(&mut cmd);
+}
+
+pub fn umount(path: &Path) {
+    let _ = Command::new("umount").arg(path).status();
+    if mount_at(path).is_some() {
+        let _ = Command::new("umount").arg("-l").arg(path).status();
+    }
+}
+
+/// Test cleanup after a failure: lazily unmounts everything below `root` (deepest
+/// first) and kills, by pid, the juicefs daemons a kelp with `state_dir` started
+/// (their command line names their log under `<state_dir>/logs/`).
+pub fn force_cleanup(root: &Path, state_dir: &Path) {
+    for m in mounts_under(root) {
+        let _ = Command::new("umount").arg("-l").arg(&m.mount_point).status();
+    }
+    kill_pids(&juicefs_pids_with(&format!("{}/logs/", state_dir.display())));
+}
