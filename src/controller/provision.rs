@@ -68,6 +68,9 @@ pub struct CreateRequest<'a> {
 
 /// Creates the volume or finishes an interrupted creation; returns its id and spec.
 pub async fn create(b: &Backends, req: CreateRequest<'_>) -> Result<(VolumeId, Spec)> {
+    if let Some(code) = &req.params.replication {
+        check_placement(b, code).await?;
+    }
     let now = crate::unix_now();
     let spec = Spec {
         name: req.name.to_string(),
@@ -108,6 +111,26 @@ pub async fn create(b: &Backends, req: CreateRequest<'_>) -> Result<(VolumeId, S
     b.meta.set_volume_state(&id.fs_name, VolumeState::Ready).await?;
     info!(volume_id = %id, capacity = spec.capacity_bytes, "volume ready");
     Ok((id, spec))
+}
+
+/// Refuses a replication the cluster cannot place before anything is created: SeaweedFS
+/// would accept the bucket and then hang every write waiting for volumes it can
+/// never grow.
+async fn check_placement(b: &Backends, code: &str) -> Result<()> {
+    let wanted = crate::seaweedfs::Replication::parse(code).ok_or_else(|| {
+        Error::InvalidArgument(format!("replication {code:?} is not a SeaweedFS replication code"))
+    })?;
+    let topology = b.filer.topology().await?;
+    if topology.can_place(wanted) {
+        return Ok(());
+    }
+    Err(Error::ResourceExhausted(format!(
+        "replication {code} needs {} data centre(s), {} rack(s) in one of them and {} volume server(s) in one rack, but the SeaweedFS cluster has {}; add servers or choose a smaller code",
+        wanted.other_dcs + 1,
+        wanted.other_racks + 1,
+        wanted.other_servers + 1,
+        topology.describe()
+    )))
 }
 
 fn check_compatible(existing: &VolumeRecord, req: &CreateRequest<'_>) -> Result<()> {

@@ -3,6 +3,10 @@
 //! rather than the S3 gateway means no request signing and a delete that drops the
 //! whole collection in one call.
 
+mod topology;
+
+pub use topology::{Replication, Topology};
+
 use crate::proto::filer::{
     seaweed_filer_client::SeaweedFilerClient, CreateEntryRequest, DeleteEntryRequest, Entry, FuseAttributes,
     LookupDirectoryEntryRequest, StatisticsRequest, UpdateEntryRequest,

@@ -98,8 +98,10 @@ impl Params {
                 }
                 "inodes" => p.inodes = value.parse().map_err(|_| bad("expected a whole number"))?,
                 "replication" => {
-                    if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_digit()) {
-                        return Err(bad("expected three digits xyz, e.g. 010"));
+                    if crate::seaweedfs::Replication::parse(value).is_none() {
+                        return Err(bad(
+                            "expected a SeaweedFS replication code xyz (x other data centres, at most 2; y other racks; z other servers in the rack), e.g. 010",
+                        ));
                     }
                     p.replication = Some(value.into());
                 }
@@ -167,6 +169,7 @@ mod tests {
         assert!(e.contains("colour"), "{e}");
         assert!(Params::parse(&raw(&[("block-size", "1G")])).is_err());
         assert!(Params::parse(&raw(&[("replication", "01")])).is_err());
+        assert!(Params::parse(&raw(&[("replication", "999")])).is_err());
         assert!(Params::parse(&raw(&[("trash-days", &"9".repeat(300))])).is_err());
     }
 }
