@@ -27,7 +27,7 @@ struct Isolated {
     kelp: Kelp,
     endpoint: String,
     root: PathBuf,
-    _redis: Redis,
+    redis: Redis,
 }
 
 impl Isolated {
@@ -44,7 +44,7 @@ impl Isolated {
             .arg(format!("--allowed-roots={}", root.join("co").display()))
             .args(["--node-id=security-node", "--repair-interval=1"])
             .start();
-        Isolated { endpoint: kelp.endpoint.clone(), kelp, root, _redis: redis }
+        Isolated { endpoint: kelp.endpoint.clone(), kelp, root, redis }
     }
 
     fn co(&self, rel: &str) -> String {
@@ -236,4 +236,108 @@ async fn hostile_paths_ids_and_contexts_change_nothing() {
     assert!(left.is_empty(), "mounts left in kelp's namespace: {left:?}");
     k.decoy_untouched();
     k.in_ns(&format!("umount {f}"));
+}
+
+/// A freed database is reused only when empty: one a client of a deleted volume
+/// still writes to is quarantined, stale leftovers are flushed, and a quarantined
+/// database returns once its client is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn freed_databases_are_reused_only_when_empty() {
+    let k = Isolated::start("security-reuse");
+    let mut c = csi::connect(&k.endpoint).await;
+    let a = c.create("reuse-a", GIB).await.unwrap();
+    let db = db_of(&a.volume_id);
+    c.delete(&a.volume_id).await.unwrap();
+    assert_eq!(k.redis.cli(db, &["dbsize"]), "0");
+
+    // A straggling client with a live session writes into the freed database.
+    let live = (kelp::unix_now() + 60).to_string();
+    k.redis.cli(db, &["zadd", "allSessions", &live, "7"]);
+    let b = c.create("reuse-b", GIB).await.unwrap();
+    assert_ne!(db_of(&b.volume_id), db, "a database with a live client is not reused");
+    assert_eq!(k.redis.cli(0, &["smembers", "kelp:quarantine"]), db.to_string());
+
+    // Once the client's session has expired, the next creation frees and reuses it.
+    let gone = (kelp::unix_now() - 1).to_string();
+    k.redis.cli(db, &["zadd", "allSessions", &gone, "7"]);
+    let d = c.create("reuse-d", GIB).await.unwrap();
+    assert_eq!(db_of(&d.volume_id), db, "the quarantined database came back");
+    assert_eq!(k.redis.cli(0, &["scard", "kelp:quarantine"]), "0");
+    assert_eq!(k.redis.cli(db, &["exists", "allSessions"]), "0", "flushed before reuse");
+    assert_eq!(k.redis.cli(db, &["exists", "setting"]), "1", "and formatted for the new volume");
+    for v in [&b, &d] {
+        c.delete(&v.volume_id).await.unwrap();
+    }
+}
+
+/// After DeleteVolume the freed database stays empty for two minutes while another
+/// volume is mounted and written on the same node, and the deleted volume's node
+/// left its release fence before the delete, not after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_freed_database_stays_empty() {
+    let k = Isolated::start("security-freed");
+    let mut c = csi::connect(&k.endpoint).await;
+    let a = c.create("freed-a", GIB).await.unwrap();
+    let b = c.create("freed-b", GIB).await.unwrap();
+    // Wait for the node to announce itself, then publish A as a fenced single writer.
+    let ctx = poll_until_async(Duration::from_secs(20), Duration::from_millis(200), || {
+        let mut c = c.clone();
+        let id = a.volume_id.clone();
+        async move {
+            c.ctl
+                .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                    volume_id: id,
+                    node_id: "security-node".into(),
+                    volume_capability: Some(csi::mount_cap(Mode::SingleNodeWriter)),
+                    ..Default::default()
+                })
+                .await
+                .ok()
+                .map(|r| r.into_inner().publish_context)
+        }
+    })
+    .await
+    .expect("node announced");
+    let (sa, ta) = (k.co("staged/a"), k.co("pub/a"));
+    c.node.node_stage_volume(stage_req(&a.volume_id, &sa, HashMap::new(), ctx.clone())).await.unwrap();
+    c.node
+        .node_publish_volume(csi::NodePublishVolumeRequest {
+            volume_id: a.volume_id.clone(),
+            staging_target_path: sa.clone(),
+            target_path: ta.clone(),
+            volume_capability: Some(csi::mount_cap(Mode::SingleNodeWriter)),
+            publish_context: ctx,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    k.in_ns(&format!("echo a > {ta}/a.txt && sync"));
+    c.unpublish(&a.volume_id, &ta).await.unwrap();
+    c.unstage(&a.volume_id, &sa).await.unwrap();
+    c.ctl
+        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+            volume_id: a.volume_id.clone(),
+            node_id: "security-node".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    c.delete(&a.volume_id).await.unwrap();
+    let freed = db_of(&a.volume_id);
+
+    let (sb, tb) = (k.co("staged/b"), k.co("pub/b"));
+    c.stage(&b.volume_id, &sb, Mode::SingleNodeWriter).await.unwrap();
+    publish(&mut c, &b.volume_id, &sb, &tb).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut i = 0;
+    while std::time::Instant::now() < deadline {
+        k.in_ns(&format!("echo {i} > {tb}/f{i} && sync"));
+        assert_eq!(k.redis.cli(freed, &["dbsize"]), "0", "the freed database got keys after {i} s");
+        i += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    c.unpublish(&b.volume_id, &tb).await.unwrap();
+    c.unstage(&b.volume_id, &sb).await.unwrap();
+    c.delete(&b.volume_id).await.unwrap();
+    assert!(k.mounts_under(&k.root).is_empty());
 }

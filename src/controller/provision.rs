@@ -85,7 +85,7 @@ pub async fn create(b: &Backends, req: CreateRequest<'_>) -> Result<(VolumeId, S
         Some(n) => n,
         None => b.meta.database_count().await?,
     };
-    let record = match b.meta.reserve_volume(&req.fs_name, &spec_json, databases).await? {
+    let record = match reserve_empty(b, &req.fs_name, &spec_json, databases).await? {
         Reservation::New(r) => {
             info!(fs_name = %req.fs_name, db = r.db, "reserved database for new volume");
             r
@@ -131,6 +131,39 @@ async fn check_placement(b: &Backends, code: &str) -> Result<()> {
         wanted.other_servers + 1,
         topology.describe()
     )))
+}
+
+/// Reserves the name, with a database that is really empty for a new volume. A freed
+/// database can hold keys again if a client of its old volume outlived the deletion
+/// (a node cut off while it was deleted): with live sessions it is quarantined and
+/// another one taken; stale leftovers are flushed. Quarantined databases whose
+/// clients have gone are flushed and freed first.
+async fn reserve_empty(b: &Backends, fs_name: &str, spec_json: &str, databases: u32) -> Result<Reservation> {
+    for db in b.meta.quarantined().await? {
+        if juicefs::live_sessions(&b.meta, db).await? == 0 {
+            b.meta.flush_database(db).await?;
+            b.meta.release_quarantined(db).await?;
+            info!(db, "quarantined database has no client left; emptied and freed");
+        }
+    }
+    for _ in 0..8 {
+        let reservation = b.meta.reserve_volume(fs_name, spec_json, databases).await?;
+        let Reservation::New(record) = &reservation else { return Ok(reservation) };
+        let db = record.db;
+        if b.meta.database_size(db).await? == 0 {
+            return Ok(reservation);
+        }
+        if juicefs::live_sessions(&b.meta, db).await? == 0 {
+            warn!(db, "a freed database held leftovers of an old client; emptied before reuse");
+            b.meta.flush_database(db).await?;
+            return Ok(reservation);
+        }
+        warn!(db, "a JuiceFS client still writes to this freed database; quarantined until it stops");
+        b.meta.quarantine_database(fs_name, db).await?;
+    }
+    Err(Error::ResourceExhausted(
+        "every free database kelp tried is still written by clients of deleted volumes (see `kelp:quarantine` in the registry); stop those clients".into(),
+    ))
 }
 
 fn check_compatible(existing: &VolumeRecord, req: &CreateRequest<'_>) -> Result<()> {

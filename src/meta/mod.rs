@@ -146,6 +146,12 @@ impl MetaServer {
             .copied()
     }
 
+    /// How many keys database `db` holds.
+    pub async fn database_size(&self, db: u32) -> Result<u64> {
+        let mut c = self.database(db).await?;
+        redis::cmd("DBSIZE").query_async(&mut c).await.map_err(|e| self.err(e))
+    }
+
     /// Empties one volume's database. Idempotent.
     pub async fn flush_database(&self, db: u32) -> Result<()> {
         debug_assert!(db != 0, "database 0 is the registry");

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 const VOLUMES: &str = "kelp:volumes";
 const DATABASES: &str = "kelp:dbs";
 const NODES: &str = "kelp:nodes";
+/// Databases held back from reuse while a JuiceFS client still writes to them.
+const QUARANTINE: &str = "kelp:quarantine";
 
 fn holder_key(fs_name: &str) -> String {
     format!("kelp:holder:{fs_name}")
@@ -106,6 +108,18 @@ if db == ARGV[2] then
   return 1
 end
 return 0
+"#;
+
+// Give up a fresh reservation whose database is not empty: the name is forgotten, the
+// database stays allocated and is quarantined. KEYS: volume key, volumes index,
+// quarantine set. ARGV: fs name, db.
+const QUARANTINE_DB: &str = r#"
+if redis.call('HGET', KEYS[1], 'db') == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+redis.call('SADD', KEYS[3], ARGV[2])
+return 1
 "#;
 
 // Compare-and-set of a holder record on its epoch. KEYS: holder key.
@@ -262,6 +276,33 @@ impl MetaServer {
             })
             .await?;
         Ok(())
+    }
+
+    /// Forgets the fresh reservation of `fs_name` and quarantines its database `db`.
+    pub async fn quarantine_database(&self, fs_name: &str, db: u32) -> Result<()> {
+        let key = volume_key(fs_name);
+        let script = redis::Script::new(QUARANTINE_DB);
+        let _: i64 = self
+            .registry(|mut c| {
+                let mut inv = script.key(&key);
+                inv.key(VOLUMES).key(QUARANTINE).arg(fs_name).arg(db);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The quarantined databases.
+    pub async fn quarantined(&self) -> Result<Vec<u32>> {
+        self.registry(|mut c| async move { c.smembers(QUARANTINE).await }).await
+    }
+
+    /// Returns a quarantined (and by now emptied) database to the free pool.
+    pub async fn release_quarantined(&self, db: u32) -> Result<()> {
+        self.registry(|mut c| async move {
+            redis::pipe().atomic().srem(QUARANTINE, db).srem(DATABASES, db).query_async::<()>(&mut c).await
+        })
+        .await
     }
 
     /// Up to `count` registered volume names in lexical order, after `after` (exclusive)

@@ -73,7 +73,7 @@ impl NodeCore {
         match self.check_exists(&self.server_for(v.home.as_deref())?, id).await {
             Err(Error::NotFound(_)) => {
                 warn!(volume_id = %id, "volume no longer exists; removing its mounts");
-                self.unstage(id, &v.staging_path).await?;
+                self.release_volume(id, &v, false).await?;
                 Ok(true)
             }
             Err(e) => Err(e),

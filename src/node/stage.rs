@@ -170,18 +170,27 @@ impl NodeCore {
             warn!(volume_id = %id, asked = ?staging, staged = ?v.staging_path, "unstage of a path this volume is not staged at; nothing done");
             return Ok(());
         }
+        self.release_volume(id, &v, true).await?;
+        info!(volume_id = %id, path = ?staging, "unstaged");
+        Ok(())
+    }
+
+    /// Unmounts every path of a staged volume and forgets it. `fence`: leave the
+    /// release fence for the next writer; not for a volume that no longer exists,
+    /// whose freed database must stay empty.
+    pub(super) async fn release_volume(&self, id: &VolumeId, v: &StagedVolume, fence: bool) -> Result<()> {
         for t in v.targets.keys() {
             warn!(volume_id = %id, target = ?t, "target still published at unstage; unmounting it");
-            self.release_path(id, &v, t).await?;
+            self.release_path(id, v, t).await?;
         }
-        self.release_path(id, &v, staging).await?;
-        self.leave_fence(id, &v).await?;
+        self.release_path(id, v, &v.staging_path).await?;
+        if fence {
+            self.leave_fence(id, v).await?;
+        }
         self.update(|s| {
             s.volumes.remove(id);
         })
-        .await?;
-        info!(volume_id = %id, path = ?staging, "unstaged");
-        Ok(())
+        .await
     }
 
     /// Lets go of one path of a volume: unmounts the volume there (never another
