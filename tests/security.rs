@@ -214,6 +214,7 @@ async fn hostile_paths_ids_and_contexts_change_nothing() {
     assert_eq!(k.mounts_under(&foreign).len(), 1);
     let e = c.delete(&id).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "delete of a mounted volume: {e:?}");
+    assert!(e.message().contains(&format!("{staging:?}")), "the refusal names where it is mounted: {e:?}");
 
     // Files that land under a target while nothing is mounted there are moved
     // aside on release, never deleted, and the target can still be released.

@@ -251,8 +251,8 @@ async fn refuse_while_mounted(b: &Backends, id: &VolumeId) -> Result<()> {
     match done {
         Some(r) => Ok(r?),
         None => Err(Error::FailedPrecondition(format!(
-            "volume {id} is still mounted by {} JuiceFS client(s); stop the tasks using it (docker service rm / scale 0) and retry; a client that died stops counting about 24 s after its last heartbeat",
-            juicefs::live_sessions(meta, id.db).await.unwrap_or(0)
+            "volume {id} is still mounted by JuiceFS clients on [{}]; stop the tasks using it (docker service rm / scale 0) and retry; a client that died stops counting about 24 s after its last heartbeat",
+            juicefs::session_hosts(meta, id.db).await.unwrap_or_default().join(", ")
         ))),
     }
 }

@@ -81,6 +81,13 @@ pub async fn set_capacity(meta: &MetaServer, db: u32, capacity_bytes: u64) -> Re
     Ok(())
 }
 
+/// A session whose expiry is beyond this (exclusive ZRANGE bound) is live; see
+/// [`live_sessions`].
+fn live_floor() -> String {
+    const LIVE_MARGIN_SECS: i64 = 36;
+    format!("({}", crate::unix_now() + LIVE_MARGIN_SECS)
+}
+
 /// How many JuiceFS clients have a live session on the file system in `db`. Each
 /// client sets its session's expiry to now + 5 heartbeats (60 s with the default 12 s
 /// heartbeat) in `allSessions` at every heartbeat, and removes it when it unmounts
@@ -88,14 +95,43 @@ pub async fn set_capacity(meta: &MetaServer, db: u32, capacity_bytes: u64) -> Re
 /// more than 36 s ahead has beaten within the last two heartbeats and counts as live,
 /// while a killed client stops counting about 24 s after its last beat.
 pub async fn live_sessions(meta: &MetaServer, db: u32) -> Result<u64> {
-    const LIVE_MARGIN_SECS: i64 = 36;
     let mut c = meta.database(db).await?;
     let live: u64 = redis::cmd("ZCOUNT")
         .arg("allSessions")
-        .arg(format!("({}", crate::unix_now() + LIVE_MARGIN_SECS))
+        .arg(live_floor())
         .arg("+inf")
         .query_async(&mut c)
         .await
         .map_err(|e| meta.err(e))?;
     Ok(live)
+}
+
+/// Where the live clients of the file system in `db` run, as they describe themselves
+/// in `sessionInfos` (host name and mount point), for messages that tell an operator
+/// which node still uses a volume.
+pub async fn session_hosts(meta: &MetaServer, db: u32) -> Result<Vec<String>> {
+    let mut c = meta.database(db).await?;
+    let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg("allSessions")
+        .arg(live_floor())
+        .arg("+inf")
+        .query_async(&mut c)
+        .await
+        .map_err(|e| meta.err(e))?;
+    let mut hosts = Vec::new();
+    for id in ids {
+        let info: Option<String> = redis::cmd("HGET")
+            .arg("sessionInfos")
+            .arg(&id)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| meta.err(e))?;
+        let v: serde_json::Value = info.and_then(|i| serde_json::from_str(&i).ok()).unwrap_or_default();
+        hosts.push(format!(
+            "{:?} at {:?}",
+            v["HostName"].as_str().unwrap_or("?"),
+            v["MountPoint"].as_str().unwrap_or("?")
+        ));
+    }
+    Ok(hosts)
 }
