@@ -223,6 +223,14 @@ async fn bad_input_gets_the_right_code_and_creates_nothing() {
             Code::ResourceExhausted,
         ),
         (
+            "smaller than one block",
+            csi::CreateVolumeRequest {
+                capacity_range: Some(csi::CapacityRange { required_bytes: 1, limit_bytes: 0 }),
+                ..base()
+            },
+            Code::OutOfRange,
+        ),
+        (
             "limit below required",
             csi::CreateVolumeRequest {
                 capacity_range: Some(csi::CapacityRange { required_bytes: 2 * GIB, limit_bytes: GIB }),
@@ -497,4 +505,33 @@ async fn probe_names_the_backend_that_is_down() {
     let err = c.identity.probe(csi::ProbeRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("SeaweedFS filer"), "{}", err.message());
+}
+
+/// `kelp admin orphans` finds buckets no registry entry owns (as `docker volume rm -f`
+/// plus a hand-wiped registry leave them) and removes them only with `--delete`.
+#[tokio::test(flavor = "multi_thread")]
+async fn orphan_buckets_are_found_and_removed_on_request() {
+    // Servers of its own: the sweep must not see other tests' buckets.
+    let (redis, weed) = (Redis::start(Some(META_PASSWORD)), Weed::start());
+    let kelp = controller(&redis, &weed);
+    let mut c = csi::connect(&kelp.endpoint).await;
+    let kept = c.create("orphan-kept", GIB).await.unwrap();
+    let lost = c.create("orphan-lost", GIB).await.unwrap();
+    redis.cli(0, &["del", "kelp:vol:orphan-lost"]);
+    redis.cli(0, &["zrem", "kelp:volumes", "orphan-lost"]);
+    let admin = |extra: &[&str]| {
+        run(Command::new(kelp_bin())
+            .args(["admin", "--meta-url", &redis.url(), "orphans", "--filer", &weed.filer_addr()])
+            .args(extra)
+            .env("KELP_META_PASSWORD", META_PASSWORD))
+    };
+    let listed = admin(&[]);
+    assert!(listed.contains("kelp-orphan-lost: no registry entry"), "{listed}");
+    assert!(!listed.contains("orphan-kept"), "{listed}");
+    assert!(weed.buckets().contains(&"kelp-orphan-lost".to_string()), "a listing deletes nothing");
+    assert!(admin(&["--delete"]).contains("kelp-orphan-lost: deleted"));
+    assert_eq!(weed.buckets(), vec!["kelp-orphan-kept".to_string()]);
+    assert!(admin(&[]).contains("no orphan buckets"));
+    c.delete(&kept.volume_id).await.unwrap();
+    let _ = lost;
 }

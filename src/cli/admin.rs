@@ -4,7 +4,8 @@
 use super::Result;
 use clap::{Args, Subcommand};
 use kelp::meta::{MetaServer, MetaUrl, VolumeState};
-use kelp::volume::{Spec, VolumeId};
+use kelp::seaweedfs::Filer;
+use kelp::volume::{Spec, VolumeId, BUCKET_PREFIX};
 
 #[derive(Args)]
 pub struct AdminArgs {
@@ -21,13 +22,47 @@ pub struct AdminArgs {
 enum AdminCommand {
     /// Every volume: id, state, home master, writer node, epoch and fence.
     Volumes,
+    /// Buckets kelp made (`kelp-*`) that no registry entry owns, e.g. after
+    /// `docker volume rm -f` and a manual cleanup; `--delete` removes them with their
+    /// data. Not automatic: several kelp clusters may share one filer, and a bucket is
+    /// an orphan only for the registry that is asked.
+    Orphans {
+        /// SeaweedFS filer gRPC address, host:port.
+        #[arg(long, env = "KELP_FILER", default_value = "127.0.0.1:18888")]
+        filer: String,
+        /// Delete the orphan buckets and everything in them.
+        #[arg(long)]
+        delete: bool,
+    },
 }
 
 pub async fn run(a: AdminArgs) -> Result<()> {
     let meta = MetaServer::new(MetaUrl::parse(&a.meta_url)?.with_password(a.meta_password.as_deref()));
     match a.command {
         AdminCommand::Volumes => volumes(&meta).await,
+        AdminCommand::Orphans { filer, delete } => orphans(&meta, &Filer::new(&filer)?, delete).await,
     }
+}
+
+async fn orphans(meta: &MetaServer, filer: &Filer, delete: bool) -> Result<()> {
+    let mut found = 0;
+    for bucket in filer.kelp_buckets().await? {
+        let fs_name = &bucket[BUCKET_PREFIX.len()..];
+        if meta.volume(fs_name).await?.is_some() {
+            continue;
+        }
+        found += 1;
+        if delete {
+            filer.delete_bucket(&bucket).await?;
+            println!("{bucket}: deleted");
+        } else {
+            println!("{bucket}: no registry entry (rerun with --delete to remove it and its data)");
+        }
+    }
+    if found == 0 {
+        println!("no orphan buckets");
+    }
+    Ok(())
 }
 
 async fn volumes(meta: &MetaServer) -> Result<()> {

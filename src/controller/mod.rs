@@ -78,6 +78,7 @@ impl Controller for ControllerService {
         }
         let params = Params::parse(&r.parameters)?;
         let capacity = volume::capacity_for(r.capacity_range.as_ref())?;
+        volume::check_capacity_for_blocks(capacity, params.block_size_kib)?;
         let credentials = S3Credentials::from_secrets(&r.secrets, &self.backends)?;
         let fs_name = volume::fs_name_for(&r.name);
         record_volume(&fs_name);

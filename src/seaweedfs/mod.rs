@@ -9,7 +9,7 @@ pub use topology::{Replication, Topology};
 
 use crate::proto::filer::{
     seaweed_filer_client::SeaweedFilerClient, CreateEntryRequest, DeleteEntryRequest, Entry, FuseAttributes,
-    LookupDirectoryEntryRequest, StatisticsRequest, UpdateEntryRequest,
+    ListEntriesRequest, LookupDirectoryEntryRequest, StatisticsRequest, UpdateEntryRequest,
 };
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -111,6 +111,39 @@ impl Filer {
                 Err(self.refused("create bucket", format!("{BUCKETS_DIR}/{bucket} exists and is a file")))
             }
             None => self.create(BUCKETS_DIR, dir_entry(bucket, quota), "create bucket").await,
+        }
+    }
+
+    /// Names of the buckets kelp made (`kelp-*`), in name order.
+    pub async fn kelp_buckets(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let mut after = String::new();
+        loop {
+            let req = ListEntriesRequest {
+                directory: BUCKETS_DIR.into(),
+                prefix: crate::volume::BUCKET_PREFIX.into(),
+                start_from_file_name: after.clone(),
+                inclusive_start_from: false,
+                limit: 1000,
+                ..Default::default()
+            };
+            let mut stream = self
+                .client
+                .clone()
+                .list_entries(req)
+                .await
+                .map_err(|s| self.status("list buckets", s))?
+                .into_inner();
+            let before = names.len();
+            while let Some(r) = stream.message().await.map_err(|s| self.status("list buckets", s))? {
+                if let Some(e) = r.entry.filter(|e| e.is_directory) {
+                    names.push(e.name);
+                }
+            }
+            match names.last() {
+                Some(last) if names.len() - before == 1000 => after = last.clone(),
+                _ => return Ok(names),
+            }
         }
     }
 

@@ -19,6 +19,18 @@ pub fn capacity_for(range: Option<&CapacityRange>) -> Result<u64> {
     Ok(if r.required_bytes > 0 { r.required_bytes } else { r.limit_bytes } as u64)
 }
 
+/// A capacity smaller than one JuiceFS block cannot hold a single full block: every
+/// write past the first bytes would fail, so such a size is refused up front.
+pub fn check_capacity_for_blocks(capacity: u64, block_size_kib: u32) -> Result<()> {
+    let block = u64::from(block_size_kib) * 1024;
+    if capacity != 0 && capacity < block {
+        return Err(Error::OutOfRange(format!(
+            "a capacity of {capacity} bytes is smaller than one JuiceFS block ({block} bytes); ask for at least that much, or set a smaller block-size"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether an existing volume of `capacity` (0 = unlimited) satisfies `range`.
 pub fn capacity_fits(capacity: u64, range: Option<&CapacityRange>) -> bool {
     let Some(r) = range else { return true };
@@ -45,5 +57,8 @@ mod tests {
         assert!(!capacity_fits(10, Some(&r(20, 0))));
         assert!(!capacity_fits(0, Some(&r(20, 0))));
         assert!(capacity_fits(0, None));
+        assert!(check_capacity_for_blocks(0, 4096).is_ok());
+        assert!(check_capacity_for_blocks(4 << 20, 4096).is_ok());
+        assert!(matches!(check_capacity_for_blocks(1, 4096), Err(Error::OutOfRange(_))));
     }
 }

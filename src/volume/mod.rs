@@ -14,7 +14,7 @@ pub use capability::{
     create_request, is_reader_mode, mode, mount_capability, required_capability, unsupported_capability,
     validate_capabilities,
 };
-pub use capacity::{capacity_fits, capacity_for};
+pub use capacity::{capacity_fits, capacity_for, check_capacity_for_blocks};
 pub use context::{context_keys, publish_keys, volume_context, PublishContext};
 pub use id::VolumeId;
 pub use names::{bucket_for, fs_name_for, is_valid_fs_name, validate_name, BUCKET_PREFIX};
