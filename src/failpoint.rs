@@ -16,3 +16,18 @@ pub fn hit(name: &str) {
         std::process::abort();
     }
 }
+
+/// Panics if `name` is the armed point, once: the first time it writes the file named
+/// by `KELP_FAILPOINT_ONCE` and later runs (a restarted process) pass. The driver is
+/// built with `panic = "abort"`, so a panic anywhere ends the process, as a bug would.
+pub fn panic_once(name: &str) {
+    if armed() != Some(name) {
+        return;
+    }
+    if let Ok(marker) = std::env::var("KELP_FAILPOINT_ONCE") {
+        if std::fs::OpenOptions::new().write(true).create_new(true).open(&marker).is_err() {
+            return;
+        }
+    }
+    panic!("kelp: failpoint {name} reached, panicking");
+}

@@ -21,6 +21,17 @@ struct Cli {
 enum Command {
     /// Run the CSI driver (Identity plus the Controller and/or Node service).
     Serve(Box<cli::serve::ServeArgs>),
+    /// PID 1 of the managed plugin: `kelp init -- serve ARGS` runs `kelp serve ARGS` and restarts it when it
+    /// dies, so its crash never takes the node's FUSE mounts down.
+    Init(cli::init::InitArgs),
+    /// Holds one staged volume's FUSE connection so a new juicefs can resume it
+    /// (started by `kelp serve`; see src/node/fuse_fd.rs).
+    #[command(hide = true)]
+    HoldFuse {
+        /// The socket juicefs finds through JFS_SUPER_COMM.
+        #[arg(long)]
+        socket: std::path::PathBuf,
+    },
     /// Talk to a running driver over its endpoint (create, list, mount, ...).
     Client(cli::client::ClientArgs),
     /// Create the kelp cluster volumes a stack file describes (`docker stack deploy` does not).
@@ -33,6 +44,20 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // No runtime for init or the FUSE holder: they must stay small and cannot fail.
+    let cli = match cli.command {
+        Command::Init(args) => return cli::init::run(args),
+        Command::HoldFuse { socket } => {
+            return match kelp::node::fuse_fd::hold(&socket) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kelp hold-fuse {}: {e}", socket.display());
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        command => Cli { command },
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -47,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => rt.block_on(cli::bench::run(args)),
         Command::Admin(args) => rt.block_on(cli::admin::run(args)),
         Command::Stack(args) => rt.block_on(cli::stack::run(args)),
+        Command::Init(_) | Command::HoldFuse { .. } => unreachable!("handled before the runtime starts"),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -74,6 +74,11 @@ fn juicefs_pids(fs_name: &str) -> Vec<i32> {
     juicefs_pids_with(&format!("logs/{fs_name}.log"))
 }
 
+/// The FUSE holders of a kelp with `state_dir` (their socket lies below it).
+fn holder_pids(state_dir: &Path) -> Vec<i32> {
+    pids_with_cmdline(&format!("hold-fuse --socket {}/fuse/", state_dir.display()))
+}
+
 async fn cleanup(c: &mut Clients, id: &str, staging: &Path, targets: &[&Path]) {
     for t in targets {
         c.unpublish(id, &s(t)).await.unwrap();
@@ -179,11 +184,12 @@ async fn killed_juicefs_is_remounted_and_targets_rebound() {
     c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
     std::fs::write(t.join("before.txt"), b"kept").unwrap();
 
+    // The holder of the FUSE connection dies too (the fallback: a fresh mount, targets re-bound).
     let pids = juicefs_pids(&vol.volume_context["fsName"]);
     assert!(!pids.is_empty(), "juicefs runs");
-    for pid in pids {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
+    let holders = holder_pids(&b.kelp.state_dir);
+    assert_eq!(holders.len(), 1, "one FUSE holder per staged volume");
+    kill_pids(&[pids, holders].concat());
     eventually_io(&t, Duration::from_secs(30)).await;
     assert_eq!(std::fs::read(t.join("before.txt")).unwrap(), b"kept");
     assert!(b.kelp.log_text().contains("remounting"));
@@ -316,4 +322,119 @@ async fn per_volume_cache_settings_reach_the_mount() {
     assert!(args.contains("--cache-size=64"), "{args}");
     cleanup(&mut c, id, &staging, &[&t]).await;
     assert!(mounts_under(&b.root).is_empty());
+}
+
+/// The issue-15 bar: a task never sees a crash on its node, only a stall. A writer in
+/// its own mount namespace (as every container is) journals each fsync'd append and
+/// each rename + directory fsync outside the volume, while all juicefs processes of
+/// the volume are killed three times and `kelp serve` (under `kelp init`, as in the
+/// plugin) is killed twice and panics once. Afterwards every acknowledged step is on
+/// the volume, nothing landed under the target on the node's disk, and unpublish and
+/// unstage succeed.
+#[tokio::test(flavor = "multi_thread")]
+async fn crashes_on_the_node_lose_nothing_a_writer_acknowledged() {
+    let redis = Redis::start(Some(META_PASSWORD));
+    let root = scratch("node-crash");
+    let marker = root.join("panicked-once");
+    let kelp = KelpBuilder::new()
+        .redis(&redis)
+        .weed(shared_weed())
+        .under_init()
+        .args(["--repair-interval=1", "--idle-release=600"])
+        .env("KELP_FAILPOINT", "repair:tick")
+        .env("KELP_FAILPOINT_ONCE", &s(&marker))
+        .start();
+    // The failpoint fires once, at kelp serve's first repair pass; init restarts it.
+    assert!(poll_until(Duration::from_secs(20), Duration::from_millis(100), || marker
+        .exists()
+        .then_some(()))
+    .is_some());
+    let (mut c, vol) = poll_until_async(Duration::from_secs(30), Duration::from_millis(200), || async {
+        let mut c = csi::try_connect(&kelp.endpoint).await?;
+        c.create("node-crash", GIB).await.ok().map(|v| (c, v))
+    })
+    .await
+    .expect("kelp serve came back after its panic");
+    let (id, fs) = (vol.volume_id.as_str(), vol.volume_context["fsName"].clone());
+    let (staging, t) = (root.join("st"), root.join("t"));
+    c.stage(id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
+    c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
+
+    let (journal, stop) = (root.join("journal"), root.join("stop"));
+    let writer = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "python3"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/journal_writer.py"))
+        .args([&t, &journal, &stop])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 and unshare");
+    let acks = || {
+        std::fs::read_to_string(&journal).unwrap_or_default().lines().filter(|l| l.starts_with("ack")).count()
+    };
+    let progressed = |from: usize| {
+        poll_until(Duration::from_secs(60), Duration::from_millis(100), || (acks() > from + 5).then_some(()))
+            .is_some()
+    };
+    assert!(progressed(0), "the writer runs");
+    for round in 0..3 {
+        let pids = juicefs_pids(&fs);
+        assert!(!pids.is_empty(), "juicefs runs (round {round})");
+        let before = acks();
+        kill_pids(&pids);
+        assert!(progressed(before), "writes resumed after juicefs was killed (round {round})");
+    }
+    for round in 0..2 {
+        let serve = serve_pids(&kelp);
+        assert_eq!(serve.len(), 1, "one kelp serve under init (round {round})");
+        let before = acks();
+        kill_pids(&serve);
+        assert!(progressed(before), "writes go on while kelp serve restarts (round {round})");
+        assert!(
+            poll_until(Duration::from_secs(20), Duration::from_millis(100), || {
+                let now = serve_pids(&kelp);
+                (now.len() == 1 && now != serve).then_some(())
+            })
+            .is_some(),
+            "kelp init restarted kelp serve"
+        );
+    }
+    std::fs::write(&stop, b"").unwrap();
+    let out = writer.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    eprintln!("journal writer: {summary}");
+
+    // Every acknowledged step is on the volume.
+    let log = std::fs::read_to_string(t.join("log.txt")).unwrap();
+    let journal = std::fs::read_to_string(&journal).unwrap();
+    let acked: Vec<u64> =
+        journal.lines().filter_map(|l| l.strip_prefix("ack ")).map(|n| n.parse().unwrap()).collect();
+    assert!(acked.len() > 30, "{summary}");
+    for n in &acked {
+        assert!(log.contains(&format!("record {n}\n")), "acknowledged record {n} is missing");
+        assert_eq!(std::fs::read(t.join(format!("f{n}"))).unwrap(), format!("file {n}\n").into_bytes());
+    }
+    // The mount never went away, so nothing can have landed on the node's disk.
+    assert!(!kelp.log_text().contains("remounting"), "no remount was needed");
+    cleanup(&mut c, id, &staging, &[&t]).await;
+    assert!(!t.exists(), "the target was released cleanly (nothing was moved aside)");
+    let lost: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("kelp-lost"))
+        .collect();
+    assert!(lost.is_empty(), "files under a target on the node's disk: {lost:?}");
+    assert!(mounts_under(&root).is_empty());
+    let serve = serve_pids(&kelp);
+    drop(kelp); // kills init by pid; its kelp serve is ours to end too
+    kill_pids(&serve);
+    kill_pids(&juicefs_pids(&fs));
+}
+
+/// The `kelp serve` that `kelp init` runs for `kelp` (not init itself, whose command
+/// line holds the same arguments).
+fn serve_pids(kelp: &Kelp) -> Vec<i32> {
+    pids_with_cmdline(&format!("serve --endpoint={}", kelp.endpoint))
+        .into_iter()
+        .filter(|&p| cmdline(p).is_some_and(|c| !c.contains(" init ")))
+        .collect()
 }

@@ -34,6 +34,9 @@ pub struct MountSpec<'a> {
     pub cache_size_mib: Option<u64>,
     /// Per-volume cache directory (default: `<cache_dir>/<fs name>`).
     pub cache_dir: Option<&'a Path>,
+    /// The FUSE holder's socket (see `fuse_fd`): juicefs hands it the connection, and
+    /// resumes the held one when started again on a mount whose daemon died.
+    pub fuse_socket: Option<&'a Path>,
 }
 
 impl JuicefsConfig {
@@ -60,7 +63,10 @@ impl JuicefsConfig {
         }
         cmd.arg(m.meta.public_db_url(m.db)).arg(m.mount_point);
         // The password goes by environment, never on a command line others can read.
-        cmd.env_remove("META_PASSWORD");
+        cmd.env_remove("META_PASSWORD").env_remove(super::fuse_fd::ENV);
+        if let Some(socket) = m.fuse_socket {
+            cmd.env(super::fuse_fd::ENV, socket);
+        }
         if let Some(p) = m.meta.password() {
             cmd.env("META_PASSWORD", p);
         }
@@ -109,6 +115,21 @@ impl JuicefsConfig {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Whether a juicefs process of this volume runs: one whose arguments hold the
+    /// `--log=` path kelp gave only to it (juicefs hides the rest of its command
+    /// line). The supervisor parent counts: it restarts a crashed child by itself.
+    pub fn daemon_running(&self, fs_name: &str) -> bool {
+        let needle = format!("--log={}", self.log_path(fs_name).display());
+        let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+        entries.flatten().any(|e| {
+            // juicefs rewrites its argv in place, so arguments may be NUL- or space-separated.
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                let line = String::from_utf8_lossy(&c).replace('\0', " ");
+                line.split(' ').any(|arg| arg == needle)
+            })
+        })
     }
 
     /// The last lines of the volume's juicefs log, for error messages.

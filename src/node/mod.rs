@@ -4,6 +4,7 @@
 //! keeps mounts healthy between RPCs.
 
 pub mod core;
+pub mod fuse_fd;
 pub mod jfs;
 pub mod mount;
 pub mod paths;

@@ -5,6 +5,7 @@
 //! because Swarm may never send NodeUnstageVolume.
 
 use super::core::{NodeCore, PROBE_TIMEOUT};
+use super::fuse_fd;
 use super::mount::{self, Health};
 use super::stage::StageRequest;
 use crate::error::{Error, Result};
@@ -20,16 +21,22 @@ impl NodeCore {
         let Some(v) = self.staged(id) else { return Ok(false) };
         let mut acted = false;
         let health = self.juicefs_health(id, &v.staging_path).await;
-        if health == Health::Hung {
+        let daemon = self.cfg.juicefs.daemon_running(&id.fs_name);
+        if health == Health::Hung && daemon {
             // A slow metadata server makes a mount slow, not dead; remounting would
             // only break the tasks using it.
             warn!(volume_id = %id, path = ?v.staging_path, "staged mount does not answer; leaving it");
             return Ok(false);
         }
         if health != (Health::Alive { root: true }) {
-            warn!(volume_id = %id, path = ?v.staging_path, "staged mount is dead or gone; remounting");
-            for t in v.targets.keys() {
-                mount::unmount_juicefs(t, &id.fs_name)?;
+            let held = fuse_fd::holder_running(&self.fuse_socket(id));
+            if held && !daemon && health != Health::Missing {
+                warn!(volume_id = %id, path = ?v.staging_path, "juicefs of the staged mount is gone; starting a new one on the held FUSE connection");
+            } else {
+                warn!(volume_id = %id, path = ?v.staging_path, "staged mount is dead or gone; remounting");
+                for t in v.targets.keys() {
+                    mount::unmount_juicefs(t, &id.fs_name)?;
+                }
             }
             self.stage(id, &StageRequest::again(&v)).await?;
             acted = true;
@@ -84,6 +91,7 @@ impl NodeCore {
 
 /// One pass over every staged volume.
 pub async fn tick(core: &NodeCore) {
+    crate::failpoint::panic_once("repair:tick");
     for id in core.snapshot().volumes.into_keys() {
         // A volume busy with an RPC is looked at on the next pass.
         let Ok(_guard) = core.locks.lock(&id.to_string(), Duration::from_millis(50)).await else { continue };

@@ -2,6 +2,7 @@
 //! rule chose, after the previous writer's fence has replicated; and its release.
 
 use super::core::{NodeCore, PROBE_TIMEOUT};
+use super::fuse_fd;
 use super::jfs::MountSpec;
 use super::mount::{self, Health};
 use super::paths::{self, PathPolicy};
@@ -104,39 +105,58 @@ impl NodeCore {
             }
         }
         let server = self.server_for(req.home.as_deref())?;
+        let socket = self.fuse_socket(id);
         let mut created = Vec::new();
-        match self.juicefs_health(id, path).await {
-            Health::Alive { root: true } => {}
-            state => {
-                if state != Health::Missing {
-                    mount::unmount_juicefs(path, &id.fs_name)?;
-                }
-                self.check_exists(&server, id).await?;
-                if req.home.is_none() && req.wait_fence > 0 {
-                    self.await_fence(id, req.wait_fence).await?;
-                }
-                let dir = self.cfg.paths.open_dir(path, true)?;
-                created = dir.created;
-                let spec = MountSpec {
-                    fs_name: &id.fs_name,
-                    meta: server.url(),
-                    db: id.db,
-                    mount_point: path,
-                    read_only: req.read_only,
-                    cache_size_mib: req.cache_size_mib,
-                    cache_dir: req.cache_dir.as_deref(),
-                };
-                self.cfg.juicefs.mount(&spec).await?;
-                // juicefs was given the path, not the descriptor: check that it mounted
-                // exactly the directory that was checked.
-                if !mount::mount_at(path).is_some_and(|m| m.is_juicefs_of(&id.fs_name))
-                    || self.cfg.paths.open_dir(path, false).is_err()
-                {
-                    let _ = mount::unmount(path);
-                    return Err(Error::InvalidArgument(format!(
-                        "staging path {path:?} changed while it was being mounted; refusing it"
-                    )));
-                }
+        let health = self.juicefs_health(id, path).await;
+        if health != (Health::Alive { root: true }) {
+            // juicefs died, but its FUSE connection is held: a new juicefs resumes the
+            // same kernel mount, so nothing is unmounted and no task notices but a stall.
+            let resume = matches!(health, Health::Dead | Health::Hung)
+                && !self.cfg.juicefs.daemon_running(&id.fs_name)
+                && fuse_fd::holder_running(&socket);
+            if health != Health::Missing && !resume {
+                mount::unmount_juicefs(path, &id.fs_name)?;
+            }
+            self.check_exists(&server, id).await?;
+            if req.home.is_none() && req.wait_fence > 0 && !resume {
+                self.await_fence(id, req.wait_fence).await?;
+            }
+            if !resume {
+                created = self.cfg.paths.open_dir(path, true)?.created;
+            }
+            let holder_log = self.cfg.juicefs.log_dir.join(format!("{}.holder.log", id.fs_name));
+            let start = {
+                let (socket, log) = (socket.clone(), holder_log.clone());
+                tokio::task::spawn_blocking(move || fuse_fd::ensure_holder(&socket, &log))
+            };
+            if let Err(e) = start.await.map_err(std::io::Error::other).and_then(|r| r) {
+                // Without a holder the mount still works; it just does not survive its daemon.
+                warn!(volume_id = %id, error = %e, "cannot start the FUSE holder; this mount will not outlive its juicefs");
+            }
+            let spec = MountSpec {
+                fs_name: &id.fs_name,
+                meta: server.url(),
+                db: id.db,
+                mount_point: path,
+                read_only: req.read_only,
+                cache_size_mib: req.cache_size_mib,
+                cache_dir: req.cache_dir.as_deref(),
+                fuse_socket: Some(&socket),
+            };
+            self.cfg.juicefs.mount(&spec).await?;
+            // juicefs was given the path, not the descriptor: check that it mounted
+            // exactly the directory that was checked.
+            if !mount::mount_at(path).is_some_and(|m| m.is_juicefs_of(&id.fs_name))
+                || self.cfg.paths.open_dir(path, false).is_err()
+            {
+                let _ = mount::unmount(path);
+                return Err(Error::InvalidArgument(format!(
+                    "staging path {path:?} changed while it was being mounted; refusing it"
+                )));
+            }
+            if resume {
+                info!(volume_id = %id, path = ?path, "juicefs restarted on the held FUSE connection; the mount never went away");
+            } else {
                 info!(volume_id = %id, path = ?path, meta = %server.url(), read_only = req.read_only, epoch = req.epoch, "staged");
             }
         }
@@ -193,11 +213,24 @@ impl NodeCore {
         .await
     }
 
+    /// The socket of the volume's FUSE holder.
+    pub(super) fn fuse_socket(&self, id: &VolumeId) -> PathBuf {
+        fuse_fd::socket_path(&self.cfg.state_dir, id.db, &id.tag)
+    }
+
     /// Lets go of one path of a volume: unmounts the volume there (never another
     /// file system) and removes the directories kelp made for it. Files found in
     /// them are moved aside and recorded, never deleted.
     pub(super) async fn release_path(&self, id: &VolumeId, v: &StagedVolume, path: &Path) -> Result<()> {
         mount::unmount_juicefs(path, &id.fs_name)?;
+        if path == v.staging_path {
+            // The holder ends once the connection it held is gone; a new stage must
+            // not find the old one.
+            let socket = self.fuse_socket(id);
+            tokio::task::spawn_blocking(move || fuse_fd::wait_holder_gone(&socket, Duration::from_secs(3)))
+                .await
+                .map_err(|e| Error::Internal(format!("waiting for the FUSE holder: {e}")))?;
+        }
         let mine = v.created_for(path);
         let set_aside = paths::remove_created(path, &mine);
         self.update(|s| {

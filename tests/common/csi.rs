@@ -13,12 +13,17 @@ pub struct Clients {
 }
 
 pub async fn connect(endpoint: &str) -> Clients {
-    let ch = kelp::endpoint::connect(endpoint).await.expect("connect to kelp");
-    Clients {
+    try_connect(endpoint).await.expect("connect to kelp")
+}
+
+/// Like [`connect`], for a kelp that may be restarting.
+pub async fn try_connect(endpoint: &str) -> Option<Clients> {
+    let ch = kelp::endpoint::connect(endpoint).await.ok()?;
+    Some(Clients {
         ctl: controller_client::ControllerClient::new(ch.clone()),
         node: node_client::NodeClient::new(ch.clone()),
         identity: identity_client::IdentityClient::new(ch),
-    }
+    })
 }
 
 pub fn mount_cap(mode: Mode) -> VolumeCapability {

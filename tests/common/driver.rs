@@ -115,6 +115,13 @@ impl<'a> KelpBuilder<'a> {
         self
     }
 
+    /// Runs kelp as the plugin does: `kelp init -- serve ...`, which restarts `kelp
+    /// serve` when it dies ([`Kelp::pid`] is then init's).
+    pub fn under_init(mut self) -> Self {
+        self.launcher = [kelp_bin(), "init", "--"].map(Into::into).to_vec();
+        self
+    }
+
     /// Keeps state (and the socket, log and cache) in `dir` instead of a fresh
     /// scratch directory.
     pub fn state_dir(mut self, dir: PathBuf) -> Self {

@@ -42,6 +42,9 @@ DOCKERD_PID= CONTAINERD_PID=
 # dockerd runs with --iptables=false: its rules (FORWARD policy DROP) would outlive it
 # and cut the other tests' network namespaces off each other.
 
+# dockerd makes these bridges and leaves them behind; remove only ones this run made.
+bridges_before=$(ip -o link show | awk -F': ' '{print $2}')
+
 cleanup() {
   docker service rm $(docker service ls -q) >/dev/null 2>&1
   sleep 3
@@ -63,6 +66,10 @@ cleanup() {
   # The engine's own mounts (netns files, plugin rootfs), deepest first.
   grep " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
   kelp_stop_all
+  local br
+  for br in docker0 docker_gwbridge; do
+    grep -qx "$br" <<<"$bridges_before" || ip link delete "$br" 2>/dev/null
+  done
 }
 trap cleanup EXIT
 
@@ -168,6 +175,51 @@ c=$(task_container kelpstack_app)
 check "stack task wrote through kelp" retry 20 sh -c "docker exec $c cat /data/stack.txt | grep -q from-stack"
 check "the volume has the size x-cluster-spec asked for" sh -c "docker exec $c df -k /data | grep -q ' 524288 '"
 docker stack rm kelpstack >/dev/null
+
+echo "== crashes inside the plugin: the task sees at most a stall"
+docker volume create -d kelp:latest --type mount --scope single --sharing none --required-bytes 1G v-crash >/dev/null
+check "volume v-crash created" retry 30 vol_created v-crash
+# Each record is appended and closed (JuiceFS commits on close) before it is journalled
+# in the container's own /tmp, outside the volume.
+docker service create -d -q --no-resolve-image --name crashy --mount type=cluster,src=v-crash,dst=/data \
+  "$app_image" sh -c 'i=0; while :; do if echo "record $i" >> /data/log.txt; then echo "ack $i" >> /tmp/journal; i=$((i+1)); else echo "error $i" >> /tmp/journal; fi; sleep 0.1; done' >/dev/null
+check "crash-test task running" retry 90 running crashy
+cc=$(task_container crashy)
+acks() { docker exec "$cc" grep -c '^ack' /tmp/journal 2>/dev/null || echo 0; }
+grew() { (( $(acks) > $1 + 10 )); }
+plugin_id=$(docker plugin inspect -f '{{.ID}}' kelp:latest)
+# The plugin's PID 1 (kelp init) from containerd, and its children by pid: never by name.
+plugin_init=$(ctr --address "$work/run/containerd.sock" -n plugins.moby task ls 2>/dev/null | awk -v id="$plugin_id" '$1 == id {print $2}')
+descendants() { # pid: every process below it
+  local c
+  for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do echo "$c"; descendants "$c"; done
+}
+children_with() { # pattern: processes below kelp init whose command line matches
+  local p
+  for p in $(descendants "$plugin_init"); do
+    tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "$1" && echo "$p"
+  done
+}
+check "kelp init is the plugin's PID 1" sh -c "tr '\0' ' ' </proc/$plugin_init/cmdline | grep -q '/kelp init'"
+serve_pid=$(children_with ' serve ')
+n=$(acks)
+kill -9 $serve_pid
+check "I/O goes on while kelp serve is killed" retry 30 grew "$n"
+check "kelp init restarted kelp serve" retry 30 sh -c "p=\$(cat /proc/$plugin_init/task/*/children); for c in \$p; do tr '\0' ' ' </proc/\$c/cmdline | grep -q ' serve ' && [ \$c != $serve_pid ] && exit 0; done; exit 1"
+jfs_pids=$(children_with 'juicefs')
+n=$(acks)
+t0=$SECONDS
+kill -9 $jfs_pids
+check "I/O resumes after every juicefs of the node was killed" retry 90 grew "$n"
+echo "juicefs killed: I/O back within $((SECONDS - t0)) s"
+docker exec "$cc" sh -c 'cat /tmp/journal' >"$work/crash-journal"
+docker exec "$cc" sh -c 'cat /data/log.txt' >"$work/crash-log"
+check "the task saw no error" sh -c "! grep -q '^error' $work/crash-journal"
+lost=0
+while read -r _ n; do grep -qx "record $n" "$work/crash-log" || lost=$((lost + 1)); done < <(grep '^ack' "$work/crash-journal")
+check "every acknowledged record is on the volume ($(grep -c '^ack' "$work/crash-journal") acknowledged, $lost lost)" test "$lost" = 0
+docker service rm crashy >/dev/null
+check "volume rm v-crash once the task is gone" retry 120 docker volume rm v-crash
 
 echo "== plugin disabled and re-enabled while a service holds a volume"
 c=$(task_container writer)

@@ -1,0 +1,197 @@
+//! Keeping each staged volume's FUSE connection alive across the death of its juicefs
+//! daemons. JuiceFS (>= 1.2) hands the `/dev/fuse` descriptor of a mount to whatever
+//! listens on the unix socket named by `JFS_SUPER_COMM`, and a juicefs started later
+//! with the same socket takes the descriptor back and serves the *same* kernel mount
+//! (the JuiceFS CSI driver's mount-pod recovery uses this). While a holder keeps the
+//! descriptor, killing every juicefs process of a volume only stalls I/O: no mount
+//! disappears, so no task, in any mount namespace, ever sees `ENOTCONN`, and a path
+//! kelp owns is never a bare directory.
+//!
+//! One holder process per staged volume (`kelp hold-fuse`), started before its
+//! juicefs and outliving `kelp serve` like the daemons do. It is small and
+//! synchronous on purpose. The exchange, per connection (juicefs `cmd/passfd.go`):
+//!
+//! 1. holder -> juicefs: payload = the FUSE `InitIn` bytes that came with the
+//!    descriptor (or `FUSE` before there is one), rights = `[/dev/null, fuse fd?]`
+//!    (the first descriptor is a placeholder juicefs expects);
+//! 2. juicefs -> holder: `InitIn` bytes + `[fuse fd]` to hand over a live connection,
+//!    `CLOSE` + `[fd]` when it took ours, or nothing.
+//!
+//! The holder exits when the connection it holds is aborted (the volume was
+//! unmounted: `poll` reports `POLLERR` on the descriptor), or when it never received
+//! one within [`NO_FD_EXIT`].
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The environment variable juicefs reads the holder's socket path from.
+pub const ENV: &str = "JFS_SUPER_COMM";
+/// A holder that never got a descriptor (its mount failed) does not linger.
+const NO_FD_EXIT: Duration = Duration::from_secs(300);
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+const NO_FD_SETTINGS: &[u8] = b"FUSE";
+
+/// The socket of a volume's holder: short, as unix socket paths are limited to 107
+/// bytes, and unique per volume incarnation (database and UUID tag).
+pub fn socket_path(state_dir: &Path, db: u32, tag: &str) -> PathBuf {
+    state_dir.join("fuse").join(format!("{db}-{tag}.sock"))
+}
+
+/// Whether a holder answers on `socket`.
+pub fn holder_running(socket: &Path) -> bool {
+    UnixStream::connect(socket).is_ok()
+}
+
+struct Held {
+    fd: OwnedFd,
+    settings: Vec<u8>,
+}
+
+fn aborted(fd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(0) => false,
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL)),
+        Err(_) => true,
+    }
+}
+
+/// Runs the holder on `socket` until the FUSE connection it holds ends.
+pub fn hold(socket: &Path) -> std::io::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    let placeholder: OwnedFd = std::fs::File::open("/dev/null")?.into();
+    let started = Instant::now();
+    let mut held: Option<Held> = None;
+    loop {
+        if let Some(h) = &held {
+            if aborted(&h.fd) {
+                eprintln!("kelp hold-fuse: the FUSE connection ended (unmounted); exiting");
+                break;
+            }
+        } else if started.elapsed() > NO_FD_EXIT {
+            eprintln!("kelp hold-fuse: no FUSE connection was handed over; exiting");
+            break;
+        }
+        let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        if let Some(h) = &held {
+            // No events asked: only errors (the connection aborted) wake us.
+            fds.push(PollFd::new(h.fd.as_fd(), PollFlags::empty()));
+        }
+        match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        if !fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+            continue;
+        }
+        let (conn, _) = listener.accept()?;
+        if let Err(e) = exchange(&conn, &placeholder, &mut held) {
+            eprintln!("kelp hold-fuse: exchange failed: {e}");
+        }
+    }
+    let _ = std::fs::remove_file(socket);
+    Ok(())
+}
+
+/// One exchange with a juicefs process (see the module docs).
+fn exchange(conn: &UnixStream, placeholder: &OwnedFd, held: &mut Option<Held>) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
+    conn.set_write_timeout(Some(EXCHANGE_TIMEOUT))?;
+    if held.as_ref().is_some_and(|h| aborted(&h.fd)) {
+        *held = None;
+    }
+    let mut rights = vec![placeholder.as_raw_fd()];
+    let settings = match held {
+        Some(h) => {
+            rights.push(h.fd.as_raw_fd());
+            h.settings.clone()
+        }
+        None => NO_FD_SETTINGS.to_vec(),
+    };
+    let cmsg = [ControlMessage::ScmRights(&rights)];
+    sendmsg::<()>(conn.as_raw_fd(), &[IoSlice::new(&settings)], &cmsg, MsgFlags::empty(), None)?;
+
+    let mut buf = vec![0u8; 4096];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let (len, received) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let mut received: Vec<OwnedFd> = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                // SAFETY: the kernel just installed these descriptors for us; we own them.
+                received.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        (msg.bytes, received)
+    };
+    let reply = &buf[..len];
+    let mut received = received.into_iter();
+    match received.next() {
+        Some(fd) if reply != b"CLOSE" && !reply.is_empty() && !aborted(&fd) => {
+            eprintln!(
+                "kelp hold-fuse: holding the volume's FUSE connection ({} bytes of init data)",
+                reply.len()
+            );
+            *held = Some(Held { fd, settings: reply.to_vec() });
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Starts a holder on `socket` unless one answers there already, and returns once it
+/// listens. It runs in its own process group, so a signal to `kelp serve`'s group
+/// does not reach it, and outlives `kelp serve`.
+pub fn ensure_holder(socket: &Path, log: &Path) -> std::io::Result<()> {
+    if holder_running(socket) {
+        return Ok(());
+    }
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("hold-fuse")
+        .arg("--socket")
+        .arg(socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !holder_running(socket) {
+        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            return Err(std::io::Error::other(format!("the FUSE holder on {socket:?} did not start")));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Reap it when it ends, so it never lingers as a zombie of `kelp serve`.
+    std::thread::spawn(move || child.wait());
+    Ok(())
+}
+
+/// Waits (briefly) until the holder on `socket` has gone, as it does once the
+/// connection it held ended, so a new stage of the volume starts a fresh one.
+pub fn wait_holder_gone(socket: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    while holder_running(socket) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
