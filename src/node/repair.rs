@@ -20,8 +20,14 @@ impl NodeCore {
     pub async fn repair(&self, id: &VolumeId) -> Result<bool> {
         let Some(v) = self.staged(id) else { return Ok(false) };
         let mut acted = false;
-        let health = self.juicefs_health(id, &v.staging_path).await;
         let daemon = self.cfg.juicefs.daemon_running(&id.fs_name);
+        let held = fuse_fd::holder_running(&self.fuse_socket(id));
+        // Without a daemon a held mount does not answer; probing it would only wait.
+        let health = if !daemon && held && mount::mount_at(&v.staging_path).is_some() {
+            Health::Hung
+        } else {
+            self.juicefs_health(id, &v.staging_path).await
+        };
         if health == Health::Hung && daemon {
             // A slow metadata server makes a mount slow, not dead; remounting would
             // only break the tasks using it.
@@ -29,7 +35,6 @@ impl NodeCore {
             return Ok(false);
         }
         if health != (Health::Alive { root: true }) {
-            let held = fuse_fd::holder_running(&self.fuse_socket(id));
             if held && !daemon && health != Health::Missing {
                 warn!(volume_id = %id, path = ?v.staging_path, "juicefs of the staged mount is gone; starting a new one on the held FUSE connection");
             } else {

@@ -107,13 +107,15 @@ impl NodeCore {
         let server = self.server_for(req.home.as_deref())?;
         let socket = self.fuse_socket(id);
         let mut created = Vec::new();
-        let health = self.juicefs_health(id, path).await;
+        // juicefs died, but its FUSE connection is held: a new juicefs resumes the same
+        // kernel mount, so nothing is unmounted and no task notices but a stall. Such a
+        // mount is known without probing it (a probe would only hang until the
+        // timeout: requests wait for a daemon).
+        let resume = mount::mount_at(path).is_some_and(|m| m.is_juicefs_of(&id.fs_name))
+            && !self.cfg.juicefs.daemon_running(&id.fs_name)
+            && fuse_fd::holder_running(&socket);
+        let health = if resume { Health::Hung } else { self.juicefs_health(id, path).await };
         if health != (Health::Alive { root: true }) {
-            // juicefs died, but its FUSE connection is held: a new juicefs resumes the
-            // same kernel mount, so nothing is unmounted and no task notices but a stall.
-            let resume = matches!(health, Health::Dead | Health::Hung)
-                && !self.cfg.juicefs.daemon_running(&id.fs_name)
-                && fuse_fd::holder_running(&socket);
             if health != Health::Missing && !resume {
                 mount::unmount_juicefs(path, &id.fs_name)?;
             }
