@@ -13,6 +13,8 @@ command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v pgrep >/dev/null || need_apt+=(procps)
+command -v chattr >/dev/null || need_apt+=(e2fsprogs)
+command -v unshare >/dev/null || need_apt+=(util-linux)
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -13,6 +13,10 @@ cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 
 # Fail early and clearly on leftovers of an earlier, interrupted run.
+# kelp seals directories it mounts on (immutable); a run killed half-way may leave some.
+if [[ -d .kelp-test ]]; then
+  find .kelp-test -path .kelp-test/swarm -prune -o -type d -print0 | xargs -0 -r chattr -i 2>/dev/null || true
+fi
 rm -rf .kelp-test
 
 status=0

@@ -216,9 +216,14 @@ async fn hostile_paths_ids_and_contexts_change_nothing() {
     assert_eq!(e.code(), Code::FailedPrecondition, "delete of a mounted volume: {e:?}");
     assert!(e.message().contains(&format!("{staging:?}")), "the refusal names where it is mounted: {e:?}");
 
-    // Files that land under a target while nothing is mounted there are moved
-    // aside on release, never deleted, and the target can still be released.
-    k.in_ns(&format!("umount {target} && echo stray > {target}/stray.txt"));
+    // With nothing mounted on it, a target refuses writes: kelp sealed the directory
+    // (immutable) before mounting on it, so nothing can land on the node's disk.
+    k.in_ns(&format!("umount {target} && ! sh -c 'echo stray > {target}/stray.txt' 2>/dev/null"));
+    assert!(!Path::new(&target).join("stray.txt").exists());
+    // On a file system without that flag (unsealed here by hand), files that land
+    // there are moved aside on release, never deleted, and the target is still freed.
+    run(Command::new("chattr").arg("-i").arg(&target));
+    k.in_ns(&format!("echo stray > {target}/stray.txt"));
     c.unpublish(&id, &target).await.unwrap();
     assert!(!Path::new(&target).exists(), "the target path is free again");
     let aside: Vec<_> = std::fs::read_dir(k.root.join("co/pub"))

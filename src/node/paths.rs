@@ -37,6 +37,35 @@ impl OpenedDir {
     pub fn proc_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
+
+    /// Seals (or unseals) the directory itself, under whatever is mounted on it: while
+    /// sealed nothing can be created in it, so an application that writes there while
+    /// no volume is mounted (a repair in progress) gets `EPERM` instead of filling the
+    /// node's disk with writes the volume never sees. Best effort: file systems without
+    /// the immutable flag are left as they are.
+    pub fn seal(&self, on: bool) {
+        if let Err(e) = set_immutable(&self.proc_path(), on) {
+            tracing::debug!(path = ?self.path, error = %e, "cannot change the immutable flag; the directory stays writable while unmounted");
+        }
+    }
+}
+
+/// `FS_IMMUTABLE_FL` of `linux/fs.h` (libc does not export it).
+const FS_IMMUTABLE_FL: libc::c_long = 0x10;
+
+fn set_immutable(dir: &Path, on: bool) -> std::io::Result<()> {
+    // Reopened through the descriptor path: an O_PATH descriptor cannot take ioctls.
+    let f = std::fs::File::open(dir)?;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS/SETFLAGS read and write one c_long at the pointer.
+    if unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let wanted = if on { flags | FS_IMMUTABLE_FL } else { flags & !FS_IMMUTABLE_FL };
+    if wanted != flags && unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &wanted) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl PathPolicy {

@@ -65,7 +65,11 @@ impl NodeCore {
         }
         let source = self.cfg.paths.open_dir(&v.staging_path, false)?;
         let dir = self.cfg.paths.open_dir(target, true)?;
-        mount::bind(&source.proc_path(), &dir.proc_path())?;
+        dir.seal(true);
+        if let Err(e) = mount::bind(&source.proc_path(), &dir.proc_path()) {
+            dir.seal(false);
+            return Err(e.into());
+        }
         if read_only {
             // A descriptor opened now resolves to the new mount's root.
             let remounted = self
@@ -75,6 +79,7 @@ impl NodeCore {
                 .and_then(|mounted| mount::remount_read_only(&mounted.proc_path()).map_err(Error::from));
             if let Err(e) = remounted {
                 let _ = mount::unmount_juicefs(target, &id.fs_name);
+                dir.seal(false);
                 return Err(e);
             }
         }

@@ -123,8 +123,10 @@ impl NodeCore {
             if req.home.is_none() && req.wait_fence > 0 && !resume {
                 self.await_fence(id, req.wait_fence).await?;
             }
-            if !resume {
-                created = self.cfg.paths.open_dir(path, true)?.created;
+            let dir = if resume { None } else { Some(self.cfg.paths.open_dir(path, true)?) };
+            if let Some(dir) = &dir {
+                dir.seal(true);
+                created = dir.created.clone();
             }
             let holder_log = self.cfg.juicefs.log_dir.join(format!("{}.holder.log", id.fs_name));
             let start = {
@@ -145,7 +147,12 @@ impl NodeCore {
                 cache_dir: req.cache_dir.as_deref(),
                 fuse_socket: Some(&socket),
             };
-            self.cfg.juicefs.mount(&spec).await?;
+            if let Err(e) = self.cfg.juicefs.mount(&spec).await {
+                if let Some(dir) = &dir {
+                    dir.seal(false);
+                }
+                return Err(e.into());
+            }
             // juicefs was given the path, not the descriptor: check that it mounted
             // exactly the directory that was checked.
             if !mount::mount_at(path).is_some_and(|m| m.is_juicefs_of(&id.fs_name))
@@ -225,6 +232,11 @@ impl NodeCore {
     /// them are moved aside and recorded, never deleted.
     pub(super) async fn release_path(&self, id: &VolumeId, v: &StagedVolume, path: &Path) -> Result<()> {
         mount::unmount_juicefs(path, &id.fs_name)?;
+        // Unsealed only once nothing of kelp's is mounted there (a foreign mount on
+        // top made the unmount above fail).
+        if let Ok(dir) = self.cfg.paths.open_dir(path, false) {
+            dir.seal(false);
+        }
         if path == v.staging_path {
             // The holder ends once the connection it held is gone; a new stage must
             // not find the old one.
