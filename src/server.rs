@@ -18,20 +18,35 @@ pub fn record_volume(volume: &dyn std::fmt::Display) {
     Span::current().record("volume", field::display(volume));
 }
 
+/// How long SIGTERM waits for in-flight RPCs: below Docker's 30 s before SIGKILL.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves `router` on `endpoint` until SIGTERM or SIGINT, then lets in-flight RPCs
-/// finish before returning.
+/// finish (for at most [`DRAIN_LIMIT`]) before returning.
 pub async fn serve(
     router: Router<tower::layer::util::Stack<RpcLogLayer, tower::layer::util::Identity>>,
     endpoint: &Endpoint,
 ) -> std::io::Result<()> {
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let stopping = stopping.clone();
+        async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            info!(limit_secs = DRAIN_LIMIT.as_secs(), "shutting down: draining in-flight RPCs");
+            stopping.notify_one();
         }
-        info!("shutting down: draining in-flight RPCs");
+    };
+    // Graceful shutdown also waits for idle client connections to close, which a CO
+    // may never do: the drain is bounded.
+    let drain_limit = async move {
+        stopping.notified().await;
+        tokio::time::sleep(DRAIN_LIMIT).await;
+        warn!("drain limit reached; exiting with RPCs or connections still open");
     };
     let result = match endpoint {
         Endpoint::Unix(path) => {
@@ -47,7 +62,11 @@ pub async fn serve(
             let listener = tokio::net::UnixListener::bind(path)?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
             info!(endpoint = %path.display(), "listening");
-            router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await
+            let serving = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+            tokio::select! {
+                r = serving => r,
+                () = drain_limit => Ok(()),
+            }
         }
         Endpoint::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -58,7 +77,11 @@ pub async fn serve(
                     let _ = s.set_nodelay(true);
                 })
             });
-            router.serve_with_incoming_shutdown(incoming, shutdown).await
+            let serving = router.serve_with_incoming_shutdown(incoming, shutdown);
+            tokio::select! {
+                r = serving => r,
+                () = drain_limit => Ok(()),
+            }
         }
     };
     if let Endpoint::Unix(path) = endpoint {

@@ -74,6 +74,19 @@ fn juicefs_pids(fs_name: &str) -> Vec<i32> {
     juicefs_pids_with(&format!("logs/{fs_name}.log"))
 }
 
+/// Removes a test's mounts and ends its juicefs daemons and FUSE holders when dropped,
+/// also when the test fails half-way.
+struct Leftovers {
+    root: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        force_cleanup(&self.root, &self.state_dir);
+    }
+}
+
 /// The FUSE holders of a kelp with `state_dir` (their socket lies below it).
 fn holder_pids(state_dir: &Path) -> Vec<i32> {
     pids_with_cmdline(&format!("hold-fuse --socket {}/fuse/", state_dir.display()))
@@ -344,6 +357,8 @@ async fn crashes_on_the_node_lose_nothing_a_writer_acknowledged() {
         .env("KELP_FAILPOINT", "repair:tick")
         .env("KELP_FAILPOINT_ONCE", &s(&marker))
         .start();
+    // Whatever happens below, no mount, juicefs or holder of this test outlives it.
+    let _leftovers = Leftovers { root: root.clone(), state_dir: kelp.state_dir.clone() };
     // The failpoint fires once, at kelp serve's first repair pass; init restarts it.
     assert!(poll_until(Duration::from_secs(20), Duration::from_millis(100), || marker
         .exists()

@@ -535,3 +535,18 @@ async fn orphan_buckets_are_found_and_removed_on_request() {
     c.delete(&kept.volume_id).await.unwrap();
     let _ = lost;
 }
+
+/// SIGTERM ends the driver within its drain limit even while a client keeps its
+/// connection open (a CO may never close one), and removes the socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_the_driver_despite_open_connections() {
+    let (redis, weed) = (shared_redis(), shared_weed());
+    let mut kelp = controller(redis, weed);
+    let mut c = csi::connect(&kelp.endpoint).await;
+    c.identity.probe(csi::ProbeRequest {}).await.unwrap();
+    unsafe { libc::kill(kelp.pid() as i32, libc::SIGTERM) };
+    assert!(kelp.wait_exit(Duration::from_secs(15)), "kelp did not exit after SIGTERM");
+    assert!(!std::path::Path::new(kelp.endpoint.trim_start_matches("unix://")).exists(), "socket removed");
+    assert!(kelp.log_text().contains("draining in-flight RPCs"));
+    drop(c);
+}

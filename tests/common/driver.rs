@@ -1,7 +1,7 @@
 //! `kelp serve` processes, all started through [`KelpBuilder`]. (This module is not
 //! called `kelp`: that would shadow the crate inside `common`.)
 
-use super::procs::Proc;
+use super::procs::{children, cmdline, kill_pids, Proc};
 use super::servers::{Redis, Weed};
 use super::testbed::Bed;
 use super::wait::poll_until;
@@ -206,9 +206,16 @@ impl Kelp {
     }
 
     /// SIGKILL, then reaps it.
+    /// Kills kelp by pid. Under `kelp init` its `kelp serve` is ended too (by pid, as
+    /// init's child), so nothing of a failed test keeps running.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
+            let serve: Vec<i32> = children(p.pid() as i32)
+                .into_iter()
+                .filter(|&c| cmdline(c).is_some_and(|l| l.contains(" serve ")))
+                .collect();
             p.kill();
+            kill_pids(&serve);
         }
     }
 

@@ -1,6 +1,6 @@
 //! Mounts: the crate's own mountinfo parser, `juicefs mount` by hand, and cleanup.
 
-use super::procs::{juicefs_pids_with, kill_pids};
+use super::procs::{juicefs_pids_with, kill_pids, pids_with_cmdline};
 use super::run;
 use super::servers::Redis;
 pub use kelp::node::mount::{mount_at, mounts_under, MountEntry};
@@ -42,4 +42,6 @@ pub fn force_cleanup(root: &Path, state_dir: &Path) {
         let _ = Command::new("umount").arg("-l").arg(&m.mount_point).status();
     }
     kill_pids(&juicefs_pids_with(&format!("{}/logs/", state_dir.display())));
+    // The FUSE holders of that kelp: without them no hung mount is left behind.
+    kill_pids(&pids_with_cmdline(&format!("hold-fuse --socket {}/fuse/", state_dir.display())));
 }

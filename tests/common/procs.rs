@@ -54,6 +54,16 @@ pub fn cmdline(pid: i32) -> Option<String> {
     Some(String::from_utf8_lossy(&raw).replace('\0', " ").trim_end().to_string())
 }
 
+/// The direct children of `pid`.
+pub fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
+        .collect()
+}
+
 /// Pids (other than this process) whose command line contains `needle`, from
 /// /proc/*/cmdline.
 pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
