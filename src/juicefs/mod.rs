@@ -96,14 +96,20 @@ fn live_floor() -> String {
 /// while a killed client stops counting about 24 s after its last beat.
 pub async fn live_sessions(meta: &MetaServer, db: u32) -> Result<u64> {
     let mut c = meta.database(db).await?;
-    let live: u64 = redis::cmd("ZCOUNT")
+    Ok(live_session_ids(meta, &mut c).await?.len() as u64)
+}
+
+async fn live_session_ids(
+    meta: &MetaServer,
+    c: &mut redis::aio::MultiplexedConnection,
+) -> Result<Vec<String>> {
+    redis::cmd("ZRANGEBYSCORE")
         .arg("allSessions")
         .arg(live_floor())
         .arg("+inf")
-        .query_async(&mut c)
+        .query_async(c)
         .await
-        .map_err(|e| meta.err(e))?;
-    Ok(live)
+        .map_err(|e| meta.err(e).into())
 }
 
 /// Where the live clients of the file system in `db` run, as they describe themselves
@@ -111,13 +117,7 @@ pub async fn live_sessions(meta: &MetaServer, db: u32) -> Result<u64> {
 /// which node still uses a volume.
 pub async fn session_hosts(meta: &MetaServer, db: u32) -> Result<Vec<String>> {
     let mut c = meta.database(db).await?;
-    let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-        .arg("allSessions")
-        .arg(live_floor())
-        .arg("+inf")
-        .query_async(&mut c)
-        .await
-        .map_err(|e| meta.err(e))?;
+    let ids = live_session_ids(meta, &mut c).await?;
     let mut hosts = Vec::new();
     for id in ids {
         let info: Option<String> = redis::cmd("HGET")
