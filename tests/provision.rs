@@ -141,37 +141,8 @@ async fn format_is_what_juicefs_format_writes() {
     }
     // Root and trash inode records differ only in their timestamps.
     for key in ["i1", "i9223372032828243968"] {
-        let a = Command::new("redis-cli")
-            .args([
-                "-p",
-                &redis.port.to_string(),
-                "-a",
-                META_PASSWORD,
-                "--no-auth-warning",
-                "-n",
-                &db.to_string(),
-                "--no-raw",
-                "strlen",
-                key,
-            ])
-            .output()
-            .unwrap();
-        let b = Command::new("redis-cli")
-            .args([
-                "-p",
-                &redis.port.to_string(),
-                "-a",
-                META_PASSWORD,
-                "--no-auth-warning",
-                "-n",
-                &spare.to_string(),
-                "--no-raw",
-                "strlen",
-                key,
-            ])
-            .output()
-            .unwrap();
-        assert_eq!(a.stdout, b.stdout, "{key} length");
+        let length = |db: u32| redis.cli(db, &["--no-raw", "strlen", key]);
+        assert_eq!(length(db), length(spare), "{key} length");
     }
     // The marker object is where juicefs puts it.
     let fs = &vol.volume_context["fsName"];

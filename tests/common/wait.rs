@@ -1,6 +1,5 @@
 //! Bounded polling: the one way tests wait for something another process changes.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// Calls `check` every `every` until it returns `Some` or `within` has passed; a last
@@ -19,22 +18,6 @@ pub fn poll_until<T>(within: Duration, every: Duration, mut check: impl FnMut() 
     }
 }
 
-/// [`poll_until`] for async tests: the check may await, and the pause does not block
-/// the runtime.
-pub async fn poll_until_async<T, F, Fut>(within: Duration, every: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return Some(v);
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return None;
-        }
-        tokio::time::sleep(every.min(deadline - now)).await;
-    }
-}
+/// [`poll_until`] for async tests: the crate's own bounded poll, whose check may await
+/// and whose pause does not block the runtime.
+pub use kelp::wait::poll_until as poll_until_async;
