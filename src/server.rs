@@ -48,41 +48,38 @@ pub async fn serve(
         tokio::time::sleep(DRAIN_LIMIT).await;
         warn!("drain limit reached; exiting with RPCs or connections still open");
     };
-    let result = match endpoint {
-        Endpoint::Unix(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+    let serving: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>>>> =
+        match endpoint {
+            Endpoint::Unix(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                // A socket left by a killed process would make bind fail.
+                match std::fs::remove_file(path) {
+                    Ok(()) => info!(path = %path.display(), "replaced stale socket"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                let listener = tokio::net::UnixListener::bind(path)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+                info!(endpoint = %path.display(), "listening");
+                Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown))
             }
-            // A socket left by a killed process would make bind fail.
-            match std::fs::remove_file(path) {
-                Ok(()) => info!(path = %path.display(), "replaced stale socket"),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+            Endpoint::Tcp(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await?;
+                info!(endpoint = %listener.local_addr()?, "listening");
+                // Small RPCs over HTTP/2 stall on Nagle's algorithm without this.
+                let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |s| {
+                    s.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                });
+                Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown))
             }
-            let listener = tokio::net::UnixListener::bind(path)?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-            info!(endpoint = %path.display(), "listening");
-            let serving = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
-            tokio::select! {
-                r = serving => r,
-                () = drain_limit => Ok(()),
-            }
-        }
-        Endpoint::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
-            info!(endpoint = %listener.local_addr()?, "listening");
-            // Small RPCs over HTTP/2 stall on Nagle's algorithm without this.
-            let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |s| {
-                s.inspect(|s| {
-                    let _ = s.set_nodelay(true);
-                })
-            });
-            let serving = router.serve_with_incoming_shutdown(incoming, shutdown);
-            tokio::select! {
-                r = serving => r,
-                () = drain_limit => Ok(()),
-            }
-        }
+        };
+    let result = tokio::select! {
+        r = serving => r,
+        () = drain_limit => Ok(()),
     };
     if let Endpoint::Unix(path) = endpoint {
         let _ = std::fs::remove_file(path);

@@ -205,8 +205,7 @@ impl Kelp {
         self.proc.as_mut().is_some_and(|p| p.is_running())
     }
 
-    /// SIGKILL, then reaps it.
-    /// Kills kelp by pid. Under `kelp init` its `kelp serve` is ended too (by pid, as
+    /// Kills kelp by pid (SIGKILL) and reaps it. Under `kelp init` its `kelp serve` is ended too (by pid, as
     /// init's child), so nothing of a failed test keeps running.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
