@@ -25,9 +25,12 @@ pub struct InitArgs {
     command: Vec<String>,
 }
 
-/// The first restart waits this long, each further one twice as long, up to the cap.
+/// The first restart waits about this long, each further one about twice as long
+/// (with jitter), up to the cap.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Kept short: while `kelp serve` is down no volume can be published on the node,
+/// and starting it costs little.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A `kelp serve` that ran this long was healthy: the next restart is quick again.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
@@ -54,7 +57,8 @@ pub fn run(a: InitArgs) -> ExitCode {
         }
     };
     let exe = std::env::current_exe().unwrap_or_else(|_| "/kelp".into());
-    let mut backoff = FIRST_BACKOFF;
+    let schedule = || kelp::wait::backoff(FIRST_BACKOFF, MAX_BACKOFF);
+    let mut pauses = schedule();
     let mut serve: Option<(Pid, Instant)> = None;
     let mut restart_at = Some(Instant::now());
     let mut stopping = false;
@@ -68,9 +72,9 @@ pub fn run(a: InitArgs) -> ExitCode {
                         restart_at = None;
                     }
                     Err(e) => {
-                        eprintln!("kelp init: cannot start kelp serve: {e}; retrying in {backoff:?}");
-                        restart_at = Some(Instant::now() + backoff);
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        let pause = pauses.next().unwrap_or(MAX_BACKOFF);
+                        eprintln!("kelp init: cannot start kelp serve: {e}; retrying in {pause:?}");
+                        restart_at = Some(Instant::now() + pause);
                     }
                 }
             }
@@ -111,11 +115,11 @@ pub fn run(a: InitArgs) -> ExitCode {
                                 return ExitCode::SUCCESS;
                             }
                             if started.elapsed() >= HEALTHY_RUN {
-                                backoff = FIRST_BACKOFF;
+                                pauses = schedule();
                             }
-                            eprintln!("kelp init: kelp serve (pid {pid}) ended; restarting in {backoff:?}");
-                            restart_at = Some(Instant::now() + backoff);
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            let pause = pauses.next().unwrap_or(MAX_BACKOFF);
+                            eprintln!("kelp init: kelp serve (pid {pid}) ended; restarting in {pause:?}");
+                            restart_at = Some(Instant::now() + pause);
                         }
                         Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
                         Ok(_) => {}

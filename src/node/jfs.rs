@@ -100,21 +100,17 @@ impl JuicefsConfig {
         }
         // `--background` returns once the mount answers; make sure it is JuiceFS's root.
         let left = self.ready_timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
-        let deadline = Instant::now() + left;
-        loop {
-            if mount::health(m.mount_point, Duration::from_secs(2)).await == (Health::Alive { root: true }) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    volume: m.fs_name.into(),
-                    path: m.mount_point.display().to_string(),
-                    secs: self.ready_timeout.as_secs(),
-                    log_tail: log_tail(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let ready = crate::wait::poll_until(left, Duration::from_millis(400), || async {
+            (mount::health(m.mount_point, Duration::from_secs(2)).await == (Health::Alive { root: true }))
+                .then_some(())
+        })
+        .await;
+        ready.ok_or_else(|| Error::Timeout {
+            volume: m.fs_name.into(),
+            path: m.mount_point.display().to_string(),
+            secs: self.ready_timeout.as_secs(),
+            log_tail: log_tail(),
+        })
     }
 
     /// Whether a juicefs process of this volume runs: one whose arguments hold the

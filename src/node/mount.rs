@@ -1,15 +1,12 @@
 //! Mount helpers: reading the mount table, bind mounts, unmounts that cope with dead
 //! FUSE connections, and a health probe that never hangs the caller forever.
 
-use nix::errno::Errno;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use sys_mount::{Mount, MountFlags, UnmountFlags};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{op} {path:?}: {errno}")]
-    Sys { op: &'static str, path: String, errno: Errno },
     #[error("{op} {path:?}: {source}")]
     Io { op: &'static str, path: String, source: std::io::Error },
     #[error("mount of {volume} at {path:?} was not ready after {secs} s; juicefs log tail:\n{log_tail}")]
@@ -21,10 +18,6 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
-
-fn sys<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> Error + 'a {
-    move |errno| Error::Sys { op, path: path.display().to_string(), errno }
-}
 
 pub fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |source| Error::Io { op, path: path.display().to_string(), source }
@@ -130,22 +123,24 @@ pub async fn health(path: &Path, within: Duration) -> Health {
 }
 
 fn libc_enotconn() -> i32 {
-    Errno::ENOTCONN as i32
+    libc::ENOTCONN
 }
 
 /// Bind-mounts `source` on `target` (both may be `/proc/self/fd/N` paths of opened
 /// directories, so the checked directories are the ones used).
 pub fn bind(source: &Path, target: &Path) -> Result<()> {
-    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(sys("bind mount", target))
+    Mount::builder().flags(MountFlags::BIND).mount(source, target).map(drop).map_err(io("bind mount", target))
 }
 
 /// Makes the bind mount at `mounted` read-only for real (the kernel ignores
 /// MS_RDONLY on the bind itself). `mounted` must name the new mount's root, e.g. a
 /// descriptor opened after the bind.
 pub fn remount_read_only(mounted: &Path) -> Result<()> {
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-    mount(None::<&str>, mounted, None::<&str>, flags, None::<&str>).map_err(sys("read-only remount", mounted))
+    Mount::builder()
+        .flags(MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY)
+        .mount("", mounted)
+        .map(drop)
+        .map_err(io("read-only remount", mounted))
 }
 
 /// Unmounts the JuiceFS mounts of `fs_name` at `path`, never anything else: a mount
@@ -163,32 +158,41 @@ pub fn unmount_juicefs(path: &Path, fs_name: &str) -> Result<()> {
     }
 }
 
-/// Unmounts the topmost mount at `path`; busy or dead ones are detached lazily.
+/// `UMOUNT_NOFOLLOW`, spelled out: sys-mount 3.1's `UnmountFlags::NOFOLLOW` holds
+/// `O_NOFOLLOW` (0x20000), a bit `umount2` rejects with EINVAL, so every unmount
+/// asking for it would fail as "not a mount point".
+const NOFOLLOW: UnmountFlags = UnmountFlags::from_bits_retain(libc::UMOUNT_NOFOLLOW);
+
+/// Unmounts the topmost mount at `path` without following a symlink there.
 fn unmount_top(path: &Path) -> Result<()> {
-    match umount2(path, MntFlags::UMOUNT_NOFOLLOW) {
-        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
-        Err(Errno::EBUSY) | Err(Errno::ENOTCONN) | Err(Errno::EIO) => {
-            umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).map_err(sys("lazy unmount", path))
+    unmount_with(path, NOFOLLOW)
+}
+
+/// Unmounts once with `flags`. Nothing mounted counts as done; a busy or dead mount
+/// (a task still has files open, or its FUSE daemon is gone) is detached lazily, so
+/// the path is free at once and the kernel lets go when the last user does.
+fn unmount_with(path: &Path, flags: UnmountFlags) -> Result<()> {
+    let errno = |e: &std::io::Error| e.raw_os_error().unwrap_or(0);
+    match sys_mount::unmount(path, flags) {
+        Ok(()) => Ok(()),
+        // "Not a mount point" is done only if the table agrees; a mount the kernel
+        // will not unmount must not make a caller loop on it.
+        Err(e) if matches!(errno(&e), libc::EINVAL | libc::ENOENT) && mount_at(path).is_none() => Ok(()),
+        Err(e) if matches!(errno(&e), libc::EBUSY | libc::ENOTCONN | libc::EIO) => {
+            sys_mount::unmount(path, flags | UnmountFlags::DETACH).map_err(io("lazy unmount", path))
         }
-        Err(e) => Err(sys("unmount", path)(e)),
+        Err(e) => Err(io("unmount", path)(e)),
     }
 }
 
-/// Unmounts everything at `path`. A busy or dead mount is detached lazily so the
-/// path is free at once; nothing mounted is success.
+/// Unmounts everything at `path` (stacked mounts one by one); nothing mounted is
+/// success.
 pub fn unmount(path: &Path) -> Result<()> {
     for _ in 0..8 {
         if mount_at(path).is_none() {
             return Ok(());
         }
-        match umount2(path, MntFlags::empty()) {
-            Ok(()) => {}
-            Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(()),
-            Err(Errno::EBUSY) | Err(Errno::ENOTCONN) | Err(Errno::EIO) => {
-                umount2(path, MntFlags::MNT_DETACH).map_err(sys("lazy unmount", path))?
-            }
-            Err(e) => return Err(sys("unmount", path)(e)),
-        }
+        unmount_with(path, UnmountFlags::empty())?;
     }
     Ok(())
 }
@@ -206,5 +210,27 @@ mod tests {
         assert_eq!(m[1].fs_type, "fuse.juicefs");
         assert_eq!(m[1].source, "JuiceFS:media");
         assert_eq!(m[1].device, "0:52");
+    }
+
+    /// Needs root (as the whole node service does); skipped otherwise.
+    #[test]
+    fn binds_and_unmounts_without_following_symlinks() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&dst).unwrap();
+        bind(&src, &dst).unwrap();
+        assert!(mount_at(&dst).is_some());
+        // Through a symlink nothing is unmounted, and the error says so.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&dst, &link).unwrap();
+        assert!(unmount_top(&link).is_ok(), "nothing is mounted at the link itself");
+        assert!(mount_at(&dst).is_some(), "the symlink was not followed");
+        unmount_top(&dst).unwrap();
+        assert!(mount_at(&dst).is_none());
+        assert!(unmount_top(&dst).is_ok(), "unmounting nothing is done");
     }
 }

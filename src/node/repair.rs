@@ -10,9 +10,13 @@ use super::mount::{self, Health};
 use super::stage::StageRequest;
 use crate::error::{Error, Result};
 use crate::volume::VolumeId;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
+
+/// The longest a failing volume waits between repair attempts.
+const RETRY_CAP: Duration = Duration::from_secs(60);
 
 impl NodeCore {
     /// Brings a staged volume back to health: remounts a dead or missing JuiceFS
@@ -94,18 +98,67 @@ impl NodeCore {
     }
 }
 
-/// One pass over every staged volume.
-pub async fn tick(core: &NodeCore) {
+/// A volume whose repair keeps failing: tried again on a growing schedule, not on
+/// every pass, and logged when it starts failing and when it recovers, not each time.
+struct Streak {
+    failures: u32,
+    next: Instant,
+    pauses: Box<dyn Iterator<Item = Duration> + Send>,
+}
+
+/// The failure streaks of the volumes whose upkeep currently fails.
+#[derive(Default)]
+pub struct Retries(HashMap<VolumeId, Streak>);
+
+impl Retries {
+    fn due(&self, id: &VolumeId) -> bool {
+        self.0.get(id).is_none_or(|s| Instant::now() >= s.next)
+    }
+
+    fn failed(&mut self, id: &VolumeId, first_every: Duration, what: &str, e: &Error) {
+        let streak = self.0.entry(id.clone()).or_insert_with(|| Streak {
+            failures: 0,
+            next: Instant::now(),
+            pauses: Box::new(crate::wait::backoff(first_every, RETRY_CAP.max(first_every))),
+        });
+        streak.failures += 1;
+        let pause = streak.pauses.next().unwrap_or(RETRY_CAP);
+        streak.next = Instant::now() + pause;
+        if streak.failures == 1 {
+            warn!(volume_id = %id, error = %e, retry_in = ?pause, "{what} failed; retrying with backoff (logged again when it recovers)");
+        } else {
+            tracing::debug!(volume_id = %id, error = %e, failures = streak.failures, retry_in = ?pause, "{what} still failing");
+        }
+    }
+
+    fn succeeded(&mut self, id: &VolumeId) {
+        if let Some(s) = self.0.remove(id) {
+            info!(volume_id = %id, failures = s.failures, "volume upkeep works again");
+        }
+    }
+}
+
+/// One pass over every staged volume; volumes in a failure streak are skipped until
+/// their next try is due.
+pub async fn tick(core: &NodeCore, retries: &mut Retries) {
     crate::failpoint::panic_once("repair:tick");
-    for id in core.snapshot().volumes.into_keys() {
+    let volumes = core.snapshot().volumes;
+    retries.0.retain(|id, _| volumes.contains_key(id));
+    for (id, v) in volumes {
+        if !retries.due(&id) {
+            continue;
+        }
         // A volume busy with an RPC is looked at on the next pass.
         let Ok(_guard) = core.locks.lock(&id.to_string(), Duration::from_millis(50)).await else { continue };
-        let Some(v) = core.staged(&id) else { continue };
+        let Some(v) = core.staged(&id).filter(|now| now.staging_path == v.staging_path) else { continue };
         match core.drop_vanished(&id).await {
-            Ok(true) => continue,
+            Ok(true) => {
+                retries.succeeded(&id);
+                continue;
+            }
             Ok(false) => {}
             Err(e) => {
-                warn!(volume_id = %id, error = %e, "cannot check whether the volume still exists; checking again later");
+                retries.failed(&id, core.cfg.repair_interval, "checking whether the volume still exists", &e);
                 continue;
             }
         }
@@ -116,28 +169,45 @@ pub async fn tick(core: &NodeCore) {
                 idle_secs = idle_for,
                 "releasing staged volume: nothing has published it for the idle period (Swarm may not send NodeUnstageVolume)"
             );
-            if let Err(e) = core.unstage(&id, &v.staging_path).await {
-                warn!(volume_id = %id, error = %e, "release failed; retrying on the next pass");
+            match core.unstage(&id, &v.staging_path).await {
+                Ok(()) => retries.succeeded(&id),
+                Err(e) => retries.failed(&id, core.cfg.repair_interval, "release", &e),
             }
             continue;
         }
-        if let Err(e) = core.repair(&id).await {
-            warn!(volume_id = %id, error = %e, "repair failed; retrying on the next pass");
+        match core.repair(&id).await {
+            Ok(_) => retries.succeeded(&id),
+            Err(e) => retries.failed(&id, core.cfg.repair_interval, "repair", &e),
         }
     }
 }
 
 /// Announces the node (its heartbeat, which decides when a silent node's volumes may
-/// be taken over) and runs [`tick`], forever, at the configured interval.
+/// be taken over) and runs [`tick`], forever, at the configured interval. The
+/// heartbeat is logged when it starts failing and when it works again.
 pub async fn run(core: Arc<NodeCore>) {
-    let mut announced = false;
+    let mut heartbeat_ok: Option<bool> = None;
+    let mut retries = Retries::default();
     loop {
         match core.announce().await {
-            Ok(()) => announced = true,
-            Err(e) if !announced => warn!(error = %e, "cannot announce this node yet; retrying"),
-            Err(e) => warn!(error = %e, "node heartbeat failed; retrying"),
+            Ok(()) => {
+                if heartbeat_ok == Some(false) {
+                    info!("node heartbeat works again");
+                }
+                heartbeat_ok = Some(true);
+            }
+            Err(e) => {
+                match heartbeat_ok {
+                    None => {
+                        warn!(error = %e, "cannot announce this node yet; retrying every repair interval")
+                    }
+                    Some(true) => warn!(error = %e, "node heartbeat failed; retrying every repair interval"),
+                    Some(false) => tracing::debug!(error = %e, "node heartbeat still failing"),
+                }
+                heartbeat_ok = Some(false);
+            }
         }
-        tick(&core).await;
+        tick(&core, &mut retries).await;
         tokio::time::sleep(core.cfg.repair_interval).await;
     }
 }
