@@ -44,13 +44,12 @@ pub enum Master {
     Home,
 }
 
-/// The pinning rule. `local_shared_writes` is the volume's explicit opt-in
-/// (`shared-writers=local`) to let shared writers use their local masters, accepting
-/// that concurrent writers on two masters can lose updates (README, "Pinning").
-pub fn master_for(role: Role, local_shared_writes: bool) -> Master {
+/// The pinning rule. Writers on several nodes always share the home master: two
+/// masters handing out inode and chunk numbers for one file system at once give the
+/// same numbers twice (measured: README, "Pinning"), so there is no opt-out.
+pub fn master_for(role: Role) -> Master {
     match role {
         Role::Reader | Role::SingleNodeWriter => Master::Local,
-        Role::SharedWriter if local_shared_writes => Master::Local,
         Role::SharedWriter => Master::Home,
     }
 }
@@ -123,12 +122,11 @@ mod tests {
 
     #[test]
     fn pinning_rule() {
-        assert_eq!(master_for(role(Mode::SingleNodeWriter, false), false), Master::Local);
-        assert_eq!(master_for(role(Mode::MultiNodeReaderOnly, false), false), Master::Local);
-        assert_eq!(master_for(role(Mode::MultiNodeMultiWriter, true), false), Master::Local);
-        assert_eq!(master_for(role(Mode::MultiNodeMultiWriter, false), false), Master::Home);
-        assert_eq!(master_for(role(Mode::MultiNodeSingleWriter, false), false), Master::Home);
-        assert_eq!(master_for(role(Mode::MultiNodeMultiWriter, false), true), Master::Local);
+        assert_eq!(master_for(role(Mode::SingleNodeWriter, false)), Master::Local);
+        assert_eq!(master_for(role(Mode::MultiNodeReaderOnly, false)), Master::Local);
+        assert_eq!(master_for(role(Mode::MultiNodeMultiWriter, true)), Master::Local);
+        assert_eq!(master_for(role(Mode::MultiNodeMultiWriter, false)), Master::Home);
+        assert_eq!(master_for(role(Mode::MultiNodeSingleWriter, false)), Master::Home);
     }
 
     #[test]

@@ -411,9 +411,4 @@ async fn shared_writers_commit_through_one_master() {
     for i in [1, 2] {
         c.release(&vol, i).await;
     }
-
-    // The explicit opt-in sends shared writers to their local masters.
-    let local = c.create("shared-local", Mode::MultiNodeMultiWriter, &[("shared-writers", "local")]).await;
-    let ctx = c.controller_publish(&local, 1, Mode::MultiNodeMultiWriter).await.unwrap();
-    assert!(!ctx.contains_key("kelp/meta"));
 }

@@ -18,9 +18,7 @@ pub async fn publish(
     role: Role,
 ) -> Result<PublishContext> {
     let mut ctx = PublishContext::default();
-    if pinning::master_for(role, spec.params.shared_writers_local) == Master::Home
-        && !spec.home_meta.is_empty()
-    {
+    if pinning::master_for(role) == Master::Home && !spec.home_meta.is_empty() {
         ctx.home = Some(spec.home_meta.clone());
     }
     if role == Role::SingleNodeWriter {
