@@ -337,6 +337,63 @@ async fn per_volume_cache_settings_reach_the_mount() {
     assert!(mounts_under(&b.root).is_empty());
 }
 
+/// A node whose own master cannot hold a volume refuses to stage it with
+/// FailedPrecondition naming the setting, and mounts nothing. At start it reports
+/// every problem with its master's configuration, in its log and in `kelp admin
+/// nodes`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_refuses_what_its_master_cannot_hold_and_says_why() {
+    let b = bed("node-guard");
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-guard", GIB).await.unwrap();
+    let bad = Redis::start_with(
+        Some(META_PASSWORD),
+        &["--databases", "1", "--maxmemory-policy", "allkeys-lru", "--appendfsync", "everysec"],
+    );
+    let node = KelpBuilder::new()
+        .redis(&bad)
+        .weed(b.weed)
+        .services("node")
+        .args(["--node-id=guard-node", "--repair-interval=1"])
+        .start();
+    let mut n = csi::connect(&node.endpoint).await;
+    let staging = b.root.join("st");
+    let e = n.stage(&vol.volume_id, &s(&staging), Mode::SingleNodeWriter).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("`databases`") && e.message().contains("no database"), "{}", e.message());
+    assert!(mounts_under(&b.root).is_empty(), "nothing was mounted");
+    assert!(juicefs_pids("node-guard").is_empty(), "no juicefs was started");
+
+    let warned =
+        |what: &str| node.log_text().lines().any(|l| l.contains("metadata master") && l.contains(what));
+    let all = ["maxmemory-policy", "appendfsync", "databases"];
+    assert!(
+        poll_until(Duration::from_secs(20), Duration::from_millis(200), || all
+            .iter()
+            .all(|w| warned(w))
+            .then_some(()))
+        .is_some(),
+        "start-up warnings: {}",
+        node.log_text()
+    );
+    // Each problem is logged once, not at every heartbeat.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = node.log_text();
+    assert_eq!(log.lines().filter(|l| l.contains("metadata master") && l.contains("appendfsync")).count(), 1);
+    let admin = std::process::Command::new(kelp_bin())
+        .args(["admin", "--meta-url", &bad.url(), "nodes"])
+        .env("KELP_META_PASSWORD", META_PASSWORD)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&admin.stdout);
+    assert!(admin.status.success(), "{table}{}", String::from_utf8_lossy(&admin.stderr));
+    for w in all {
+        assert!(table.contains(w), "kelp admin nodes shows {w}: {table}");
+    }
+    assert!(table.contains("guard-node"), "{table}");
+    c.delete(&vol.volume_id).await.unwrap();
+}
+
 /// With the default `trash-days=0`, deleting files on a full volume gives the space
 /// back at once; with juicefs's default trash the writer stayed on ENOSPC for a day.
 #[tokio::test(flavor = "multi_thread")]

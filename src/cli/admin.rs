@@ -22,6 +22,9 @@ pub struct AdminArgs {
 enum AdminCommand {
     /// Every volume: id, state, home master, writer node, epoch and fence.
     Volumes,
+    /// Every node that announced itself: its master, when it was last heard from,
+    /// and what it found wrong with its master's configuration.
+    Nodes,
     /// Buckets kelp made (`kelp-*`) that no registry entry owns, e.g. after
     /// `docker volume rm -f` and a manual cleanup; `--delete` removes them with their
     /// data. Not automatic: several kelp clusters may share one filer, and a bucket is
@@ -40,6 +43,7 @@ pub async fn run(a: AdminArgs) -> Result<()> {
     let meta = MetaServer::new(MetaUrl::parse(&a.meta_url)?.with_password(a.meta_password.as_deref()));
     match a.command {
         AdminCommand::Volumes => volumes(&meta).await,
+        AdminCommand::Nodes => nodes(&meta).await,
         AdminCommand::Orphans { filer, delete } => orphans(&meta, &Filer::new(&filer)?, delete).await,
     }
 }
@@ -61,6 +65,19 @@ async fn orphans(meta: &MetaServer, filer: &Filer, delete: bool) -> Result<()> {
     }
     if found == 0 {
         println!("no orphan buckets");
+    }
+    Ok(())
+}
+
+async fn nodes(meta: &MetaServer) -> Result<()> {
+    println!("{:<20} {:<30} {:>9}  WARNINGS", "NODE", "MASTER", "SEEN");
+    for n in meta.nodes().await? {
+        let seen = format!("{} s ago", kelp::unix_now() - n.updated_unix);
+        let first = n.warnings.first().map_or("none", String::as_str);
+        println!("{:<20} {:<30} {seen:>9}  {first}", n.node_id, n.local_meta);
+        for w in n.warnings.iter().skip(1) {
+            println!("{:<20} {:<30} {:>9}  {w}", "", "", "");
+        }
     }
     Ok(())
 }

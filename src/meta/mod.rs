@@ -4,10 +4,12 @@
 //! allocation, known nodes); every volume's JuiceFS metadata lives alone in a database
 //! of its own, so destroying a volume is one `FLUSHDB` and nothing else is touched.
 
+mod checks;
 mod fence;
 mod registry;
 mod url;
 
+pub use checks::{findings, Finding, MasterConfig};
 pub use registry::{NodeRecord, Reservation, VolumeRecord, VolumeState};
 pub use url::MetaUrl;
 
@@ -129,18 +131,17 @@ impl MetaServer {
         self.databases
             .get_or_try_init(|| async {
                 let reply: Vec<String> = match self
-                    .registry(|mut c| async move { redis::cmd("CONFIG").arg("GET").arg("databases").query_async(&mut c).await })
+                    .registry(|mut c| async move {
+                        redis::cmd("CONFIG").arg("GET").arg("databases").query_async(&mut c).await
+                    })
                     .await
                 {
                     Ok(v) => v,
                     Err(Error::Command { .. }) => Vec::new(),
                     Err(e) => return Err(e),
                 };
-                let n = reply.get(1).and_then(|n| n.parse().ok()).unwrap_or(16);
-                if n <= 16 {
-                    tracing::warn!(databases = n, server = %self.url, "the metadata server offers few databases and kelp uses one per volume; raise `databases` in its configuration");
-                }
-                Ok(n)
+                // Too few is reported by the node's start-up checks (`checks`).
+                Ok(reply.get(1).and_then(|n| n.parse().ok()).unwrap_or(16))
             })
             .await
             .copied()

@@ -78,6 +78,9 @@ pub struct NodeRecord {
     /// The node's metadata master as other nodes reach it (never with a password).
     pub local_meta: String,
     pub updated_unix: i64,
+    /// Problems the node found with its master's configuration (`meta::findings`).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 // Allocate the lowest free database number >= 1 and register the volume, atomically.
@@ -326,6 +329,17 @@ impl MetaServer {
             async move { c.hset::<_, _, _, ()>(NODES, &node.node_id, json).await }
         })
         .await
+    }
+
+    /// Every node that ever announced itself, by id.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        let all: Vec<(String, String)> = self.registry(|mut c| async move { c.hgetall(NODES).await }).await?;
+        let mut nodes: Vec<NodeRecord> = all
+            .into_iter()
+            .map(|(_, j)| serde_json::from_str(&j).map_err(|e| corrupt(NODES, e)))
+            .collect::<Result<_>>()?;
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(nodes)
     }
 
     pub async fn node(&self, node_id: &str) -> Result<Option<NodeRecord>> {

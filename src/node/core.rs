@@ -7,7 +7,7 @@ use super::paths::PathPolicy;
 use super::state::{NodeState, StagedVolume, StateFile};
 use crate::error::{Error, Result};
 use crate::locks::VolumeLocks;
-use crate::meta::{MetaServer, MetaUrl, NodeRecord};
+use crate::meta::{findings, Finding, MetaServer, MetaUrl, NodeRecord};
 use crate::volume::VolumeId;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -64,14 +64,20 @@ impl NodeCore {
         })
     }
 
-    /// Announces this node with a fresh timestamp: its heartbeat.
-    pub async fn announce(&self) -> Result<()> {
+    /// Announces this node with a fresh timestamp (its heartbeat) and what is wrong
+    /// with its master's configuration. Returns those findings.
+    pub async fn announce(&self) -> Result<Vec<Finding>> {
+        // The checks must not stop the heartbeat: a master that cannot be read now is
+        // reported by the heartbeat's own failure, or checked on the next beat.
+        let found = self.meta.master_config().await.map(|c| findings(&c)).unwrap_or_default();
         let record = NodeRecord {
             node_id: self.cfg.node_id.clone(),
             local_meta: self.cfg.advertise.clone(),
             updated_unix: crate::unix_now(),
+            warnings: found.iter().map(ToString::to_string).collect(),
         };
-        self.registry.register_node(&record).await.map_err(Into::into)
+        self.registry.register_node(&record).await?;
+        Ok(found)
     }
 
     /// The master a volume is mounted against: its home when given, else the local one.

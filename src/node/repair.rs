@@ -9,6 +9,7 @@ use super::fuse_fd;
 use super::mount::{self, Health};
 use super::stage::StageRequest;
 use crate::error::{Error, Result};
+use crate::meta::Finding;
 use crate::volume::VolumeId;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -184,17 +185,26 @@ pub async fn tick(core: &NodeCore, retries: &mut Retries) {
 
 /// Announces the node (its heartbeat, which decides when a silent node's volumes may
 /// be taken over) and runs [`tick`], forever, at the configured interval. The
-/// heartbeat is logged when it starts failing and when it works again.
+/// heartbeat is logged when it starts failing and when it works again; each problem
+/// with the master's configuration when it appears and when it is gone.
 pub async fn run(core: Arc<NodeCore>) {
     let mut heartbeat_ok: Option<bool> = None;
+    let mut known: Vec<Finding> = Vec::new();
     let mut retries = Retries::default();
     loop {
         match core.announce().await {
-            Ok(()) => {
+            Ok(found) => {
                 if heartbeat_ok == Some(false) {
                     info!("node heartbeat works again");
                 }
                 heartbeat_ok = Some(true);
+                for f in found.iter().filter(|f| !known.contains(f)) {
+                    warn!(setting = f.setting, server = %core.meta.url(), "metadata master: {}", f.problem);
+                }
+                for f in known.iter().filter(|f| !found.contains(f)) {
+                    info!(setting = f.setting, server = %core.meta.url(), "metadata master: {} is fixed", f.setting);
+                }
+                known = found;
             }
             Err(e) => {
                 match heartbeat_ok {

@@ -277,6 +277,13 @@ impl NodeCore {
                 "volume {id} does not exist on metadata server {}",
                 server.url()
             ))),
+            // The master is short of databases: the volume may well exist (and must
+            // not be dropped as vanished); this node cannot serve it until fixed.
+            Err(juicefs::Error::Meta(crate::meta::Error::NoSuchDatabase { server, db })) => {
+                Err(Error::FailedPrecondition(format!(
+                    "metadata server {server} has no database {db}, where volume {id} keeps its metadata: set `databases` above {db} (e.g. 1024) in that server's configuration and restart it. On KeyDB multi-master every peer needs the same value: a peer with fewer silently drops replicated writes to the others"
+                )))
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -32,17 +32,26 @@ pub struct Redis {
     pub dir: PathBuf,
     pub password: Option<String>,
     pub proc: Option<Proc>,
+    /// Settings given after the defaults, e.g. `--databases 1` to test a bad master.
+    pub overrides: Vec<String>,
 }
 
 impl Redis {
     /// A redis-server with [`DATABASES`] databases, persisting to AOF so a restart
     /// keeps data.
     pub fn start(password: Option<&str>) -> Redis {
+        Redis::start_with(password, &[])
+    }
+
+    /// Like [`Redis::start`], with settings that override the defaults (the last
+    /// occurrence of a setting wins).
+    pub fn start_with(password: Option<&str>, overrides: &[&str]) -> Redis {
         let mut r = Redis {
             port: free_port(),
             dir: scratch("redis"),
             password: password.map(String::from),
             proc: None,
+            overrides: overrides.iter().map(|s| s.to_string()).collect(),
         };
         r.restart();
         r
@@ -56,6 +65,7 @@ impl Redis {
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.overrides)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(p) = &self.password {
