@@ -42,6 +42,36 @@ if [[ "${KELP_NEED_CSI_SANITY:-0}" == 1 ]]; then
   fi
 fi
 
+# Valkey 8 comes from bookworm-backports, through an apt source of kelp's own
+# (backports are never installed unless asked for by name, so nothing else changes).
+if [[ "${KELP_NEED_VALKEY:-0}" == 1 ]] && ! command -v valkey-server >/dev/null; then
+  list=/etc/apt/sources.list.d/kelp-bookworm-backports.sources
+  if [[ ! -f $list ]]; then
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' >"$list"
+  fi
+  log "apt-get install -t bookworm-backports valkey-server"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq -t bookworm-backports valkey-server >/dev/null
+fi
+
+# KeyDB: no registry ships it. ../shared/keydb/build.sh builds 6.3.4 from a source
+# tarball once per machine (scripts/env.sh puts it on PATH); without that script a
+# keydb-server already on PATH is used, and without either the KeyDB tests say they
+# ran on Redis instead.
+if [[ "${KELP_NEED_KEYDB:-0}" == 1 ]] && ! command -v keydb-server >/dev/null; then
+  build=$(dirname "$0")/../../shared/keydb/build.sh
+  if [[ -x $build ]]; then
+    log "building KeyDB 6.3.4 (about 6 minutes, once per machine)"
+    started=$SECONDS
+    "$build" >/dev/null
+    log "KeyDB built in $((SECONDS - started)) s"
+  else
+    log "no keydb-server and no ../shared/keydb/build.sh: multi-master tests fall back to Redis replicas"
+  fi
+fi
+
 command -v cargo >/dev/null || { log "cargo is missing: install Rust (rustup) first"; exit 1; }
 [[ -e /dev/fuse ]] || { log "/dev/fuse is missing: kelp's node service needs FUSE"; exit 1; }
+source "$(dirname "$0")/env.sh"
 log "ok: $(weed version 2>/dev/null | head -1); $(juicefs version 2>/dev/null); $(redis-server --version | cut -d' ' -f1-3)"

@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-export KELP_NEED_CSI_SANITY=1
+export KELP_NEED_CSI_SANITY=1 KELP_NEED_VALKEY=1 KELP_NEED_KEYDB=1
 scripts/deps.sh
+source scripts/env.sh # KeyDB, if deps.sh just built it
 
 # Gates first: formatting and lints fail the run before anything slow starts.
 cargo fmt --check
@@ -21,8 +22,13 @@ rm -rf .kelp-test
 
 status=0
 # Two test threads: every integration test starts real servers, and the machine has two cores.
+# Metadata on redis-server; the multi-node bed runs KeyDB multi-master when keydb-server exists.
 cargo test --locked -- --test-threads=2 || status=1
 tests/csi-sanity/run.sh || status=1
+# The same driver on Valkey 8: provisioning, the node service and conformance.
+echo "== on Valkey: $(valkey-server --version | cut -d' ' -f1-3)"
+KELP_META_SERVER=valkey cargo test --locked --test provision --test node -- --test-threads=2 || status=1
+KELP_META_SERVER=valkey tests/csi-sanity/run.sh || status=1
 tests/swarm/run.sh || status=1
 
 left=$(grep -c "$(pwd)/.kelp-test" /proc/self/mountinfo || true)

@@ -20,12 +20,27 @@ wait_port() { # port seconds
   return 1
 }
 
-# start_redis DIR -> sets REDIS_PORT
+# The metadata server's program, chosen by KELP_META_SERVER: redis (default),
+# valkey or keydb. They take the same arguments for everything kelp sets.
+meta_server_bin() {
+  case ${KELP_META_SERVER:-redis} in
+    redis) echo redis-server ;;
+    valkey) echo valkey-server ;;
+    keydb) echo keydb-server ;;
+    *) echo "KELP_META_SERVER=$KELP_META_SERVER: expected redis, valkey or keydb" >&2; return 1 ;;
+  esac
+}
+
+# start_redis DIR -> sets REDIS_PORT. Durable as kelp expects of a master: every
+# commit is fsync'd before it is acknowledged.
 start_redis() {
   REDIS_PORT=$(free_port)
   mkdir -p "$1"
-  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --databases 1024 --save '' \
-    --appendonly yes --dir "$1" >"$1/redis.log" 2>&1 &
+  local bin
+  bin=$(meta_server_bin)
+  echo "metadata server: $("$bin" --version | cut -d' ' -f1-3)" >&2
+  "$bin" --bind 127.0.0.1 --port "$REDIS_PORT" --databases 1024 --save '' \
+    --appendonly yes --appendfsync always --dir "$1" >"$1/redis.log" 2>&1 &
   KELP_PIDS+=($!)
   wait_port "$REDIS_PORT" 10
 }

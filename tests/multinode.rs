@@ -1,9 +1,13 @@
-//! Three simulated nodes in network namespaces, each with its own redis-server and
+//! Three simulated nodes in network namespaces, each with its own metadata master and
 //! kelp node service, one SeaweedFS and the controller in the root namespace.
-//! KeyDB multi-master is not installable here, so node 0's server is the primary
-//! and the others are writable replicas fed through delay proxies: asynchronous
-//! replication with a controllable lag. The fence logic does not care which server
-//! replicates, only that a replicated fence implies everything written before it.
+//!
+//! The masters are what a real kelp cluster runs: KeyDB active-replica multi-master
+//! peers, each replicating from both others through a delay proxy, so every
+//! replication link has a controllable lag and can be paused on its own. Without a
+//! `keydb-server` (scripts/deps.sh builds one from ../shared/keydb), the bed falls
+//! back to Redis: node 0 the primary, the others writable replicas, whose own
+//! writes never propagate; the tests that need a real multi-master say they were
+//! skipped. Each test prints which servers it ran on.
 
 mod common;
 
@@ -19,10 +23,34 @@ use tonic::Code;
 const GIB: i64 = 1 << 30;
 const META_PORT: u16 = 6379;
 
+/// The metadata servers of the bed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Masters {
+    /// KeyDB active-replica multi-master: every node's master takes writes and
+    /// replicates them to the others.
+    KeyDb,
+    /// Redis: node 0 the primary, the others writable replicas of it.
+    RedisReplicas,
+}
+
+fn masters() -> Masters {
+    let keydb = std::process::Command::new("keydb-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if keydb {
+        Masters::KeyDb
+    } else {
+        Masters::RedisReplicas
+    }
+}
+
 struct Cluster {
     _weed: Weed,
     _redis: Vec<Proc>,
-    proxies: Vec<Option<DelayProxy>>,
+    masters: Masters,
+    /// The replication link into node `i` from node `j`, by `(i, j)`.
+    links: HashMap<(usize, usize), DelayProxy>,
     _controller: Kelp,
     nodes: Vec<Option<Kelp>>,
     controller_endpoint: String,
@@ -53,31 +81,40 @@ impl Cluster {
         let bridge = net.bridge_ip().to_string();
         let weed = Weed::start_at(&bridge);
         let ips: Vec<String> = net.nodes().iter().map(|n| n.ip.to_string()).collect();
-        let primary: SocketAddr = format!("{}:{META_PORT}", ips[0]).parse().unwrap();
+        let masters = masters();
+        eprintln!("multinode: metadata masters are {masters:?}");
         let mut redis = Vec::new();
-        let mut proxies = vec![None];
+        let mut links = HashMap::new();
         for (i, ip) in ips.iter().enumerate() {
-            let mut cmd = net.command(i, "redis-server");
+            // Replicate from every other node (KeyDB) or from node 0 (Redis replicas).
+            let sources: Vec<usize> = match masters {
+                Masters::KeyDb => (0..ips.len()).filter(|&j| j != i).collect(),
+                Masters::RedisReplicas if i > 0 => vec![0],
+                Masters::RedisReplicas => vec![],
+            };
+            let program = if masters == Masters::KeyDb { "keydb-server" } else { "redis-server" };
+            let mut cmd = net.command(i, program);
             cmd.args(["--bind", "0.0.0.0", "--port", &META_PORT.to_string(), "--protected-mode", "no"])
                 .args(["--save", "", "--appendonly", "no", "--databases", &DATABASES.to_string()])
                 .arg("--dir")
-                .arg(scratch("mn-redis"))
-                // Full syncs start at once instead of after redis's 5 s batching delay.
+                .arg(scratch("mn-meta"))
+                // Full syncs start at once instead of after a 5 s batching delay.
                 .args(["--repl-diskless-sync-delay", "0"])
                 .stdout(std::process::Stdio::null());
-            if i > 0 {
-                let proxy = DelayProxy::start(format!("{bridge}:0").parse().unwrap(), primary, delay);
-                cmd.args([
-                    "--replicaof",
-                    &bridge,
-                    &proxy.addr.port().to_string(),
-                    "--replica-read-only",
-                    "no",
-                ]);
-                proxies.push(Some(proxy));
+            if masters == Masters::KeyDb {
+                // Before any replicaof, or keydb-server refuses to start.
+                cmd.args(["--active-replica", "yes", "--multi-master", "yes"]);
+            } else if i > 0 {
+                cmd.args(["--replica-read-only", "no"]);
             }
-            redis.push(Proc { child: cmd.spawn().unwrap(), name: "redis-server" });
-            assert!(wait_addr(ip, META_PORT, Duration::from_secs(10)), "redis in node {i}");
+            for j in sources {
+                let source: SocketAddr = format!("{}:{META_PORT}", ips[j]).parse().unwrap();
+                let link = DelayProxy::start(format!("{bridge}:0").parse().unwrap(), source, delay);
+                cmd.args(["--replicaof", &bridge, &link.addr.port().to_string()]);
+                links.insert((i, j), link);
+            }
+            redis.push(Proc { child: cmd.spawn().unwrap(), name: program });
+            assert!(wait_addr(ip, META_PORT, Duration::from_secs(10)), "metadata master in node {i}");
         }
         let primary_url = format!("redis://{}:{META_PORT}", ips[0]);
         let controller = KelpBuilder::new()
@@ -103,7 +140,8 @@ impl Cluster {
         let c = Cluster {
             _weed: weed,
             _redis: redis,
-            proxies,
+            masters,
+            links,
             _controller: controller,
             nodes,
             controller_endpoint,
@@ -117,18 +155,30 @@ impl Cluster {
         c
     }
 
+    /// Waits until every replication link reports up.
     fn wait_replicas_up(&self) {
         let lagging = || -> Vec<String> {
-            self.net.nodes()[1..]
+            self.net
+                .nodes()
                 .iter()
-                .map(|n| n.ip.to_string())
-                .filter(|ip| !redis_cli(ip, &["info", "replication"]).contains("master_link_status:up"))
+                .enumerate()
+                .filter(|(i, _)| self.links.keys().any(|(to, _)| to == i))
+                .map(|(_, n)| n.ip.to_string())
+                .filter(|ip| {
+                    let info = redis_cli(ip, &["info", "replication"]);
+                    !info.contains("link_status:up") || info.contains("link_status:down")
+                })
                 .collect()
         };
-        let synced = poll_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        let synced = poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
             lagging().is_empty().then_some(())
         });
-        assert!(synced.is_some(), "replicas {:?} never synced", lagging());
+        assert!(synced.is_some(), "replication into {:?} never came up", lagging());
+    }
+
+    /// Pauses or resumes the replication link into node `to` from node `from`.
+    fn pause_link(&self, to: usize, from: usize, paused: bool) {
+        self.links[&(to, from)].pause(paused);
     }
 
     fn wait_nodes_known(&self) {
@@ -252,9 +302,26 @@ fn redis_cli(ip: &str, args: &[&str]) -> String {
 }
 
 fn write_files(dir: &Path, n: usize) {
-    std::fs::create_dir_all(dir.join("data")).unwrap();
+    write_set(dir, "data", n);
+}
+
+/// `n` files in `dir/set`, each fsync'd, and the directory fsync'd.
+fn write_set(dir: &Path, set: &str, n: usize) {
+    use std::io::Write;
+    std::fs::create_dir_all(dir.join(set)).unwrap();
     for i in 0..n {
-        std::fs::write(dir.join(format!("data/f{i}")), format!("content {i}")).unwrap();
+        let mut f = std::fs::File::create(dir.join(format!("{set}/f{i}"))).unwrap();
+        f.write_all(format!("content {i}").as_bytes()).unwrap();
+        f.sync_all().unwrap();
+    }
+    std::fs::File::open(dir.join(set)).unwrap().sync_all().unwrap();
+}
+
+fn check_set(dir: &Path, set: &str, n: usize) {
+    for i in 0..n {
+        let got = std::fs::read_to_string(dir.join(format!("{set}/f{i}")))
+            .unwrap_or_else(|e| panic!("{set}/f{i}: {e}"));
+        assert_eq!(got, format!("content {i}"), "{set}/f{i}");
     }
 }
 
@@ -300,6 +367,43 @@ async fn clean_handover_after_heavy_writes_loses_nothing() {
     assert!(mounts_under(&c.root).is_empty());
 }
 
+/// The single writer moves 0 -> 1 -> 2 -> 0, each writing its own set of files
+/// before it lets go, and each new writer finds every earlier set whole. The link
+/// from node 0 into node 2 is paused from before node 0 writes until node 2 has
+/// mounted: node 2 must get node 0's writes through node 1, or wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn handovers_in_every_direction_lose_nothing() {
+    let c = Cluster::start(Duration::from_millis(5), 20);
+    if c.masters != Masters::KeyDb {
+        eprintln!("SKIPPED handovers_in_every_direction_lose_nothing: a writer on node 1 or 2 needs a writable master that replicates, i.e. KeyDB multi-master (no keydb-server found)");
+        return;
+    }
+    let vol = c.create("every-way", Mode::SingleNodeWriter, &[]).await;
+    c.pause_link(2, 0, true);
+    let mut done: Vec<String> = Vec::new();
+    for (step, node) in [0usize, 1, 2, 0].into_iter().enumerate() {
+        let ctx = c.controller_publish(&vol, node, Mode::SingleNodeWriter).await.unwrap();
+        let started = Instant::now();
+        let t = c.mount(&vol, node, Mode::SingleNodeWriter, &ctx).await.unwrap();
+        eprintln!(
+            "handover step {step}: node {node} mounted in {:.2} s (fence {:?})",
+            started.elapsed().as_secs_f64(),
+            ctx.get("kelp/fence")
+        );
+        for set in &done {
+            check_set(&t, set, 200);
+        }
+        if step == 2 {
+            c.pause_link(2, 0, false);
+        }
+        let set = format!("step{step}-n{node}");
+        write_set(&t, &set, 200);
+        done.push(set);
+        c.release(&vol, node).await;
+    }
+    assert!(mounts_under(&c.root).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn handover_before_replication_caught_up_waits_then_succeeds() {
     let c = Cluster::start(Duration::from_millis(10), 4);
@@ -308,8 +412,12 @@ async fn handover_before_replication_caught_up_waits_then_succeeds() {
     let t0 = c.mount(&vol, 0, Mode::SingleNodeWriter, &ctx).await.unwrap();
     write_files(&t0, 50);
 
-    // Replication to node 1 stalls; node 0 lets go.
-    c.proxies[1].as_ref().unwrap().pause(true);
+    // Replication into node 1 stalls (from every peer: KeyDB peers pass on what
+    // they received, so node 0's writes could also come through node 2); node 0 lets go.
+    let into_1: Vec<usize> = c.links.keys().filter(|(to, _)| *to == 1).map(|(_, from)| *from).collect();
+    for &from in &into_1 {
+        c.pause_link(1, from, true);
+    }
     c.release(&vol, 0).await;
     let ctx = c.controller_publish(&vol, 1, Mode::SingleNodeWriter).await.unwrap();
 
@@ -341,7 +449,9 @@ async fn handover_before_replication_caught_up_waits_then_succeeds() {
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!stage.is_finished(), "the stage must wait for the fence");
-    c.proxies[1].as_ref().unwrap().pause(false);
+    for &from in &into_1 {
+        c.pause_link(1, from, false);
+    }
     let (r, waited) = stage.await.unwrap();
     r.expect("stage succeeds once the fence arrives");
     assert!(waited >= Duration::from_millis(1500));

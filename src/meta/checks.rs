@@ -121,8 +121,10 @@ pub fn findings(c: &MasterConfig) -> Vec<Finding> {
             "this node's master is a read-only replica: every mount on this node would fail to write; point --meta-url at a writable master (KeyDB active-replica)".into(),
         );
     }
-    // KeyDB multi-master lists one block per master; plain replicas one.
-    for (key, value) in info.iter().filter(|(k, v)| k.ends_with("link_status") && *v != "up") {
+    // KeyDB multi-master lists `master_*` for its first master and `master_N_*` for
+    // the others (plus a `master_global_link_status` summary); plain replicas one.
+    let links = info.iter().filter(|(k, _)| k.ends_with("link_status") && *k != "master_global_link_status");
+    for (key, value) in links.filter(|(_, v)| *v != "up") {
         let host_key = key.replace("link_status", "host");
         let host = field(&host_key).unwrap_or("?");
         add(
@@ -169,8 +171,9 @@ mod tests {
 
     #[test]
     fn replication_links_that_are_down_are_named_with_their_peer() {
-        let keydb = "role:active-replica\r\nmaster_global_link_status:up\r\n\
-                     master_0_host:10.0.0.2\r\nmaster_0_port:6379\r\nmaster_0_link_status:up\r\n\
+        // As KeyDB 6.3.4 prints it.
+        let keydb = "role:active-replica\r\nmaster_global_link_status:down\r\nconnected_masters:1\r\n\
+                     master_host:10.0.0.2\r\nmaster_port:6379\r\nmaster_link_status:up\r\n\
                      master_1_host:10.0.0.3\r\nmaster_1_port:6379\r\nmaster_1_link_status:down\r\n";
         let f = findings(&MasterConfig { replication: keydb.into(), ..good() });
         assert_eq!(f.len(), 1, "{f:?}");

@@ -27,6 +27,17 @@ pub fn wait_addr(ip: &str, port: u16, within: Duration) -> bool {
     poll_until(within, Duration::from_millis(50), || TcpStream::connect((ip, port)).ok()).is_some()
 }
 
+/// The metadata server's program, chosen like tests/lib.sh does: `KELP_META_SERVER`
+/// = redis (default), valkey or keydb.
+pub fn meta_server_bin() -> &'static str {
+    match std::env::var("KELP_META_SERVER").as_deref() {
+        Ok("valkey") => "valkey-server",
+        Ok("keydb") => "keydb-server",
+        Ok("redis") | Err(_) => "redis-server",
+        Ok(other) => panic!("KELP_META_SERVER={other}: expected redis, valkey or keydb"),
+    }
+}
+
 pub struct Redis {
     pub port: u16,
     pub dir: PathBuf,
@@ -59,7 +70,7 @@ impl Redis {
 
     pub fn restart(&mut self) {
         self.stop();
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = Command::new(meta_server_bin());
         cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--databases", &DATABASES.to_string()])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
@@ -71,9 +82,11 @@ impl Redis {
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
-        let child = cmd.spawn().expect("redis-server (apt-get install redis-server)");
-        assert!(wait_port(self.port, Duration::from_secs(10)), "redis-server did not listen");
-        self.proc = Some(Proc { child, name: "redis-server" });
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} (scripts/deps.sh installs it): {e}", meta_server_bin()));
+        assert!(wait_port(self.port, Duration::from_secs(10)), "the metadata server did not listen");
+        self.proc = Some(Proc { child, name: meta_server_bin() });
     }
 
     pub fn stop(&mut self) {
