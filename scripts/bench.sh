@@ -10,7 +10,7 @@ count=${1:-200}
 what=${2:-all}
 scripts/deps.sh
 cargo build --release --locked --quiet
-kelp="$(pwd)/target/release/kelp"
+kelp="$(realpath "${CARGO_TARGET_DIR:-target}")/release/kelp"
 source tests/lib.sh
 work="$(pwd)/.kelp-test/bench"
 rm -rf "$work"

@@ -16,7 +16,7 @@ step "Installing what is missing"
 scripts/deps.sh
 step "Building kelp (release)"
 cargo build --release --locked --quiet
-kelp="$(pwd)/target/release/kelp"
+kelp="$(realpath "${CARGO_TARGET_DIR:-target}")/release/kelp"
 
 source tests/lib.sh
 work="$(pwd)/.kelp-demo"

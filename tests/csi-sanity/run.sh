@@ -12,7 +12,7 @@ trap kelp_stop_all EXIT
 csi_sanity="$(go env GOPATH)/bin/csi-sanity"
 [[ -x "$csi_sanity" ]] || { echo "csi-sanity missing: KELP_NEED_CSI_SANITY=1 scripts/deps.sh" >&2; exit 1; }
 cargo build --locked --quiet
-kelp=target/debug/kelp
+kelp="${CARGO_TARGET_DIR:-target}/debug/kelp"
 
 work="$(pwd)/.kelp-test/csi-sanity"
 rm -rf "$work"

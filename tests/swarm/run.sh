@@ -166,8 +166,8 @@ volumes:
       access_mode: {scope: single, sharing: none}
       capacity_range: {required_bytes: "536870912"}
 YML
-check "kelp stack creates the missing volume" sh -c "target/release/kelp stack -c $work/stack.yml | grep -q 'v-stack: created'"
-check "kelp stack leaves an existing volume alone" sh -c "target/release/kelp stack -c $work/stack.yml | grep -q 'v-stack: exists'"
+check "kelp stack creates the missing volume" sh -c "${CARGO_TARGET_DIR:-target}/release/kelp stack -c $work/stack.yml | grep -q 'v-stack: created'"
+check "kelp stack leaves an existing volume alone" sh -c "${CARGO_TARGET_DIR:-target}/release/kelp stack -c $work/stack.yml | grep -q 'v-stack: exists'"
 check "stack volume created (not pending)" retry 30 vol_created v-stack
 docker stack deploy --resolve-image never -c "$work/stack.yml" kelpstack >/dev/null 2>&1
 check "stack task running on its cluster volume" retry 90 running kelpstack_app
