@@ -2,7 +2,9 @@
 # Benchmarks (not tests): starts redis-server, SeaweedFS and a release `kelp serve` on
 # free loopback ports and runs `kelp bench provision` and `kelp bench node`, each of
 # which runs its by-hand juicefs baseline in the same process and prints ratios.
-# Usage: scripts/bench.sh [COUNT] [provision|node|all]   (COUNT volumes for provision, default 200)
+# `kelp bench durability` (not part of `all`: it changes the server's appendfsync while
+# it runs) prices appendfsync always against everysec.
+# Usage: scripts/bench.sh [COUNT] [provision|node|durability|all]   (COUNT volumes for provision, default 200)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -26,5 +28,6 @@ kelp_pid=$!
 KELP_PIDS+=("$kelp_pid")
 for _ in $(seq 100); do [[ -S "$work/kelp.sock" ]] && break; sleep 0.1; done
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(juicefs version); weed $(weed version | awk '{print $3}')"
+if [[ $what == durability ]]; then "$kelp" bench --dir="$work/run" durability; exit; fi
 if [[ $what != node ]]; then "$kelp" bench --dir="$work/run" provision --count="$count"; fi
 if [[ $what != provision ]]; then "$kelp" bench --dir="$work/run" node --kelp-pid="$kelp_pid"; fi

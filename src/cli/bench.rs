@@ -7,6 +7,9 @@
 //! - `node`: NodeStageVolume-to-ready time against a by-hand `juicefs mount -d`, and
 //!   sequential I/O and small-file creates through a kelp publish against the directly
 //!   mounted file system; peak RSS of the driver with many volumes staged.
+//! - `durability`: what `appendfsync always` on the metadata server costs against
+//!   `everysec`, on fsync'd small-file creates and sequential writes through one kelp
+//!   publish, the two settings alternating round by round on the same server.
 
 use super::{Error, Result};
 use clap::{Args, Subcommand};
@@ -68,6 +71,20 @@ enum BenchWhat {
         #[arg(long, default_value_t = 2000)]
         files: usize,
     },
+    /// The cost of `appendfsync always` on the metadata server (kelp's default)
+    /// against `everysec`. Changes the server's setting with CONFIG SET while it runs
+    /// and puts the original back.
+    Durability {
+        /// Rounds; each runs both settings, in alternating order.
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        /// Small files created per round, each written and fsync'd.
+        #[arg(long, default_value_t = 300)]
+        files: usize,
+        /// MiB written sequentially per round, then fsync'd.
+        #[arg(long, default_value_t = 128)]
+        seq_mib: usize,
+    },
 }
 
 fn cap() -> VolumeCapability {
@@ -123,6 +140,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         BenchWhat::Node { kelp_pid, volumes, seq_mib, files } => {
             node(&a, ch, kelp_pid, volumes, seq_mib, files).await
         }
+        BenchWhat::Durability { rounds, files, seq_mib } => durability(&a, ch, rounds, files, seq_mib).await,
     }
 }
 
@@ -222,6 +240,95 @@ fn seq_io(dir: &Path, mib: usize) -> (f64, f64) {
     let r = (data.len() >> 20) as f64 / t.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);
     (w, r)
+}
+
+/// Creates `n` small files, each written and fsync'd as a careful application does;
+/// files per second.
+fn synced_small_files(dir: &Path, n: usize) -> f64 {
+    let d = dir.join("synced");
+    std::fs::create_dir_all(&d).expect("mkdir");
+    let t = Instant::now();
+    for i in 0..n {
+        let mut f = std::fs::File::create(d.join(format!("f{i}"))).expect("create small file");
+        f.write_all(&[0x42; 4096]).expect("write small file");
+        f.sync_all().expect("fsync small file");
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&d);
+    rate
+}
+
+/// Reads or sets one setting of the metadata server through redis-cli.
+fn meta_config(meta: &str, set: Option<(&str, &str)>, get: &str) -> String {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-u", meta, "--no-auth-warning", "config"]);
+    match set {
+        Some((k, v)) => cmd.args(["set", k, v]),
+        None => cmd.args(["get", get]),
+    };
+    let out = cmd.output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    out.lines().nth(1).unwrap_or(out.trim()).trim().to_string()
+}
+
+async fn durability(a: &BenchArgs, ch: Channel, rounds: usize, files: usize, seq_mib: usize) -> Result<()> {
+    let mut ctl = ControllerClient::new(ch.clone());
+    let mut node = NodeClient::new(ch);
+    let v = ctl.create_volume(create("dbench".into(), 4)).await?.into_inner().volume.unwrap_or_default();
+    let (staging, target) = (a.dir.join("dbench-staged"), a.dir.join("dbench"));
+    node.node_stage_volume(NodeStageVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(cap()),
+        ..Default::default()
+    })
+    .await?;
+    node.node_publish_volume(NodePublishVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(cap()),
+        ..Default::default()
+    })
+    .await?;
+    let original = meta_config(&a.meta_url, None, "appendfsync");
+    let settings = ["always", "everysec"];
+    let (mut creates, mut writes) = ([vec![], vec![]], [vec![], vec![]]);
+    for round in 0..rounds {
+        for k in 0..2 {
+            // Alternate which setting goes first, so neither always meets a warm cache.
+            let i = (k + round) % 2;
+            meta_config(&a.meta_url, Some(("appendfsync", settings[i])), "");
+            creates[i].push(synced_small_files(&target, files));
+            writes[i].push(seq_io(&target, seq_mib).0);
+        }
+        progress("durability rounds", round + 1, rounds);
+    }
+    meta_config(&a.meta_url, Some(("appendfsync", &original)), "");
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        target_path: target.display().to_string(),
+    })
+    .await?;
+    node.node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+    })
+    .await?;
+    ctl.delete_volume(DeleteVolumeRequest { volume_id: v.volume_id, secrets: Default::default() }).await?;
+
+    let med = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (ca, ce, wa, we) = (med(&creates[0]), med(&creates[1]), med(&writes[0]), med(&writes[1]));
+    println!("## durability: metadata server appendfsync, {rounds} rounds (medians)");
+    println!("| measure | always (kelp's default) | everysec | always / everysec |");
+    println!("|---|---:|---:|---:|");
+    println!("| small-file creates/s, 4 KiB each, fsync'd ({files} files) | {ca:.0} | {ce:.0} | {:.2} |", ca / ce);
+    println!("| sequential write {seq_mib} MiB + fsync, MiB/s | {wa:.0} | {we:.0} | {:.2} |", wa / we);
+    println!("(the server's appendfsync was {original:?} before and is again)");
+    Ok(())
 }
 
 fn small_files(dir: &Path, n: usize) -> f64 {
