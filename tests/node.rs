@@ -355,6 +355,7 @@ async fn a_node_refuses_what_its_master_cannot_hold_and_says_why() {
         .weed(b.weed)
         .services("node")
         .args(["--node-id=guard-node", "--repair-interval=1"])
+        .arg(format!("--registry-url={}", b.redis.url()))
         .start();
     let mut n = csi::connect(&node.endpoint).await;
     let staging = b.root.join("st");
@@ -381,7 +382,7 @@ async fn a_node_refuses_what_its_master_cannot_hold_and_says_why() {
     let log = node.log_text();
     assert_eq!(log.lines().filter(|l| l.contains("metadata master") && l.contains("appendfsync")).count(), 1);
     let admin = std::process::Command::new(kelp_bin())
-        .args(["admin", "--meta-url", &bad.url(), "nodes"])
+        .args(["admin", "--meta-url", &b.redis.url(), "nodes"])
         .env("KELP_META_PASSWORD", META_PASSWORD)
         .output()
         .unwrap();

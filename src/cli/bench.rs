@@ -325,7 +325,10 @@ async fn durability(a: &BenchArgs, ch: Channel, rounds: usize, files: usize, seq
     println!("## durability: metadata server appendfsync, {rounds} rounds (medians)");
     println!("| measure | always (kelp's default) | everysec | always / everysec |");
     println!("|---|---:|---:|---:|");
-    println!("| small-file creates/s, 4 KiB each, fsync'd ({files} files) | {ca:.0} | {ce:.0} | {:.2} |", ca / ce);
+    println!(
+        "| small-file creates/s, 4 KiB each, fsync'd ({files} files) | {ca:.0} | {ce:.0} | {:.2} |",
+        ca / ce
+    );
     println!("| sequential write {seq_mib} MiB + fsync, MiB/s | {wa:.0} | {we:.0} | {:.2} |", wa / we);
     println!("(the server's appendfsync was {original:?} before and is again)");
     Ok(())

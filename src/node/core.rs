@@ -40,7 +40,7 @@ pub struct NodeCore {
     /// The metadata master local to this node.
     pub meta: MetaServer,
     /// Where the node announces itself (usually the same server).
-    registry: MetaServer,
+    pub(super) registry: MetaServer,
     pub locks: VolumeLocks,
     /// Held only to read or change the map, never across I/O.
     state: Mutex<NodeState>,

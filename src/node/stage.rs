@@ -277,9 +277,14 @@ impl NodeCore {
                 "volume {id} does not exist on metadata server {}",
                 server.url()
             ))),
-            // The master is short of databases: the volume may well exist (and must
-            // not be dropped as vanished); this node cannot serve it until fixed.
+            // The master is short of databases. If the registry knows the volume, it
+            // exists (and must not be dropped as vanished): this node cannot serve it
+            // until its master is fixed. Otherwise the id names nothing.
             Err(juicefs::Error::Meta(crate::meta::Error::NoSuchDatabase { server, db })) => {
+                let known = self.registry.volume(&id.fs_name).await?.is_some_and(|r| r.db == db);
+                if !known {
+                    return Err(Error::NotFound(format!("volume {id} does not exist")));
+                }
                 Err(Error::FailedPrecondition(format!(
                     "metadata server {server} has no database {db}, where volume {id} keeps its metadata: set `databases` above {db} (e.g. 1024) in that server's configuration and restart it. On KeyDB multi-master every peer needs the same value: a peer with fewer silently drops replicated writes to the others"
                 )))
