@@ -23,6 +23,11 @@ rm -rf .kelp-test
 status=0
 # Two test threads: every integration test starts real servers, and the machine has two cores.
 # Metadata on redis-server; the multi-node bed runs KeyDB multi-master when keydb-server exists.
+if command -v keydb-server >/dev/null; then
+  echo "== multi-node tests on KeyDB multi-master: $(keydb-server --version | cut -d' ' -f1-3)"
+else
+  echo "== multi-node tests on Redis replicas (no keydb-server): the every-direction handover is skipped"
+fi
 cargo test --locked -- --test-threads=2 || status=1
 tests/csi-sanity/run.sh || status=1
 # The same driver on Valkey 8: provisioning, the node service and conformance.
