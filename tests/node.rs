@@ -247,9 +247,64 @@ async fn restarted_metadata_server_loses_nothing() {
     c.stage(&id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
     c.publish(&id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
     std::fs::write(t.join("before.txt"), b"durable").unwrap();
+    b.redis.stop();
+    std::thread::sleep(Duration::from_secs(3));
     b.redis.restart();
+    let back = Instant::now();
     eventually_io(&t, Duration::from_secs(30)).await;
+    eprintln!(
+        "metadata server away 3 s: I/O worked again {:.2} s after it was back",
+        back.elapsed().as_secs_f64()
+    );
     assert_eq!(std::fs::read(t.join("before.txt")).unwrap(), b"durable");
+    cleanup(&mut c, &id, &staging, &[&t]).await;
+    assert!(mounts_under(&b.root).is_empty());
+}
+
+/// A metadata server that is gone for a minute is a stall, as on an NFS hard mount:
+/// the writer sees no error and loses nothing (`--meta-outage-wait`, default 300 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_minute_without_the_metadata_server_is_only_a_stall() {
+    let mut b = bed("node-outage");
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-outage", GIB).await.unwrap();
+    let id = vol.volume_id.clone();
+    let (staging, t) = (b.root.join("st"), b.root.join("t"));
+    c.stage(&id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
+    c.publish(&id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
+    let (journal, stop) = (b.root.join("journal"), b.root.join("stop"));
+    let writer = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/journal_writer.py"))
+        .args([&t, &journal, &stop])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let acks = || {
+        std::fs::read_to_string(&journal).unwrap_or_default().lines().filter(|l| l.starts_with("ack")).count()
+    };
+    assert!(poll_until(Duration::from_secs(30), Duration::from_millis(100), || (acks() > 10).then_some(()))
+        .is_some());
+    b.redis.stop();
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_secs(60));
+    let before = acks();
+    b.redis.restart();
+    let back = Instant::now();
+    let resumed =
+        poll_until(Duration::from_secs(120), Duration::from_millis(50), || (acks() > before).then_some(()));
+    assert!(resumed.is_some(), "writes resumed after the metadata server came back");
+    eprintln!(
+        "outage: server down {:.1} s; the writer acknowledged again {:.2} s after it was back",
+        back.duration_since(down).as_secs_f64(),
+        back.elapsed().as_secs_f64()
+    );
+    std::fs::write(&stop, b"").unwrap();
+    let out = writer.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    eprintln!("journal writer: {summary}");
+    let report: serde_json::Value = serde_json::from_str(summary.trim()).expect("writer summary");
+    assert!(report["errors"].as_object().unwrap().is_empty(), "the writer saw errors: {summary}");
+    verify_journal(&t, &journal);
     cleanup(&mut c, &id, &staging, &[&t]).await;
     assert!(mounts_under(&b.root).is_empty());
 }
@@ -559,15 +614,7 @@ async fn crashes_on_the_node_lose_nothing_a_writer_acknowledged() {
     }
 
     // Every acknowledged step is on the volume.
-    let log = std::fs::read_to_string(t.join("log.txt")).unwrap();
-    let journal = std::fs::read_to_string(&journal).unwrap();
-    let acked: Vec<u64> =
-        journal.lines().filter_map(|l| l.strip_prefix("ack ")).map(|n| n.parse().unwrap()).collect();
-    assert!(acked.len() > 30, "{summary}");
-    for n in &acked {
-        assert!(log.contains(&format!("record {n}\n")), "acknowledged record {n} is missing");
-        assert_eq!(std::fs::read(t.join(format!("f{n}"))).unwrap(), format!("file {n}\n").into_bytes());
-    }
+    assert!(verify_journal(&t, &journal) > 30, "{summary}");
     // The mount never went away, so nothing can have landed on the node's disk.
     assert!(!kelp.log_text().contains("remounting"), "no remount was needed");
     // The first connection went down with the kelp serve it was made to.
@@ -586,6 +633,20 @@ async fn crashes_on_the_node_lose_nothing_a_writer_acknowledged() {
     drop(kelp); // kills init by pid; its kelp serve is ours to end too
     kill_pids(&serve);
     kill_pids(&juicefs_pids(&fs));
+}
+
+/// Checks that every step the journal writer acknowledged is on the volume at `t`;
+/// returns how many there were.
+fn verify_journal(t: &Path, journal: &Path) -> usize {
+    let log = std::fs::read_to_string(t.join("log.txt")).unwrap();
+    let journal = std::fs::read_to_string(journal).unwrap();
+    let acked: Vec<u64> =
+        journal.lines().filter_map(|l| l.strip_prefix("ack ")).map(|n| n.parse().unwrap()).collect();
+    for n in &acked {
+        assert!(log.contains(&format!("record {n}\n")), "acknowledged record {n} is missing");
+        assert_eq!(std::fs::read(t.join(format!("f{n}"))).unwrap(), format!("file {n}\n").into_bytes());
+    }
+    acked.len()
 }
 
 /// Seconds from `at` until the kelp at `endpoint` answers Probe (within a minute).

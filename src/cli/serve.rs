@@ -101,6 +101,11 @@ pub struct ServeArgs {
     /// Seconds between mount health checks.
     #[arg(long, env = "KELP_REPAIR_INTERVAL", default_value_t = 5)]
     repair_interval: u64,
+    /// Seconds that I/O waits through an outage of the metadata server before it
+    /// fails with EIO, like an NFS hard mount (set through juicefs's --io-retries,
+    /// which also paces retried uploads while SeaweedFS is unreachable).
+    #[arg(long, env = "KELP_META_OUTAGE_WAIT", default_value_t = 300)]
+    meta_outage_wait: u64,
     /// Seconds a JuiceFS mount may take to become ready.
     #[arg(long, env = "KELP_MOUNT_TIMEOUT", default_value_t = 12)]
     mount_timeout: u64,
@@ -185,6 +190,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
                 cache_size_mib: a.cache_size,
                 log_dir: a.state_dir.join("logs"),
                 ready_timeout: Duration::from_secs(a.mount_timeout),
+                outage_wait: Duration::from_secs(a.meta_outage_wait),
             },
             state_dir: a.state_dir.clone(),
             idle_release: Duration::from_secs(a.idle_release),

@@ -21,6 +21,16 @@ pub struct JuicefsConfig {
     pub log_dir: PathBuf,
     /// How long a mount may take to show its root before staging fails.
     pub ready_timeout: Duration,
+    /// How long I/O waits through a metadata server outage before failing.
+    pub outage_wait: Duration,
+}
+
+/// juicefs's `--io-retries` for I/O that waits about `wait` through a metadata
+/// outage before `EIO`. Its Redis client retries a failed command that many times,
+/// pausing 20 ms, doubling with jitter, up to 10 s each (juicefs's defaults): about
+/// nine quick retries, then one every 10 s. The default 10 gives up after about 30 s.
+pub fn io_retries_for(wait: Duration) -> u64 {
+    9 + wait.as_secs().div_ceil(10)
 }
 
 /// One mount to make.
@@ -57,6 +67,7 @@ impl JuicefsConfig {
             .arg(format!("--log={}", log.display()))
             .arg(format!("--cache-dir={}", cache.display()))
             .arg(format!("--cache-size={}", m.cache_size_mib.unwrap_or(self.cache_size_mib)))
+            .arg(format!("--io-retries={}", io_retries_for(self.outage_wait)))
             .arg("--metrics=127.0.0.1:0");
         if m.read_only {
             cmd.arg("--read-only");
