@@ -523,3 +523,32 @@ async fn sigterm_ends_the_driver_despite_open_connections() {
     assert!(kelp.log_text().contains("draining in-flight RPCs"));
     drop(c);
 }
+
+/// Strict durability (the default) is a filer.conf rule asking SeaweedFS to fsync the
+/// bucket's writes; `durability=relaxed` has none; DeleteVolume removes the rule.
+#[tokio::test(flavor = "multi_thread")]
+async fn durability_is_a_bucket_fsync_rule() {
+    let (redis, weed) = (shared_redis(), shared_weed());
+    let kelp = controller(redis, weed);
+    let mut c = csi::connect(&kelp.endpoint).await;
+    let strict = c.create("durable-strict", GIB).await.unwrap();
+    let mut req = csi::create_req("durable-relaxed", GIB);
+    req.parameters = HashMap::from([("durability".into(), "relaxed".into())]);
+    let relaxed = c.ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
+    let rule_of = |vol: &csi::Volume| {
+        let conf = run(Command::new("curl")
+            .arg("-s")
+            .arg(format!("http://127.0.0.1:{}/etc/seaweedfs/filer.conf", weed.filer_port)));
+        let conf: serde_json::Value = serde_json::from_str(&conf).unwrap_or_default();
+        let prefix = format!("/buckets/kelp-{}/", vol.volume_context["fsName"]);
+        conf["locations"]
+            .as_array()
+            .and_then(|l| l.iter().find(|r| r["locationPrefix"] == prefix.as_str()).cloned())
+    };
+    assert_eq!(rule_of(&strict).expect("a rule for the strict bucket")["fsync"], true);
+    assert!(rule_of(&relaxed).is_none(), "{:?}", rule_of(&relaxed));
+    for v in [&strict, &relaxed] {
+        c.delete(&v.volume_id).await.unwrap();
+    }
+    assert!(rule_of(&strict).is_none(), "DeleteVolume removes the rule");
+}

@@ -7,9 +7,10 @@
 //! - `node`: NodeStageVolume-to-ready time against a by-hand `juicefs mount -d`, and
 //!   sequential I/O and small-file creates through a kelp publish against the directly
 //!   mounted file system; peak RSS of the driver with many volumes staged.
-//! - `durability`: what `appendfsync always` on the metadata server costs against
-//!   `everysec`, on fsync'd small-file creates and sequential writes through one kelp
-//!   publish, the two settings alternating round by round on the same server.
+//! - `durability`: what kelp's durable defaults cost (`appendfsync always` on the
+//!   metadata server, a SeaweedFS fsync rule per bucket) against `everysec` and
+//!   `durability=relaxed`, on fsync'd small-file creates and sequential writes,
+//!   the settings alternating round by round on the same servers.
 
 use super::{Error, Result};
 use clap::{Args, Subcommand};
@@ -71,9 +72,9 @@ enum BenchWhat {
         #[arg(long, default_value_t = 2000)]
         files: usize,
     },
-    /// The cost of `appendfsync always` on the metadata server (kelp's default)
-    /// against `everysec`. Changes the server's setting with CONFIG SET while it runs
-    /// and puts the original back.
+    /// The cost of kelp's durable defaults (`appendfsync always`, SeaweedFS fsync)
+    /// against `everysec` and `durability=relaxed`. Changes the server's appendfsync
+    /// with CONFIG SET while it runs and puts the original back.
     Durability {
         /// Rounds; each runs both settings, in alternating order.
         #[arg(long, default_value_t = 6)]
@@ -270,66 +271,108 @@ fn meta_config(meta: &str, set: Option<(&str, &str)>, get: &str) -> String {
     out.lines().nth(1).unwrap_or(out.trim()).trim().to_string()
 }
 
-async fn durability(a: &BenchArgs, ch: Channel, rounds: usize, files: usize, seq_mib: usize) -> Result<()> {
-    let mut ctl = ControllerClient::new(ch.clone());
-    let mut node = NodeClient::new(ch);
-    let v = ctl.create_volume(create("dbench".into(), 4)).await?.into_inner().volume.unwrap_or_default();
-    let (staging, target) = (a.dir.join("dbench-staged"), a.dir.join("dbench"));
+/// One volume created, staged and published for a benchmark.
+struct Published {
+    id: String,
+    staging: PathBuf,
+    target: PathBuf,
+}
+
+async fn publish_one(
+    a: &BenchArgs,
+    ctl: &mut ControllerClient<Channel>,
+    node: &mut NodeClient<Channel>,
+    name: &str,
+    params: &[(&str, &str)],
+) -> Result<Published> {
+    let mut req = create(name.into(), 4);
+    req.parameters = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let v = ctl.create_volume(req).await?.into_inner().volume.unwrap_or_default();
+    let p = Published {
+        id: v.volume_id,
+        staging: a.dir.join(format!("{name}-staged")),
+        target: a.dir.join(name),
+    };
     node.node_stage_volume(NodeStageVolumeRequest {
-        volume_id: v.volume_id.clone(),
-        staging_target_path: staging.display().to_string(),
+        volume_id: p.id.clone(),
+        staging_target_path: p.staging.display().to_string(),
         volume_capability: Some(cap()),
         ..Default::default()
     })
     .await?;
     node.node_publish_volume(NodePublishVolumeRequest {
-        volume_id: v.volume_id.clone(),
-        staging_target_path: staging.display().to_string(),
-        target_path: target.display().to_string(),
+        volume_id: p.id.clone(),
+        staging_target_path: p.staging.display().to_string(),
+        target_path: p.target.display().to_string(),
         volume_capability: Some(cap()),
         ..Default::default()
     })
     .await?;
+    Ok(p)
+}
+
+async fn release_one(
+    ctl: &mut ControllerClient<Channel>,
+    node: &mut NodeClient<Channel>,
+    p: Published,
+) -> Result<()> {
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: p.id.clone(),
+        target_path: p.target.display().to_string(),
+    })
+    .await?;
+    node.node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: p.id.clone(),
+        staging_target_path: p.staging.display().to_string(),
+    })
+    .await?;
+    ctl.delete_volume(DeleteVolumeRequest { volume_id: p.id, secrets: Default::default() }).await?;
+    Ok(())
+}
+
+async fn durability(a: &BenchArgs, ch: Channel, rounds: usize, files: usize, seq_mib: usize) -> Result<()> {
+    let mut ctl = ControllerClient::new(ch.clone());
+    let mut node = NodeClient::new(ch);
+    let strict = publish_one(a, &mut ctl, &mut node, "dbench-strict", &[]).await?;
+    let relaxed = publish_one(a, &mut ctl, &mut node, "dbench-relaxed", &[("durability", "relaxed")]).await?;
     let original = meta_config(&a.meta_url, None, "appendfsync");
-    let settings = ["always", "everysec"];
-    let (mut creates, mut writes) = ([vec![], vec![]], [vec![], vec![]]);
+    // (label, metadata appendfsync, volume): kelp's default first.
+    let configs = [
+        ("kelp's default: appendfsync always, durability=strict", "always", &strict),
+        ("appendfsync everysec, durability=strict", "everysec", &strict),
+        ("appendfsync always, durability=relaxed", "always", &relaxed),
+        ("appendfsync everysec, durability=relaxed", "everysec", &relaxed),
+    ];
+    let (mut creates, mut writes) = (vec![vec![]; configs.len()], vec![vec![]; configs.len()]);
     for round in 0..rounds {
-        for k in 0..2 {
-            // Alternate which setting goes first, so neither always meets a warm cache.
-            let i = (k + round) % 2;
-            meta_config(&a.meta_url, Some(("appendfsync", settings[i])), "");
-            creates[i].push(synced_small_files(&target, files));
-            writes[i].push(seq_io(&target, seq_mib).0);
+        for k in 0..configs.len() {
+            // Rotate which configuration goes first, so none always meets a warm cache.
+            let i = (k + round) % configs.len();
+            let (_, fsync, vol) = configs[i];
+            meta_config(&a.meta_url, Some(("appendfsync", fsync)), "");
+            creates[i].push(synced_small_files(&vol.target, files));
+            writes[i].push(seq_io(&vol.target, seq_mib).0);
         }
         progress("durability rounds", round + 1, rounds);
     }
     meta_config(&a.meta_url, Some(("appendfsync", &original)), "");
-    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
-        volume_id: v.volume_id.clone(),
-        target_path: target.display().to_string(),
-    })
-    .await?;
-    node.node_unstage_volume(NodeUnstageVolumeRequest {
-        volume_id: v.volume_id.clone(),
-        staging_target_path: staging.display().to_string(),
-    })
-    .await?;
-    ctl.delete_volume(DeleteVolumeRequest { volume_id: v.volume_id, secrets: Default::default() }).await?;
 
     let med = |v: &[f64]| {
         let mut v = v.to_vec();
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    let (ca, ce, wa, we) = (med(&creates[0]), med(&creates[1]), med(&writes[0]), med(&writes[1]));
-    println!("## durability: metadata server appendfsync, {rounds} rounds (medians)");
-    println!("| measure | always (kelp's default) | everysec | always / everysec |");
-    println!("|---|---:|---:|---:|");
-    println!(
-        "| small-file creates/s, 4 KiB each, fsync'd ({files} files) | {ca:.0} | {ce:.0} | {:.2} |",
-        ca / ce
-    );
-    println!("| sequential write {seq_mib} MiB + fsync, MiB/s | {wa:.0} | {we:.0} | {:.2} |", wa / we);
+    let labels: Vec<&str> = configs.iter().map(|(l, _, _)| *l).collect();
+    release_one(&mut ctl, &mut node, strict).await?;
+    release_one(&mut ctl, &mut node, relaxed).await?;
+    let (c0, w0) = (med(&creates[0]), med(&writes[0]));
+    println!("## durability: {rounds} rounds, medians, ratios against kelp's default");
+    println!("| setting | fsync'd 4 KiB creates/s ({files} files) | ratio | sequential write {seq_mib} MiB + fsync, MiB/s | ratio |");
+    println!("|---|---:|---:|---:|---:|");
+    for (i, label) in labels.iter().enumerate() {
+        let (c, w) = (med(&creates[i]), med(&writes[i]));
+        println!("| {label} | {c:.0} | {:.2} | {w:.0} | {:.2} |", c / c0, w / w0);
+    }
     println!("(the server's appendfsync was {original:?} before and is again)");
     Ok(())
 }

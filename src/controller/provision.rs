@@ -15,6 +15,7 @@ use crate::failpoint;
 use crate::juicefs::{self, FormatSpec, Setting};
 use crate::meta::{Reservation, VolumeRecord, VolumeState};
 use crate::proto::csi::{CapacityRange, Volume};
+use crate::seaweedfs::BucketRule;
 use crate::volume::{bucket_for, capacity_fits, volume_context, Params, Spec, VolumeId};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -195,8 +196,10 @@ fn check_compatible(existing: &VolumeRecord, req: &CreateRequest<'_>) -> Result<
 async fn build(b: &Backends, id: &VolumeId, spec: &Spec, creds: &S3Credentials, now: i64) -> Result<()> {
     let bucket = id.bucket();
     b.filer.ensure_bucket(&bucket, spec.capacity_bytes).await?;
-    if let Some(r) = &spec.params.replication {
-        b.filer.set_replication(&bucket, Some(r)).await?;
+    let rule =
+        BucketRule { replication: spec.params.replication.clone(), fsync: spec.params.durability.fsync() };
+    if let Some(rule) = rule.needed() {
+        b.filer.set_bucket_rule(&bucket, Some(&rule)).await?;
     }
     failpoint::hit("create:bucket");
     // The same marker `juicefs format` leaves, so a later real format refuses the prefix.

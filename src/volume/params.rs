@@ -24,6 +24,10 @@ pub struct Params {
     /// Node-local read cache for this volume, MiB (default: the node's --cache-size).
     #[serde(default)]
     pub cache_size_mib: Option<u64>,
+    /// Whether SeaweedFS fsyncs this volume's data before acknowledging it. Volumes
+    /// made before the parameter existed had no fsync rule: they read as relaxed.
+    #[serde(default = "Durability::before_the_parameter")]
+    pub durability: Durability,
     /// Node-local cache directory for this volume (default: below the node's --cache-dir).
     #[serde(default)]
     pub cache_dir: Option<String>,
@@ -42,7 +46,30 @@ impl Default for Params {
             takeover_after: None,
             cache_size_mib: None,
             cache_dir: None,
+            durability: Durability::Strict,
         }
+    }
+}
+
+/// How a volume's data is written to SeaweedFS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Volume servers fsync every write before acknowledging it (a filer.conf rule
+    /// for the bucket), so an acknowledged fsync survives a power loss.
+    Strict,
+    /// No fsync rule: faster writes; a power loss of a volume server can lose data
+    /// acknowledged in the seconds before it (unless the bucket is replicated).
+    Relaxed,
+}
+
+impl Durability {
+    pub fn fsync(self) -> bool {
+        self == Durability::Strict
+    }
+
+    fn before_the_parameter() -> Durability {
+        Durability::Relaxed
     }
 }
 
@@ -63,6 +90,7 @@ pub const PARAM_KEYS: &[(&str, &str)] = &[
     ("replication", "SeaweedFS replication code xyz for the bucket, e.g. 010 (default: the cluster's)"),
     ("shared-writers", "home (the only choice): writers on several nodes send metadata to the volume's home master"),
     ("takeover-after", "never (default) or seconds a crashed writer's node must be silent before another node takes over"),
+    ("durability", "strict (default: SeaweedFS fsyncs every write before acknowledging it) or relaxed (no fsync: faster, a power loss can lose recent writes)"),
     ("cache-size", "node-local read cache for this volume, MiB (default: the node's --cache-size)"),
     ("cache-dir", "node-local cache directory for this volume, an absolute path (default: below the node's --cache-dir)"),
 ];
@@ -115,6 +143,13 @@ impl Params {
                     "local" => return Err(bad(SHARED_WRITERS_LOCAL_REFUSED)),
                     _ => return Err(bad("expected home")),
                 },
+                "durability" => {
+                    p.durability = match value {
+                        "strict" => Durability::Strict,
+                        "relaxed" => Durability::Relaxed,
+                        _ => return Err(bad("expected strict or relaxed")),
+                    }
+                }
                 "cache-size" => {
                     p.cache_size_mib = Some(value.parse().map_err(|_| bad("expected MiB, a whole number"))?)
                 }
@@ -190,5 +225,17 @@ mod tests {
         stored["shared_writers_local"] = true.into();
         let p: Params = serde_json::from_value(stored).unwrap();
         assert_eq!(p, Params::default());
+    }
+
+    #[test]
+    fn durability_is_strict_unless_asked_and_old_volumes_read_as_relaxed() {
+        let raw = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert!(Params::parse(&raw(&[])).unwrap().durability.fsync());
+        assert!(!Params::parse(&raw(&[("durability", "relaxed")])).unwrap().durability.fsync());
+        assert!(Params::parse(&raw(&[("durability", "sometimes")])).is_err());
+        let mut old = serde_json::to_value(Params::default()).unwrap();
+        old.as_object_mut().unwrap().remove("durability");
+        let p: Params = serde_json::from_value(old).unwrap();
+        assert_eq!(p.durability, Durability::Relaxed, "their buckets have no fsync rule");
     }
 }
