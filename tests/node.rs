@@ -272,16 +272,8 @@ async fn a_minute_without_the_metadata_server_is_only_a_stall() {
     let (staging, t) = (b.root.join("st"), b.root.join("t"));
     c.stage(&id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
     c.publish(&id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
-    let (journal, stop) = (b.root.join("journal"), b.root.join("stop"));
-    let writer = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/journal_writer.py"))
-        .args([&t, &journal, &stop])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let acks = || {
-        std::fs::read_to_string(&journal).unwrap_or_default().lines().filter(|l| l.starts_with("ack")).count()
-    };
+    let writer = JournalWriter::start(&t, &b.root, false);
+    let acks = || writer.acks();
     assert!(poll_until(Duration::from_secs(30), Duration::from_millis(100), || (acks() > 10).then_some(()))
         .is_some());
     b.redis.stop();
@@ -298,13 +290,8 @@ async fn a_minute_without_the_metadata_server_is_only_a_stall() {
         back.duration_since(down).as_secs_f64(),
         back.elapsed().as_secs_f64()
     );
-    std::fs::write(&stop, b"").unwrap();
-    let out = writer.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout);
-    eprintln!("journal writer: {summary}");
-    let report: serde_json::Value = serde_json::from_str(summary.trim()).expect("writer summary");
+    let (report, summary) = writer.finish();
     assert!(report["errors"].as_object().unwrap().is_empty(), "the writer saw errors: {summary}");
-    verify_journal(&t, &journal);
     cleanup(&mut c, &id, &staging, &[&t]).await;
     assert!(mounts_under(&b.root).is_empty());
 }
@@ -535,17 +522,8 @@ async fn crashes_on_the_node_lose_nothing_a_writer_acknowledged() {
     c.stage(id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
     c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
 
-    let (journal, stop) = (root.join("journal"), root.join("stop"));
-    let writer = std::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "python3"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/journal_writer.py"))
-        .args([&t, &journal, &stop])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 and unshare");
-    let acks = || {
-        std::fs::read_to_string(&journal).unwrap_or_default().lines().filter(|l| l.starts_with("ack")).count()
-    };
+    let writer = JournalWriter::start(&t, &root, true);
+    let acks = || writer.acks();
     let progressed = |from: usize| {
         poll_until(Duration::from_secs(60), Duration::from_millis(100), || (acks() > from + 5).then_some(()))
             .is_some()
@@ -600,21 +578,16 @@ async fn crashes_on_the_node_lose_nothing_a_writer_acknowledged() {
     }
     let panics = kelp.log_text().matches("failpoint repair:tick reached").count();
     assert_eq!(panics, 4, "one panic at start and three while writing");
-    std::fs::write(&stop, b"").unwrap();
-    let out = writer.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout);
-    eprintln!("journal writer: {summary}");
+    // Every acknowledged step is on the volume (checked by `finish`).
+    let (report, summary) = writer.finish();
+    assert!(report["acked"].as_u64().unwrap() > 30, "{summary}");
     // What juicefs 1.4.2 cannot hide: EINTR for a request the killed daemon had already
     // read (the new daemon answers it so), and EBADF for a file that was open for
     // writing across the kill (juicefs revives only read handles). Never ENOTCONN or
     // EIO: the mount itself never went away.
-    let report: serde_json::Value = serde_json::from_str(summary.trim()).expect("writer summary");
     for (errno, _) in report["errors"].as_object().unwrap() {
         assert!(["EINTR", "EBADF"].contains(&errno.as_str()), "the writer saw {errno}: {summary}");
     }
-
-    // Every acknowledged step is on the volume.
-    assert!(verify_journal(&t, &journal) > 30, "{summary}");
     // The mount never went away, so nothing can have landed on the node's disk.
     assert!(!kelp.log_text().contains("remounting"), "no remount was needed");
     // The first connection went down with the kelp serve it was made to.
@@ -635,18 +608,61 @@ async fn crashes_on_the_node_lose_nothing_a_writer_acknowledged() {
     kill_pids(&juicefs_pids(&fs));
 }
 
-/// Checks that every step the journal writer acknowledged is on the volume at `t`;
-/// returns how many there were.
-fn verify_journal(t: &Path, journal: &Path) -> usize {
-    let log = std::fs::read_to_string(t.join("log.txt")).unwrap();
-    let journal = std::fs::read_to_string(journal).unwrap();
-    let acked: Vec<u64> =
-        journal.lines().filter_map(|l| l.strip_prefix("ack ")).map(|n| n.parse().unwrap()).collect();
-    for n in &acked {
-        assert!(log.contains(&format!("record {n}\n")), "acknowledged record {n} is missing");
-        assert_eq!(std::fs::read(t.join(format!("f{n}"))).unwrap(), format!("file {n}\n").into_bytes());
+/// `tests/fixtures/journal_writer.py` writing into a volume, its acknowledgements
+/// journalled in `dir`, outside the volume.
+struct JournalWriter {
+    child: std::process::Child,
+    volume: PathBuf,
+    journal: PathBuf,
+    stop: PathBuf,
+}
+
+impl JournalWriter {
+    /// Starts the writer on `volume`; `private_ns`: in its own mount namespace, as a
+    /// container is.
+    fn start(volume: &Path, dir: &Path, private_ns: bool) -> JournalWriter {
+        let (journal, stop) = (dir.join("journal"), dir.join("stop"));
+        let mut cmd = if private_ns {
+            let mut c = std::process::Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "python3"]);
+            c
+        } else {
+            std::process::Command::new("python3")
+        };
+        let child = cmd
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/journal_writer.py"))
+            .args([volume, &journal, &stop])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (and unshare)");
+        JournalWriter { child, volume: volume.to_path_buf(), journal, stop }
     }
-    acked.len()
+
+    /// Steps acknowledged so far.
+    fn acks(&self) -> usize {
+        std::fs::read_to_string(&self.journal)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("ack"))
+            .count()
+    }
+
+    /// Stops the writer, checks that every step it acknowledged is on the volume, and
+    /// returns its summary (steps, errors by errno, longest stall), parsed and as text.
+    fn finish(self) -> (serde_json::Value, String) {
+        std::fs::write(&self.stop, b"").unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("journal writer: {summary}");
+        let log = std::fs::read_to_string(self.volume.join("log.txt")).unwrap();
+        let journal = std::fs::read_to_string(&self.journal).unwrap();
+        for n in journal.lines().filter_map(|l| l.strip_prefix("ack ")) {
+            assert!(log.contains(&format!("record {n}\n")), "acknowledged record {n} is missing");
+            let f = std::fs::read(self.volume.join(format!("f{n}"))).unwrap();
+            assert_eq!(f, format!("file {n}\n").into_bytes(), "acknowledged file f{n}");
+        }
+        (serde_json::from_str(summary.trim()).expect("writer summary"), summary)
+    }
 }
 
 /// Seconds from `at` until the kelp at `endpoint` answers Probe (within a minute).
