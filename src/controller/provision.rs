@@ -187,7 +187,7 @@ fn check_compatible(existing: &VolumeRecord, req: &CreateRequest<'_>) -> Result<
             req.name, spec.capacity_bytes
         )));
     }
-    if spec.params != req.params {
+    if !spec.params.matches_request(&req.params) {
         return Err(Error::AlreadyExists(format!("volume {:?} exists with other parameters", req.name)));
     }
     Ok(())

@@ -24,8 +24,7 @@ pub struct Params {
     /// Node-local read cache for this volume, MiB (default: the node's --cache-size).
     #[serde(default)]
     pub cache_size_mib: Option<u64>,
-    /// Whether SeaweedFS fsyncs this volume's data before acknowledging it. Volumes
-    /// made before the parameter existed had no fsync rule: they read as relaxed.
+    /// Whether SeaweedFS fsyncs this volume's data before acknowledging it.
     #[serde(default = "Durability::before_the_parameter")]
     pub durability: Durability,
     /// Node-local cache directory for this volume (default: below the node's --cache-dir).
@@ -61,6 +60,9 @@ pub enum Durability {
     /// No fsync rule: faster writes; a power loss of a volume server can lose data
     /// acknowledged in the seconds before it (unless the bucket is replicated).
     Relaxed,
+    /// Made before the parameter existed: its bucket has no fsync rule (as relaxed),
+    /// and a repeated CreateVolume may ask for either value.
+    Unrecorded,
 }
 
 impl Durability {
@@ -69,7 +71,7 @@ impl Durability {
     }
 
     fn before_the_parameter() -> Durability {
-        Durability::Relaxed
+        Durability::Unrecorded
     }
 }
 
@@ -96,6 +98,15 @@ pub const PARAM_KEYS: &[(&str, &str)] = &[
 ];
 
 impl Params {
+    /// Whether a CreateVolume asking for `asked` asks for this volume as it exists.
+    pub fn matches_request(&self, asked: &Params) -> bool {
+        let mut mine = self.clone();
+        if mine.durability == Durability::Unrecorded {
+            mine.durability = asked.durability;
+        }
+        mine == *asked
+    }
+
     /// Parses CSI parameters; an unknown key or a bad value is an error naming it.
     /// Keys the Kubernetes sidecars add (`csi.storage.k8s.io/...`) are ignored.
     pub fn parse(raw: &HashMap<String, String>) -> Result<Params> {
@@ -228,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn durability_is_strict_unless_asked_and_old_volumes_read_as_relaxed() {
+    fn durability_is_strict_unless_asked_and_old_volumes_have_no_rule() {
         let raw = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert!(Params::parse(&raw(&[])).unwrap().durability.fsync());
         assert!(!Params::parse(&raw(&[("durability", "relaxed")])).unwrap().durability.fsync());
@@ -236,6 +247,10 @@ mod tests {
         let mut old = serde_json::to_value(Params::default()).unwrap();
         old.as_object_mut().unwrap().remove("durability");
         let p: Params = serde_json::from_value(old).unwrap();
-        assert_eq!(p.durability, Durability::Relaxed, "their buckets have no fsync rule");
+        assert!(!p.durability.fsync(), "their buckets have no fsync rule");
+        assert!(p.matches_request(&Params::default()), "a repeated CreateVolume still matches");
+        assert!(
+            !Params::default().matches_request(&Params::parse(&raw(&[("durability", "relaxed")])).unwrap())
+        );
     }
 }
