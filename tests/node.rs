@@ -5,6 +5,7 @@
 mod common;
 
 use common::csi::{self, volume_capability::access_mode::Mode, Clients, ProbeRequest};
+use common::journal::JournalWriter;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -606,63 +607,6 @@ async fn crashes_on_the_node_lose_nothing_a_writer_acknowledged() {
     drop(kelp); // kills init by pid; its kelp serve is ours to end too
     kill_pids(&serve);
     kill_pids(&juicefs_pids(&fs));
-}
-
-/// `tests/fixtures/journal_writer.py` writing into a volume, its acknowledgements
-/// journalled in `dir`, outside the volume.
-struct JournalWriter {
-    child: std::process::Child,
-    volume: PathBuf,
-    journal: PathBuf,
-    stop: PathBuf,
-}
-
-impl JournalWriter {
-    /// Starts the writer on `volume`; `private_ns`: in its own mount namespace, as a
-    /// container is.
-    fn start(volume: &Path, dir: &Path, private_ns: bool) -> JournalWriter {
-        let (journal, stop) = (dir.join("journal"), dir.join("stop"));
-        let mut cmd = if private_ns {
-            let mut c = std::process::Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", "python3"]);
-            c
-        } else {
-            std::process::Command::new("python3")
-        };
-        let child = cmd
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/journal_writer.py"))
-            .args([volume, &journal, &stop])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 (and unshare)");
-        JournalWriter { child, volume: volume.to_path_buf(), journal, stop }
-    }
-
-    /// Steps acknowledged so far.
-    fn acks(&self) -> usize {
-        std::fs::read_to_string(&self.journal)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.starts_with("ack"))
-            .count()
-    }
-
-    /// Stops the writer, checks that every step it acknowledged is on the volume, and
-    /// returns its summary (steps, errors by errno, longest stall), parsed and as text.
-    fn finish(self) -> (serde_json::Value, String) {
-        std::fs::write(&self.stop, b"").unwrap();
-        let out = self.child.wait_with_output().unwrap();
-        let summary = String::from_utf8_lossy(&out.stdout).into_owned();
-        eprintln!("journal writer: {summary}");
-        let log = std::fs::read_to_string(self.volume.join("log.txt")).unwrap();
-        let journal = std::fs::read_to_string(&self.journal).unwrap();
-        for n in journal.lines().filter_map(|l| l.strip_prefix("ack ")) {
-            assert!(log.contains(&format!("record {n}\n")), "acknowledged record {n} is missing");
-            let f = std::fs::read(self.volume.join(format!("f{n}"))).unwrap();
-            assert_eq!(f, format!("file {n}\n").into_bytes(), "acknowledged file f{n}");
-        }
-        (serde_json::from_str(summary.trim()).expect("writer summary"), summary)
-    }
 }
 
 /// Seconds from `at` until the kelp at `endpoint` answers Probe (within a minute).

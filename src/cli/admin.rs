@@ -20,8 +20,20 @@ pub struct AdminArgs {
 
 #[derive(Subcommand)]
 enum AdminCommand {
-    /// Every volume: id, state, home master, writer node, epoch and fence.
+    /// Every volume: id, state, home master, writer node, epoch, fence and the
+    /// database of its live metadata generation.
     Volumes,
+    /// Metadata generations retired by takeovers, and how many keys each holds that
+    /// were written after its takeover (counted now, on this server).
+    Generations,
+    /// Empties a retired generation and frees its database, once its files are
+    /// recovered or known to be unwanted.
+    DropGeneration {
+        /// The volume's name (its fsName, as `kelp admin volumes` shows).
+        volume: String,
+        /// The retired generation's database.
+        db: u32,
+    },
     /// Every node that announced itself: its master, when it was last heard from,
     /// and what it found wrong with its master's configuration.
     Nodes,
@@ -44,6 +56,8 @@ pub async fn run(a: AdminArgs) -> Result<()> {
     match a.command {
         AdminCommand::Volumes => volumes(&meta).await,
         AdminCommand::Nodes => nodes(&meta).await,
+        AdminCommand::Generations => generations(&meta).await,
+        AdminCommand::DropGeneration { volume, db } => drop_generation(&meta, &volume, db).await,
         AdminCommand::Orphans { filer, delete } => orphans(&meta, &Filer::new(&filer)?, delete).await,
     }
 }
@@ -70,22 +84,59 @@ async fn orphans(meta: &MetaServer, filer: &Filer, delete: bool) -> Result<()> {
 }
 
 async fn nodes(meta: &MetaServer) -> Result<()> {
-    println!("{:<20} {:<30} {:>9}  WARNINGS", "NODE", "MASTER", "SEEN");
+    println!("{:<20} {:<30} {:>9} {:>10}  WARNINGS", "NODE", "MASTER", "SEEN", "LEASE");
     for n in meta.nodes().await? {
         let seen = format!("{} s ago", kelp::unix_now() - n.updated_unix);
+        // Renewed at this very server (the controller's); "elsewhere" otherwise.
+        let lease = match meta.lease(&n.node_id, false).await? {
+            kelp::pinning::Lease::SilentFor(ms) => format!("{:.1} s ago", ms as f64 / 1000.0),
+            kelp::pinning::Lease::NotHere => "elsewhere".into(),
+        };
         let first = n.warnings.first().map_or("none", String::as_str);
-        println!("{:<20} {:<30} {seen:>9}  {first}", n.node_id, n.local_meta);
+        println!("{:<20} {:<30} {seen:>9} {lease:>10}  {first}", n.node_id, n.local_meta);
         for w in n.warnings.iter().skip(1) {
-            println!("{:<20} {:<30} {:>9}  {w}", "", "", "");
+            println!("{:<20} {:<30} {:>9} {:>10}  {w}", "", "", "", "");
         }
     }
     Ok(())
 }
 
+async fn generations(meta: &MetaServer) -> Result<()> {
+    println!(
+        "{:<28} {:>6} {:>5} {:<14} {:<14} {:>12} {:>9}",
+        "VOLUME", "DB", "EPOCH", "FROM", "TO", "TAKEN OVER", "TAIL KEYS"
+    );
+    for fs_name in meta.volumes_with_generations().await? {
+        for (db, g) in meta.generations(&fs_name).await? {
+            let tail = match meta.generation_tail(db).await? {
+                Some(t) => t.keys().to_string(),
+                None => "?".into(),
+            };
+            let ago = format!("{} s ago", kelp::unix_now() - g.at_unix);
+            println!(
+                "{fs_name:<28} {db:>6} {:>5} {:<14} {:<14} {ago:>12} {tail:>9}",
+                g.epoch, g.from_node, g.to_node
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn drop_generation(meta: &MetaServer, fs_name: &str, db: u32) -> Result<()> {
+    if !meta.generations(fs_name).await?.iter().any(|(d, _)| *d == db) {
+        return Err(super::Error::Refused(format!(
+            "volume {fs_name} has no retired generation in database {db} (see `kelp admin generations`)"
+        )));
+    }
+    meta.drop_generation(fs_name, db).await?;
+    println!("{fs_name}: retired generation in database {db} emptied and freed");
+    Ok(())
+}
+
 async fn volumes(meta: &MetaServer) -> Result<()> {
     println!(
-        "{:<28} {:<44} {:<9} {:<26} {:<14} {:>5} {:<8} {:>5}",
-        "NAME", "ID", "STATE", "HOME", "WRITER", "EPOCH", "RELEASED", "FENCE"
+        "{:<28} {:<44} {:<9} {:<26} {:<14} {:>5} {:<8} {:>5} {:>4}",
+        "NAME", "ID", "STATE", "HOME", "WRITER", "EPOCH", "RELEASED", "FENCE", "DB"
     );
     let mut after: Option<String> = None;
     loop {
@@ -100,13 +151,14 @@ async fn volumes(meta: &MetaServer) -> Result<()> {
                 None => ("?".into(), format!("db {}", rec.db), String::new()),
             };
             let holder = meta.holder(fs_name).await?;
-            let fence = if rec.state == VolumeState::Ready { meta.fence(rec.db).await? } else { 0 };
+            let live = holder.as_ref().map(|h| h.db).filter(|&d| d != 0).unwrap_or(rec.db);
+            let fence = if rec.state == VolumeState::Ready { meta.fence(live).await? } else { 0 };
             let (writer, epoch, released) = match holder {
                 Some(h) => (h.node, h.epoch.to_string(), if h.released { "yes" } else { "no" }.to_string()),
                 None => ("-".into(), "-".into(), "-".into()),
             };
             println!(
-                "{name:<28} {id:<44} {:<9} {home:<26} {writer:<14} {epoch:>5} {released:<8} {fence:>5}",
+                "{name:<28} {id:<44} {:<9} {home:<26} {writer:<14} {epoch:>5} {released:<8} {fence:>5} {live:>4}",
                 format!("{:?}", rec.state).to_lowercase()
             );
         }

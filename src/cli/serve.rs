@@ -178,6 +178,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
             databases: a.databases,
             home_meta: advertise.public_url(),
         };
+        tokio::spawn(kelp::controller::generations::watch(backends.clone()));
         router = router.add_service(ControllerServer::new(ControllerService::new(backends)));
     }
     if node {
@@ -204,6 +205,8 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         // Announce the node, re-adopt, repair or clean what a previous run left, and
         // keep doing so; in the background, so the socket listens at once.
         tokio::spawn(repair::run(core.clone()));
+        // Renew this node's lease and fence leased writers when it lapses.
+        tokio::spawn(kelp::node::lease::run(core.clone()));
         router = router.add_service(NodeServer::new(NodeService::new(core)));
     }
     info!(node_id, meta = %url, controller, node, version = env!("CARGO_PKG_VERSION"), "kelp starting");

@@ -5,6 +5,7 @@
 //! `expand`.
 
 mod expand;
+pub mod generations;
 mod list;
 mod provision;
 mod publish;

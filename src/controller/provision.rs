@@ -228,8 +228,9 @@ pub async fn delete(b: &Backends, id: &VolumeId) -> Result<()> {
         // The name now belongs to a newer volume; this id's volume is long gone.
         return Ok(());
     }
+    let live = live_db(b, id).await?;
     if record.state == VolumeState::Ready {
-        refuse_while_mounted(b, id).await?;
+        refuse_while_mounted(b, id, live).await?;
     }
     destroy(b, id).await?;
     info!(volume_id = %id, "volume deleted");
@@ -241,10 +242,10 @@ pub async fn delete(b: &Backends, id: &VolumeId) -> Result<()> {
 /// re-created bucket. A clean unmount ends a session at once; give one that is
 /// ending a few seconds, then refuse (the CO retries). A client killed without
 /// unmounting stops counting about 24 s after its last heartbeat.
-async fn refuse_while_mounted(b: &Backends, id: &VolumeId) -> Result<()> {
+async fn refuse_while_mounted(b: &Backends, id: &VolumeId, db: u32) -> Result<()> {
     let meta = &b.meta;
     let done = crate::wait::poll_until(SESSION_WAIT, Duration::from_millis(200), || async move {
-        match juicefs::live_sessions(meta, id.db).await {
+        match juicefs::live_sessions(meta, db).await {
             Ok(0) => Some(Ok(())),
             Ok(_) => None,
             Err(e) => Some(Err(e)),
@@ -255,7 +256,7 @@ async fn refuse_while_mounted(b: &Backends, id: &VolumeId) -> Result<()> {
         Some(r) => Ok(r?),
         None => Err(Error::FailedPrecondition(format!(
             "volume {id} is still mounted by JuiceFS clients on [{}]; stop the tasks using it (docker service rm / scale 0) and retry; a client that died stops counting about 24 s after its last heartbeat",
-            juicefs::session_hosts(meta, id.db).await.unwrap_or_default().join(", ")
+            juicefs::session_hosts(meta, db).await.unwrap_or_default().join(", ")
         ))),
     }
 }
@@ -267,6 +268,21 @@ async fn destroy(b: &Backends, id: &VolumeId) -> Result<()> {
     failpoint::hit("delete:bucket");
     b.meta.flush_database(id.db).await?;
     failpoint::hit("delete:flushed");
+    // Every metadata generation goes with it: the live one a takeover moved it to
+    // and the retired ones kept for inspection.
+    let live = live_db(b, id).await?;
+    if live != id.db {
+        b.meta.flush_database(live).await?;
+    }
+    for (db, _) in b.meta.generations(&id.fs_name).await? {
+        if db != id.db {
+            b.meta.drop_generation(&id.fs_name, db).await?;
+        }
+    }
+    b.meta.forget_generations(&id.fs_name).await?;
+    if live != id.db {
+        b.meta.free_database(live).await?;
+    }
     b.meta.drop_holder(&id.fs_name).await?;
     b.meta.release_volume(&id.fs_name, id.db).await?;
     Ok(())
@@ -286,4 +302,9 @@ pub async fn lookup(b: &Backends, id: &VolumeId) -> Result<(VolumeRecord, Spec)>
         }
         _ => Err(Error::NotFound(format!("volume {id} does not exist"))),
     }
+}
+
+/// The database of the volume's live metadata generation.
+pub async fn live_db(b: &Backends, id: &VolumeId) -> Result<u32> {
+    Ok(b.meta.holder(&id.fs_name).await?.map(|h| h.db).filter(|&db| db != 0).unwrap_or(id.db))
 }

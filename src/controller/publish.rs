@@ -1,10 +1,12 @@
-//! ControllerPublishVolume's decision: which master the node mounts against and, for
-//! a single-node writer, whether the node may take the volume from its last holder
-//! (DESIGN.md section 6; the rules themselves are in `crate::pinning`).
+//! ControllerPublishVolume's decision: which master the node mounts against, which
+//! metadata generation it mounts and, for a single-node writer, whether the node may
+//! take the volume from its last holder (DESIGN.md section 6; the rules themselves
+//! are in `crate::pinning`).
 
 use super::Backends;
 use crate::error::{Error, Result};
-use crate::pinning::{self, Handover, Holder, Master, Role};
+use crate::meta::Generation;
+use crate::pinning::{self, Handover, Holder, Lease, Master, Role};
 use crate::volume::{PublishContext, Spec, VolumeId};
 use tracing::warn;
 
@@ -25,6 +27,18 @@ pub async fn publish(
         let holder = hand_over(b, id, spec, node).await?;
         ctx.epoch = holder.epoch;
         ctx.wait_fence = holder.wait_fence;
+        ctx.seed = holder.seed;
+        ctx.lease_ms = spec.params.takeover_after.map(pinning::lease_ms).unwrap_or(0);
+        ctx.db = holder.db;
+        if ctx.lease_ms > 0 {
+            ctx.registry = b.meta.run_id().await?;
+        }
+    } else if let Some(h) = b.meta.holder(&id.fs_name).await? {
+        // Readers of a volume that was taken over read its live generation.
+        ctx.db = h.db;
+    }
+    if ctx.db == id.db {
+        ctx.db = 0;
     }
     Ok(ctx)
 }
@@ -34,38 +48,61 @@ async fn hand_over(b: &Backends, id: &VolumeId, spec: &Spec, node: &str) -> Resu
     // The compare-and-set fails only if another controller raced us; retry a little.
     for _ in 0..5 {
         let current = b.meta.holder(&id.fs_name).await?;
-        let silent_for = match &current {
-            Some(h) if h.node != node => {
-                b.meta.node(&h.node).await?.map(|n| crate::unix_now() - n.updated_unix)
-            }
-            _ => None,
+        let lease = match &current {
+            Some(h) if h.node != node => b.meta.lease(&h.node, true).await?,
+            _ => Lease::SilentFor(0),
         };
-        match pinning::handover(current.as_ref(), node, spec.params.takeover_after, silent_for) {
+        match pinning::handover(current.as_ref(), node, spec.params.takeover_after, lease) {
             Handover::Grant { next, took_over } => {
                 let expected = current.as_ref().map(|h| h.epoch).unwrap_or(0);
-                if b.meta.swap_holder(&id.fs_name, expected, &next).await? {
+                let from = current.as_ref().map(|h| h.node.clone()).unwrap_or_default();
+                let retired = took_over.then(|| Generation {
+                    from_node: from.clone(),
+                    to_node: node.into(),
+                    epoch: next.epoch,
+                    at_unix: crate::unix_now(),
+                    tail_keys: None,
+                });
+                let mut next = next;
+                if took_over && next.seed == 0 {
+                    next.seed = id.db;
+                }
+                let databases = match b.databases {
+                    Some(n) => n,
+                    None => b.meta.database_count().await?,
+                };
+                if let Some(written) =
+                    b.meta.swap_holder(&id.fs_name, expected, &next, retired.as_ref(), databases).await?
+                {
                     if took_over {
-                        warn!(volume_id = %id, from = ?current.map(|h| h.node).unwrap_or_default(), to = ?node,
-                            "took the volume over from a node that never released it; what its master had not replicated is lost");
+                        warn!(volume_id = %id, from = %from, to = %node, generation_db = written.db, retired_db = written.seed,
+                            "took the volume over from a node whose lease lapsed; it continues in a new metadata generation, and anything the old holder's master accepted since stays in the retired one");
                     }
-                    return Ok(next);
+                    let db = if written.db == 0 { id.db } else { written.db };
+                    return Ok(Holder { db, ..written });
                 }
             }
-            Handover::Refuse { holder, silent_for } => {
-                let heard = silent_for
-                    .map(|s| format!("last heard from {s} s ago"))
-                    .unwrap_or_else(|| "never heard from".into());
-                let rule = match spec.params.takeover_after {
-                    Some(s) => format!("kelp takes over once it has been silent for {s} s"),
-                    None => "this volume is never taken over without a release (takeover-after=never)".into(),
-                };
-                return Err(Error::FailedPrecondition(format!(
-                    "volume {id} is held by node {holder:?}, which has not released it ({heard}); stop the task there so it is unpublished; {rule}"
-                )));
+            Handover::Refuse { holder, lease } => {
+                return Err(Error::FailedPrecondition(refusal(id, spec, &holder, lease)));
             }
         }
     }
     Err(Error::Aborted(format!("publishing {id} raced another publish; retry")))
+}
+
+/// Why a publish is refused, and what the operator can do.
+fn refusal(id: &VolumeId, spec: &Spec, holder: &str, lease: Lease) -> String {
+    let heard = match lease {
+        Lease::SilentFor(ms) => format!("its lease was last renewed {} s ago", ms / 1000),
+        Lease::NotHere => "it has not renewed its lease at this controller's registry server since that server started; its silence is counted from now".into(),
+    };
+    let rule = match pinning::effective_takeover_after(spec.params.takeover_after) {
+        Some(s) => format!("kelp takes over once its lease has lapsed for {s} s"),
+        None => "this volume is never taken over without a release (takeover-after=never)".into(),
+    };
+    format!(
+        "volume {id} is held by node {holder:?}, which has not released it ({heard}); stop the task there so it is unpublished; {rule}"
+    )
 }
 
 /// Withdraws `node`'s publication: a single-node writer's hold becomes released, so the

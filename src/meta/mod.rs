@@ -6,10 +6,13 @@
 
 mod checks;
 mod fence;
+mod generation;
+mod lease;
 mod registry;
 mod url;
 
 pub use checks::{findings, Finding, MasterConfig};
+pub use generation::{Generation, Tail, COUNTER_JUMP};
 pub use registry::{NodeRecord, Reservation, VolumeRecord, VolumeState};
 pub use url::MetaUrl;
 

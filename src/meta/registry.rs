@@ -3,15 +3,22 @@
 //! (or a controller racing its own retry after a crash) can never hand one database to
 //! two volumes, and a released database is reused.
 
+use super::generation::Generation;
 use super::{Error, MetaServer, Result};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 const VOLUMES: &str = "kelp:volumes";
-const DATABASES: &str = "kelp:dbs";
+pub(super) const DATABASES: &str = "kelp:dbs";
 const NODES: &str = "kelp:nodes";
 /// Databases held back from reuse while a JuiceFS client still writes to them.
 const QUARANTINE: &str = "kelp:quarantine";
+/// Volumes that have old metadata generations (see `generation`).
+pub(super) const GENERATIONS: &str = "kelp:generations";
+
+pub(super) fn generations_key(fs_name: &str) -> String {
+    format!("kelp:gens:{fs_name}")
+}
 
 fn holder_key(fs_name: &str) -> String {
     format!("kelp:holder:{fs_name}")
@@ -125,13 +132,28 @@ redis.call('SADD', KEYS[3], ARGV[2])
 return 1
 "#;
 
-// Compare-and-set of a holder record on its epoch. KEYS: holder key.
-// ARGV: expected epoch (0 = no record), node, epoch, released, wait fence.
+// Compare-and-set of a holder record on its epoch, and on a takeover the new
+// metadata generation: the lowest free database, with the generation it replaces
+// recorded for inspection. KEYS: holder key, databases set, generations of the volume,
+// generations index. ARGV: expected epoch (0 = no record), node, epoch, released,
+// wait fence, db, seed, new generation (1/0), db count, fs name, generation json.
+// Returns the live db (0 = the volume id's), -1 when raced, -2 when no db is free.
 const SET_HOLDER: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
-if cur ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'node', ARGV[2], 'epoch', ARGV[3], 'released', ARGV[4], 'wait', ARGV[5])
-return 1
+if cur ~= tonumber(ARGV[1]) then return -1 end
+local db = tonumber(ARGV[6])
+if ARGV[8] == '1' then
+  db = nil
+  for d = 1, tonumber(ARGV[9]) - 1 do
+    if redis.call('SISMEMBER', KEYS[2], d) == 0 then db = d break end
+  end
+  if not db then return -2 end
+  redis.call('SADD', KEYS[2], db)
+  redis.call('HSET', KEYS[3], ARGV[7], ARGV[11])
+  redis.call('SADD', KEYS[4], ARGV[10])
+end
+redis.call('HSET', KEYS[1], 'node', ARGV[2], 'epoch', ARGV[3], 'released', ARGV[4], 'wait', ARGV[5], 'db', db, 'seed', ARGV[7])
+return db
 "#;
 
 // Mark the holder released if it is still `node`. KEYS: holder key. ARGV: node.
@@ -158,31 +180,62 @@ impl MetaServer {
         let get =
             |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default();
         let num = |name: &str| get(name).parse::<u64>().map_err(|e| corrupt(&key, e));
+        // Records from before generations have no db or seed: the volume id's db.
+        let opt = |name: &str| match get(name) {
+            "" => Ok(0),
+            v => v.parse::<u32>().map_err(|e| corrupt(&key, e)),
+        };
         Ok(Some(Holder {
             node: get("node").to_string(),
             epoch: num("epoch")?,
             released: get("released") == "1",
             wait_fence: num("wait")?,
+            db: opt("db")?,
+            seed: opt("seed")?,
         }))
     }
 
     /// Replaces the holder record if its epoch is still `expected_epoch` (0: none yet).
-    /// Returns false when another publish got there first.
-    pub async fn swap_holder(&self, fs_name: &str, expected_epoch: u64, next: &Holder) -> Result<bool> {
+    /// With `new_generation`, allocates the database of the volume's next metadata
+    /// generation in the same step and records `next.seed` as its predecessor.
+    /// Returns the record written (its `db` filled in), or `None` when another
+    /// publish got there first.
+    pub async fn swap_holder(
+        &self,
+        fs_name: &str,
+        expected_epoch: u64,
+        next: &Holder,
+        new_generation: Option<&Generation>,
+        databases: u32,
+    ) -> Result<Option<Holder>> {
         let key = holder_key(fs_name);
         let script = redis::Script::new(SET_HOLDER);
+        let json = new_generation.map(|g| serde_json::to_string(g).expect("generation serialises"));
         let done: i64 = self
             .registry(|mut c| {
                 let mut inv = script.key(&key);
-                inv.arg(expected_epoch)
+                inv.key(DATABASES)
+                    .key(generations_key(fs_name))
+                    .key(GENERATIONS)
+                    .arg(expected_epoch)
                     .arg(&next.node)
                     .arg(next.epoch)
                     .arg(next.released as u8)
-                    .arg(next.wait_fence);
+                    .arg(next.wait_fence)
+                    .arg(next.db)
+                    .arg(next.seed)
+                    .arg(new_generation.is_some() as u8)
+                    .arg(databases)
+                    .arg(fs_name)
+                    .arg(json.clone().unwrap_or_default());
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;
-        Ok(done == 1)
+        match done {
+            -1 => Ok(None),
+            -2 => Err(Error::NoFreeDatabase { server: self.url().to_string(), databases }),
+            db => Ok(Some(Holder { db: db as u32, ..next.clone() })),
+        }
     }
 
     /// Marks `node`'s hold released (its publication was withdrawn). Idempotent.

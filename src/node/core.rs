@@ -47,6 +47,7 @@ pub struct NodeCore {
     /// Serialises writes of the state file; each write takes the newest state.
     writer: tokio::sync::Mutex<()>,
     state_file: std::sync::Arc<StateFile>,
+    pub(super) lease: Mutex<super::lease::LeaseClock>,
 }
 
 impl NodeCore {
@@ -61,6 +62,7 @@ impl NodeCore {
             state: Mutex::new(state),
             writer: Default::default(),
             state_file: std::sync::Arc::new(state_file),
+            lease: Default::default(),
         })
     }
 

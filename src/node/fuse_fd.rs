@@ -187,6 +187,11 @@ pub fn ensure_holder(socket: &Path, log: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The holder processes serving `socket`.
+pub fn holders(socket: &Path) -> Vec<nix::unistd::Pid> {
+    super::procs::with_arg(&socket.display().to_string())
+}
+
 /// Waits (briefly) until the holder on `socket` has gone, as it does once the
 /// connection it held ended, so a new stage of the volume starts a fresh one.
 pub fn wait_holder_gone(socket: &Path, within: Duration) {

@@ -124,19 +124,16 @@ impl JuicefsConfig {
         })
     }
 
-    /// Whether a juicefs process of this volume runs: one whose arguments hold the
-    /// `--log=` path kelp gave only to it (juicefs hides the rest of its command
-    /// line). The supervisor parent counts: it restarts a crashed child by itself.
+    /// Whether a juicefs process of this volume runs. The supervisor parent counts:
+    /// it restarts a crashed child by itself.
     pub fn daemon_running(&self, fs_name: &str) -> bool {
-        let needle = format!("--log={}", self.log_path(fs_name).display());
-        let Ok(entries) = std::fs::read_dir("/proc") else { return false };
-        entries.flatten().any(|e| {
-            // juicefs rewrites its argv in place, so arguments may be NUL- or space-separated.
-            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
-                let line = String::from_utf8_lossy(&c).replace('\0', " ");
-                line.split(' ').any(|arg| arg == needle)
-            })
-        })
+        !self.daemons(fs_name).is_empty()
+    }
+
+    /// The juicefs processes of this volume: those whose arguments hold the `--log=`
+    /// path kelp gave only to them (juicefs hides the rest of its command line).
+    pub fn daemons(&self, fs_name: &str) -> Vec<nix::unistd::Pid> {
+        super::procs::with_arg(&format!("--log={}", self.log_path(fs_name).display()))
     }
 
     /// The last lines of the volume's juicefs log, for error messages.

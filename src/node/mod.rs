@@ -6,8 +6,10 @@
 pub mod core;
 pub mod fuse_fd;
 pub mod jfs;
+pub mod lease;
 pub mod mount;
 pub mod paths;
+pub mod procs;
 pub mod publish;
 pub mod repair;
 pub mod stage;

@@ -17,6 +17,7 @@ impl NodeCore {
                 "volume {id} is not staged on this node; stage it first"
             )));
         };
+        super::lease::refuse_fenced(id, &v)?;
         if let Some(&ro) = v.targets.get(target) {
             if mount::mount_at(target).is_some_and(|m| m.is_juicefs_of(&id.fs_name)) {
                 if ro != read_only {

@@ -24,6 +24,11 @@ impl NodeCore {
     /// mount at the same path and re-binds every target. Returns whether it acted.
     pub async fn repair(&self, id: &VolumeId) -> Result<bool> {
         let Some(v) = self.staged(id) else { return Ok(false) };
+        if v.fenced.is_some() {
+            // Stopped or cut off on purpose (`lease`): bringing it back would let this
+            // node write without a lease.
+            return Ok(false);
+        }
         let mut acted = false;
         let daemon = self.cfg.juicefs.daemon_running(&id.fs_name);
         let held = fuse_fd::holder_running(&self.fuse_socket(id));
@@ -87,7 +92,7 @@ impl NodeCore {
     /// Forgets a volume whose file system no longer exists, unmounting what is left.
     pub async fn drop_vanished(&self, id: &VolumeId) -> Result<bool> {
         let Some(v) = self.staged(id) else { return Ok(false) };
-        match self.check_exists(&self.server_for(v.home.as_deref())?, id).await {
+        match self.check_exists(&self.server_for(v.home.as_deref())?, id, v.live_db(id)).await {
             Err(Error::NotFound(_)) => {
                 warn!(volume_id = %id, "volume no longer exists; removing its mounts");
                 self.release_volume(id, &v, false).await?;
@@ -152,6 +157,10 @@ pub async fn tick(core: &NodeCore, retries: &mut Retries) {
         // A volume busy with an RPC is looked at on the next pass.
         let Ok(_guard) = core.locks.lock(&id.to_string(), Duration::from_millis(50)).await else { continue };
         let Some(v) = core.staged(&id).filter(|now| now.staging_path == v.staging_path) else { continue };
+        if matches!(v.fenced, Some(super::state::Fenced::Stalled { .. })) {
+            // Its juicefs is stopped: anything that reads the mount would hang.
+            continue;
+        }
         match core.drop_vanished(&id).await {
             Ok(true) => {
                 retries.succeeded(&id);

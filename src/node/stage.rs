@@ -33,6 +33,14 @@ pub struct StageRequest {
     pub epoch: u64,
     /// The fence the local master must hold before mounting.
     pub wait_fence: u64,
+    /// The live generation's database (0: the volume id's).
+    pub db: u32,
+    /// The retired generation to seed `db` from on the local master (0: none).
+    pub seed: u32,
+    /// The holder's lease in ms (0: none).
+    pub lease_ms: u64,
+    /// The run id of the registry server the lease must be renewed at ("": unchecked).
+    pub registry: String,
 }
 
 impl StageRequest {
@@ -69,6 +77,10 @@ impl StageRequest {
             home: publish.home.clone(),
             epoch: publish.epoch,
             wait_fence: publish.wait_fence,
+            db: publish.db,
+            seed: publish.seed,
+            lease_ms: publish.lease_ms,
+            registry: publish.registry.clone(),
         })
     }
 
@@ -83,6 +95,10 @@ impl StageRequest {
             home: v.home.clone(),
             epoch: v.epoch,
             wait_fence: 0,
+            db: v.db,
+            seed: 0,
+            lease_ms: v.lease_ms,
+            registry: String::new(),
         }
     }
 }
@@ -103,6 +119,17 @@ impl NodeCore {
                     "volume {id} is staged against another metadata master; unstage it first"
                 )));
             }
+            if prev.db != req.db {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} is staged here with an older metadata generation (database {}); it was taken over since: unstage it first",
+                    prev.live_db(id)
+                )));
+            }
+            super::lease::refuse_fenced(id, &prev)?;
+        }
+        let db = if req.db == 0 { id.db } else { req.db };
+        if req.lease_ms > 0 && !req.read_only && req.home.is_none() {
+            self.check_lease_server(id, &req.registry).await?;
         }
         let server = self.server_for(req.home.as_deref())?;
         let socket = self.fuse_socket(id);
@@ -119,9 +146,12 @@ impl NodeCore {
             if health != Health::Missing && !resume {
                 mount::unmount_juicefs(path, &id.fs_name)?;
             }
-            self.check_exists(&server, id).await?;
+            if req.seed > 0 && req.home.is_none() && !resume {
+                self.seed_generation(id, req.seed, db).await?;
+            }
+            self.check_exists(&server, id, db).await?;
             if req.home.is_none() && req.wait_fence > 0 && !resume {
-                self.await_fence(id, req.wait_fence).await?;
+                self.await_fence(id, db, req.wait_fence).await?;
             }
             let dir = if resume { None } else { Some(self.cfg.paths.open_dir(path, true)?) };
             if let Some(dir) = &dir {
@@ -140,7 +170,7 @@ impl NodeCore {
             let spec = MountSpec {
                 fs_name: &id.fs_name,
                 meta: server.url(),
-                db: id.db,
+                db,
                 mount_point: path,
                 read_only: req.read_only,
                 cache_size_mib: req.cache_size_mib,
@@ -166,7 +196,7 @@ impl NodeCore {
             if resume {
                 info!(volume_id = %id, path = ?path, "juicefs restarted on the held FUSE connection; the mount never went away");
             } else {
-                info!(volume_id = %id, path = ?path, meta = %server.url(), read_only = req.read_only, epoch = req.epoch, "staged");
+                info!(volume_id = %id, path = ?path, meta = %server.url(), db, read_only = req.read_only, epoch = req.epoch, lease_ms = req.lease_ms, "staged");
             }
         }
         self.update(|s| {
@@ -181,7 +211,11 @@ impl NodeCore {
                 home: req.home.clone(),
                 epoch: 0,
                 created: Default::default(),
+                db: req.db,
+                lease_ms: req.lease_ms,
+                fenced: None,
             });
+            v.lease_ms = req.lease_ms;
             v.read_only = req.read_only;
             v.single_target = req.single_target;
             v.epoch = v.epoch.max(req.epoch);
@@ -269,9 +303,10 @@ impl NodeCore {
         }
     }
 
-    /// The volume's file system must exist in `server` (and be the right one).
-    pub(super) async fn check_exists(&self, server: &MetaServer, id: &VolumeId) -> Result<()> {
-        match juicefs::read_setting(server, id.db).await {
+    /// The volume's file system must exist in database `db` of `server` (and be the
+    /// right one).
+    pub(super) async fn check_exists(&self, server: &MetaServer, id: &VolumeId, db: u32) -> Result<()> {
+        match juicefs::read_setting(server, db).await {
             Ok(s) if s.name == id.fs_name && id.matches_uuid(&s.uuid) => Ok(()),
             Ok(_) | Err(juicefs::Error::Missing { .. }) => Err(Error::NotFound(format!(
                 "volume {id} does not exist on metadata server {}",
@@ -281,7 +316,7 @@ impl NodeCore {
             // exists (and must not be dropped as vanished): this node cannot serve it
             // until its master is fixed. Otherwise the id names nothing.
             Err(juicefs::Error::Meta(crate::meta::Error::NoSuchDatabase { server, db })) => {
-                let known = self.registry.volume(&id.fs_name).await?.is_some_and(|r| r.db == db);
+                let known = self.registry.volume(&id.fs_name).await?.is_some_and(|r| r.db == id.db);
                 if !known {
                     return Err(Error::NotFound(format!("volume {id} does not exist")));
                 }
@@ -293,11 +328,12 @@ impl NodeCore {
         }
     }
 
-    /// Waits (bounded) until the local master holds the fence `want` for `id`.
-    async fn await_fence(&self, id: &VolumeId, want: u64) -> Result<()> {
+    /// Waits (bounded) until the local master holds the fence `want` for `id` in its
+    /// live generation's database `db`.
+    async fn await_fence(&self, id: &VolumeId, db: u32, want: u64) -> Result<()> {
         let meta = &self.meta;
         let got = crate::wait::poll_until(self.cfg.fence_wait, Duration::from_millis(100), || async move {
-            match meta.fence(id.db).await {
+            match meta.fence(db).await {
                 Ok(have) if have >= want => Some(Ok(have)),
                 Ok(_) => None,
                 Err(e) => Some(Err(e)),
@@ -315,18 +351,40 @@ impl NodeCore {
             None => Err(Error::FailedPrecondition(format!(
                 "volume {id} was last written on another node (writer epoch {want}), and this node's metadata master {} has replicated only up to {} after {} s; check replication between the masters (the CO retries this)",
                 meta.url(),
-                meta.fence(id.db).await.unwrap_or(0),
+                meta.fence(db).await.unwrap_or(0),
                 self.cfg.fence_wait.as_secs()
             ))),
         }
     }
 
     /// Leaves this node's fence for the next writer, through its own master.
+    /// Not for a fenced mount: it is no longer known to hold everything it committed
+    /// (its juicefs was stopped or killed), and a volume taken over waits for no fence.
     pub(super) async fn leave_fence(&self, id: &VolumeId, v: &StagedVolume) -> Result<()> {
-        if v.home.is_none() && v.epoch > 0 && !v.read_only {
-            self.meta.raise_fence(id.db, v.epoch).await?;
+        if v.fenced.is_none() && v.home.is_none() && v.epoch > 0 && !v.read_only {
+            self.meta.raise_fence(v.live_db(id), v.epoch).await?;
             info!(volume_id = %id, fence = v.epoch, "released: fence written for the next writer");
         }
         Ok(())
+    }
+}
+
+impl NodeCore {
+    /// Makes the new generation `db` of a volume taken over, on this node's master,
+    /// from what that master holds of the retired generation `from`.
+    async fn seed_generation(&self, id: &VolumeId, from: u32, db: u32) -> Result<()> {
+        let started = std::time::Instant::now();
+        match self.meta.seed_generation(from, db).await? {
+            Some(0) => Err(Error::FailedPrecondition(format!(
+                "volume {id} was taken over, but this node's metadata master {} holds nothing of it in database {from} to continue from; check that it replicates from the other masters",
+                self.meta.url()
+            ))),
+            Some(keys) => {
+                info!(volume_id = %id, from_db = from, db, keys, ms = started.elapsed().as_millis() as u64,
+                    "took over: new metadata generation seeded from this node's master");
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 }

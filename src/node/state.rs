@@ -41,12 +41,47 @@ pub struct StagedVolume {
     /// removes when it lets go of them.
     #[serde(default)]
     pub created: BTreeSet<PathBuf>,
+    /// The database of the metadata generation mounted (0: the volume id's).
+    #[serde(default)]
+    pub db: u32,
+    /// The holder's lease (ms) for a writer that may be taken over; 0: no lease.
+    #[serde(default)]
+    pub lease_ms: u64,
+    /// Set while the mount is fenced because this node's lease lapsed.
+    #[serde(default)]
+    pub fenced: Option<Fenced>,
+}
+
+/// Why a mount is fenced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fenced {
+    /// The lease lapsed: juicefs is stopped, I/O waits. Renewed while still the
+    /// holder, it continues where it stopped.
+    Stalled { since_unix: i64 },
+    /// Another node took the volume over: juicefs and the FUSE connection are gone,
+    /// so every access fails; only an unpublish and unstage remain.
+    TakenOver { by_node: String },
 }
 
 impl StagedVolume {
     /// The directories kelp created that lie on the way to `path` (or are it).
     pub fn created_for(&self, path: &Path) -> Vec<PathBuf> {
         self.created.iter().filter(|c| path.starts_with(c)).cloned().collect()
+    }
+
+    /// The database of the generation this node mounts for volume `id`.
+    pub fn live_db(&self, id: &VolumeId) -> u32 {
+        if self.db == 0 {
+            id.db
+        } else {
+            self.db
+        }
+    }
+
+    /// A writer whose lease decides whether it may go on writing.
+    pub fn leased(&self) -> bool {
+        self.lease_ms > 0 && !self.read_only && self.home.is_none()
     }
 }
 
@@ -123,6 +158,9 @@ mod tests {
                 home: None,
                 epoch: 3,
                 created: Default::default(),
+                db: 7,
+                lease_ms: 3000,
+                fenced: Some(Fenced::Stalled { since_unix: 1 }),
             },
         );
         f.save(&s).unwrap();

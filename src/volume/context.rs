@@ -22,6 +22,16 @@ pub mod publish_keys {
     pub const EPOCH: &str = "kelp/epoch";
     /// The fence the local master must hold before a writer mounts.
     pub const FENCE: &str = "kelp/fence";
+    /// The database of the volume's live metadata generation, when a takeover moved
+    /// it away from the one in the volume id.
+    pub const DB: &str = "kelp/db";
+    /// The retired generation the node seeds `kelp/db` from on its own master.
+    pub const SEED: &str = "kelp/seed";
+    /// The lease (ms) after which a holder that cannot renew fences its mount.
+    pub const LEASE: &str = "kelp/lease-ms";
+    /// The run id of the registry server the controller judges leases at: the holder
+    /// must renew at that very server.
+    pub const REGISTRY: &str = "kelp/registry";
 }
 
 /// What the node side is told about a volume: names, and the per-volume node settings.
@@ -49,6 +59,14 @@ pub struct PublishContext {
     pub epoch: u64,
     /// The fence the local master must hold before mounting.
     pub wait_fence: u64,
+    /// The live generation's database (0: the volume id's).
+    pub db: u32,
+    /// The retired generation to seed `db` from (0: none).
+    pub seed: u32,
+    /// The holder's lease in ms (0: the volume is never taken over, no lease).
+    pub lease_ms: u64,
+    /// The run id of the server the holder must renew its lease at.
+    pub registry: String,
 }
 
 impl PublishContext {
@@ -63,6 +81,10 @@ impl PublishContext {
             home: map.get(publish_keys::META).cloned(),
             epoch: number(publish_keys::EPOCH)?,
             wait_fence: number(publish_keys::FENCE)?,
+            db: number(publish_keys::DB)? as u32,
+            seed: number(publish_keys::SEED)? as u32,
+            lease_ms: number(publish_keys::LEASE)?,
+            registry: map.get(publish_keys::REGISTRY).cloned().unwrap_or_default(),
         })
     }
 
@@ -75,6 +97,18 @@ impl PublishContext {
             m.insert(publish_keys::EPOCH.to_string(), self.epoch.to_string());
             m.insert(publish_keys::FENCE.to_string(), self.wait_fence.to_string());
         }
+        for (key, v) in [
+            (publish_keys::DB, self.db as u64),
+            (publish_keys::SEED, self.seed as u64),
+            (publish_keys::LEASE, self.lease_ms),
+        ] {
+            if v > 0 {
+                m.insert(key.to_string(), v.to_string());
+            }
+        }
+        if !self.registry.is_empty() {
+            m.insert(publish_keys::REGISTRY.to_string(), self.registry.clone());
+        }
         m
     }
 }
@@ -85,7 +119,15 @@ mod tests {
 
     #[test]
     fn publish_context_round_trips_and_rejects_garbage() {
-        let c = PublishContext { home: Some("redis://h:1".into()), epoch: 3, wait_fence: 2 };
+        let c = PublishContext {
+            home: Some("redis://h:1".into()),
+            epoch: 3,
+            wait_fence: 2,
+            db: 9,
+            seed: 4,
+            lease_ms: 3000,
+            registry: "abc".into(),
+        };
         assert_eq!(PublishContext::parse(&c.to_map()).unwrap(), c);
         assert_eq!(PublishContext::parse(&HashMap::new()).unwrap(), PublishContext::default());
         let bad = HashMap::from([(publish_keys::EPOCH.to_string(), "x".to_string())]);

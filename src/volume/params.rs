@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 const MAX_PARAMS: usize = 32;
+/// The trash period of a volume that may be taken over, unless more is asked for.
+pub const TAKEOVER_TRASH_DAYS: u32 = 1;
 const MAX_PARAM_VALUE: usize = 256;
 
 /// Per-volume choices, from `docker volume create --opt key=value`.
@@ -17,8 +19,9 @@ pub struct Params {
     pub inodes: u64,
     /// SeaweedFS replication code (xyz) for the bucket; `None` keeps the cluster default.
     pub replication: Option<String>,
-    /// Seconds a single-node writer's node must have been silent before another node
-    /// may take the volume over without a release; `None`: never.
+    /// Seconds a single-node writer's lease must have lapsed before another node may
+    /// take the volume over without a release; `None`: never. The holder's lease is
+    /// derived from it (`pinning::lease_ms`).
     #[serde(default)]
     pub takeover_after: Option<i64>,
     /// Node-local read cache for this volume, MiB (default: the node's --cache-size).
@@ -87,11 +90,11 @@ nodes use the volume's home master";
 pub const PARAM_KEYS: &[(&str, &str)] = &[
     ("block-size", "JuiceFS block size: KiB, or with a K or M suffix (64K to 16M, default 4M)"),
     ("compression", "none, lz4 or zstd (default none)"),
-    ("trash-days", "days deleted files stay in .trash and keep using space, 0 to disable (default 0)"),
+    ("trash-days", "days deleted files stay in .trash and keep using space, 0 to disable (default 0; 1 with takeover-after, which needs at least 1)"),
     ("inodes", "maximum number of files, 0 for no limit (default 0)"),
     ("replication", "SeaweedFS replication code xyz for the bucket, e.g. 010 (default: the cluster's)"),
     ("shared-writers", "home (the only choice): writers on several nodes send metadata to the volume's home master"),
-    ("takeover-after", "never (default) or seconds a crashed writer's node must be silent before another node takes over"),
+    ("takeover-after", "never (default) or seconds (at least 8) a single writer's lease must have lapsed before another node takes over; the holder fences itself after (seconds - 2) / 2"),
     ("durability", "strict (default: SeaweedFS fsyncs every write before acknowledging it) or relaxed (no fsync: faster, a power loss can lose recent writes)"),
     ("cache-size", "node-local read cache for this volume, MiB (default: the node's --cache-size)"),
     ("cache-dir", "node-local cache directory for this volume, an absolute path (default: below the node's --cache-dir)"),
@@ -173,12 +176,21 @@ impl Params {
                 "takeover-after" => {
                     p.takeover_after = match value {
                         "never" => None,
-                        v => Some(
-                            v.parse()
+                        v => {
+                            let secs: i64 = v
+                                .parse()
                                 .ok()
                                 .filter(|s| *s >= 0)
-                                .ok_or_else(|| bad("expected never or whole seconds"))?,
-                        ),
+                                .ok_or_else(|| bad("expected never or whole seconds"))?;
+                            let min = crate::pinning::MIN_TAKEOVER_AFTER;
+                            if secs < min {
+                                return Err(bad(&format!(
+                                    "at least {min} s: the holder fences itself after a lease of half of it less {} ms, and the lease must survive two lost renewals",
+                                    crate::pinning::CLOCK_MARGIN_MS
+                                )));
+                            }
+                            Some(secs)
+                        }
                     }
                 }
                 _ => {
@@ -189,6 +201,20 @@ impl Params {
                     )));
                 }
             }
+        }
+        if p.takeover_after.is_some() && p.trash_days == 0 {
+            // A holder that is cut off goes on until its lease ends, and may compact,
+            // overwrite or delete files meanwhile. Without a trash JuiceFS deletes the
+            // objects those held at once, objects the new holder's generation still
+            // reads (measured: 404s on files written before the cut). With one, they
+            // are only deleted by a client of the old generation after the trash
+            // period, and no such client runs again.
+            if raw.contains_key("trash-days") {
+                return Err(Error::InvalidArgument(format!(
+                    "parameter trash-days=0 cannot go with takeover-after: a taken-over holder's last deletions would remove data the new holder still reads; use trash-days={TAKEOVER_TRASH_DAYS} or more"
+                )));
+            }
+            p.trash_days = TAKEOVER_TRASH_DAYS;
         }
         Ok(p)
     }

@@ -14,6 +14,7 @@
 
 pub mod csi;
 mod driver;
+pub mod journal;
 mod mounts;
 mod procs;
 mod servers;

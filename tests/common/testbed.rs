@@ -112,6 +112,7 @@ pub struct DelayProxy {
     pub addr: SocketAddr,
     delay_us: Arc<AtomicU64>,
     paused: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -120,9 +121,10 @@ impl DelayProxy {
     pub fn start(listen: SocketAddr, target: SocketAddr, delay: Duration) -> DelayProxy {
         let delay_us = Arc::new(AtomicU64::new(delay.as_micros() as u64));
         let paused = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicBool::new(false));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (d, p) = (delay_us.clone(), paused.clone());
+        let (d, p, k) = (delay_us.clone(), paused.clone(), cut.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
@@ -131,7 +133,11 @@ impl DelayProxy {
                 let accept = async {
                     loop {
                         let Ok((client, _)) = listener.accept().await else { continue };
-                        let (d, p) = (d.clone(), p.clone());
+                        if k.load(Ordering::Relaxed) {
+                            // Cut: the connection is closed at once.
+                            continue;
+                        }
+                        let (d, p, k) = (d.clone(), p.clone(), k.clone());
                         tokio::spawn(async move {
                             let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
                             let _ = client.set_nodelay(true);
@@ -139,7 +145,10 @@ impl DelayProxy {
                             let (cr, cw) = client.into_split();
                             let (sr, sw) = server.into_split();
                             // A side that fails (peer gone) just ends its connection.
-                            let _ = tokio::join!(pipe(cr, sw, d.clone(), p.clone()), pipe(sr, cw, d, p));
+                            let _ = tokio::join!(
+                                pipe(cr, sw, d.clone(), p.clone(), k.clone()),
+                                pipe(sr, cw, d, p, k)
+                            );
                         });
                     }
                 };
@@ -150,16 +159,23 @@ impl DelayProxy {
             });
         });
         let addr = addr_rx.recv().expect("proxy address");
-        DelayProxy { addr, delay_us, paused, stop: Some(stop_tx), thread: Some(thread) }
+        DelayProxy { addr, delay_us, paused, cut, stop: Some(stop_tx), thread: Some(thread) }
     }
 
     pub fn set_delay(&self, delay: Duration) {
         self.delay_us.store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// While paused nothing is delivered; resuming delivers everything, in order.
+    /// While paused nothing is delivered and connections are held open; resuming
+    /// delivers everything, in order.
     pub fn pause(&self, paused: bool) {
         self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// While cut, every connection through the proxy is closed (within 100 ms) and
+    /// new ones are closed as they come: a link that drops rather than holds.
+    pub fn cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::Relaxed);
     }
 }
 
@@ -179,13 +195,24 @@ async fn pipe(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     delay_us: Arc<AtomicU64>,
     paused: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
 ) -> io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let closed = || io::Error::new(io::ErrorKind::ConnectionAborted, "link cut");
+    let cut_r = cut.clone();
     let reader = async move {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = from.read(&mut buf).await?;
+            let n = tokio::select! {
+                r = from.read(&mut buf) => r?,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if cut_r.load(Ordering::Relaxed) {
+                        return Err(closed());
+                    }
+                    continue;
+                }
+            };
             let due = tokio::time::Instant::now() + Duration::from_micros(delay_us.load(Ordering::Relaxed));
             if tx.send((due, buf[..n].to_vec())).is_err() || n == 0 {
                 return Ok::<_, io::Error>(());
@@ -195,8 +222,11 @@ async fn pipe(
     let writer = async move {
         while let Some((due, data)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
-            while paused.load(Ordering::Relaxed) {
+            while paused.load(Ordering::Relaxed) && !cut.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if cut.load(Ordering::Relaxed) {
+                return Err(closed());
             }
             if data.is_empty() {
                 to.shutdown().await?;
