@@ -72,6 +72,9 @@ end
 return {changed, redis.call('HLEN', 'kelp:baseline') - seen}
 "#;
 
+/// A key and its DUMP.
+type KeyDump = (Vec<u8>, Vec<u8>);
+
 /// Marks a seeded generation with the database it was seeded from.
 const SEEDED_FROM: &str = "kelp:seeded-from";
 
@@ -116,7 +119,7 @@ impl MetaServer {
         let mut cursor: u64 = 0;
         let mut copied = 0u64;
         loop {
-            let (next, batch): (u64, Vec<(Vec<u8>, Vec<u8>)>) = redis::cmd("HSCAN")
+            let (next, batch): (u64, Vec<KeyDump>) = redis::cmd("HSCAN")
                 .arg(&snapshot)
                 .arg(cursor)
                 .arg("COUNT")
