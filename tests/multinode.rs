@@ -516,11 +516,19 @@ async fn crashed_writer_is_refused_or_taken_over_as_configured() {
     let mut c = Cluster::start(Duration::from_millis(10), 10);
     let never = c.create("never-taken", Mode::SingleNodeWriter, &[]).await;
     let after = c.create("taken-after", Mode::SingleNodeWriter, &[("takeover-after", "8")]).await;
+    let mut targets = Vec::new();
     for vol in [&never, &after] {
         let ctx = c.controller_publish(vol, 0, Mode::SingleNodeWriter).await.unwrap();
-        c.mount(vol, 0, Mode::SingleNodeWriter, &ctx).await.unwrap();
+        targets.push(c.mount(vol, 0, Mode::SingleNodeWriter, &ctx).await.unwrap());
     }
-    // Node 0's driver dies without releasing anything.
+    let w0 = JournalWriter::start(&targets[1].join("w0"), &c.root.join("journal-n0"), false);
+    assert!(poll_until(Duration::from_secs(30), Duration::from_millis(50), || (w0.acks() >= 10)
+        .then_some(()))
+    .is_some());
+    // Node 0's driver dies without releasing anything; its juicefs and FUSE holders
+    // live on. Nothing renews the lease, so the holder of the leased volume stops its
+    // juicefs when the lease ends.
+    let killed = unix_secs();
     c.kill_node(0);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -541,6 +549,13 @@ async fn crashed_writer_is_refused_or_taken_over_as_configured() {
         ctx.contains_key("kelp/db") && ctx.contains_key("kelp/seed"),
         "a takeover starts a new generation: {ctx:?}"
     );
+    let late: Vec<_> = w0.acked().into_iter().filter(|(_, at)| *at > killed + LEASE_S + 0.2).collect();
+    assert!(late.is_empty(), "node 0 acknowledged writes after its lease ended, its driver dead: {late:?}");
+    eprintln!(
+        "driver crash: node 0 acknowledged its last step {:.2} s after its driver died",
+        w0.acked().last().map(|(_, at)| at - killed).unwrap_or(0.0)
+    );
+    w0.stop(Duration::from_secs(2));
     let t1 = c.mount(&after, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
     std::fs::write(t1.join("after-takeover"), b"ok").unwrap();
     c.release(&after, 1).await;

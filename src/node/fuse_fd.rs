@@ -17,6 +17,12 @@
 //! 2. juicefs -> holder: `InitIn` bytes + `[fuse fd]` to hand over a live connection,
 //!    `CLOSE` + `[fd]` when it took ours, or nothing.
 //!
+//! The holder also enforces a leased writer's lease while `kelp serve` is down (see
+//! `lease`): the driver stamps the node's last renewal in [`lease_file`] and names the
+//! volume's lease and juicefs in [`lease_spec_file`]; once the stamp is older than the
+//! lease, the holder stops that juicefs. Only the driver resumes it, after it has
+//! renewed and found the volume still its own.
+//!
 //! The holder exits when the connection it holds is aborted (the volume was
 //! unmounted: `poll` reports `POLLERR` on the descriptor), or when it never received
 //! one within [`NO_FD_EXIT`].
@@ -42,6 +48,57 @@ const NO_FD_SETTINGS: &[u8] = b"FUSE";
 /// bytes, and unique per volume incarnation (database and UUID tag).
 pub fn socket_path(state_dir: &Path, db: u32, tag: &str) -> PathBuf {
     state_dir.join("fuse").join(format!("{db}-{tag}.sock"))
+}
+
+/// The node's last lease renewal that worked: CLOCK_MONOTONIC milliseconds, when it
+/// was sent. One per node.
+pub fn lease_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("fuse").join("lease")
+}
+
+/// A leased volume's lease (ms) and the argument that names its juicefs processes,
+/// beside the holder's socket; absent for volumes without a lease.
+pub fn lease_spec_file(socket: &Path) -> PathBuf {
+    socket.with_extension("lease")
+}
+
+/// CLOCK_MONOTONIC in milliseconds: one clock for every process on the node.
+pub fn monotonic_ms() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, so a reader never
+/// sees half of it.
+pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// How long before a lease ends its writer is stopped (as the driver does).
+const LEASE_EARLY_MS: u64 = 500;
+
+/// Stops the volume's juicefs once the node's lease stamp is older than the volume's
+/// lease, once per stamp.
+fn enforce_lease(socket: &Path, stopped_for: &mut Option<u64>) {
+    let Ok(spec) = std::fs::read_to_string(lease_spec_file(socket)) else { return };
+    let Some((lease_ms, needle)) = spec.trim().split_once(' ') else { return };
+    let Ok(lease_ms) = lease_ms.parse::<u64>() else { return };
+    let state_dir = socket.parent().and_then(Path::parent).unwrap_or(Path::new("/"));
+    // No stamp at all: the driver has not renewed since the node started; stop.
+    let stamp =
+        std::fs::read_to_string(lease_file(state_dir)).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let (now, last) = (monotonic_ms(), stamp.unwrap_or(0));
+    // A stamp from the future was written before a reboot: it covers nothing.
+    let fresh = last <= now && now - last + LEASE_EARLY_MS < lease_ms;
+    if fresh || *stopped_for == Some(last) {
+        return;
+    }
+    let pids = super::procs::with_arg(needle);
+    let n = super::procs::signal(&pids, nix::sys::signal::Signal::SIGSTOP);
+    eprintln!("kelp hold-fuse: the node's lease lapsed and kelp serve has not renewed it; stopped {n} juicefs processes of this volume");
+    *stopped_for = Some(last);
 }
 
 /// Whether a holder answers on `socket`.
@@ -76,7 +133,9 @@ pub fn hold(socket: &Path) -> std::io::Result<()> {
     let placeholder: OwnedFd = std::fs::File::open("/dev/null")?.into();
     let started = Instant::now();
     let mut held: Option<Held> = None;
+    let mut stopped_for = None;
     loop {
+        enforce_lease(socket, &mut stopped_for);
         if let Some(h) = &held {
             if aborted(&h.fd) {
                 eprintln!("kelp hold-fuse: the FUSE connection ended (unmounted); exiting");

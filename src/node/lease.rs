@@ -9,6 +9,10 @@
 //! The controller takes the volume over only after twice the lease and a margin
 //! (`pinning::lease_ms`), so the fence is always in place first.
 //!
+//! While `kelp serve` itself is down nothing renews: each volume's FUSE holder then
+//! stops its juicefs at the same deadline (`fuse_fd`), and a restarted driver renews
+//! first and settles every leased volume before anything else.
+//!
 //! When a renewal works again, each fenced volume is looked up in the registry: still
 //! held by this node, its juicefs continues (SIGCONT) exactly where it stopped; taken
 //! over, its juicefs and FUSE holder are killed, so the task's file system fails
@@ -48,6 +52,7 @@ impl NodeCore {
     /// Renews the lease once, bounded by [`RENEW_TIMEOUT`].
     pub async fn renew_lease(&self) -> Result<String> {
         let sent = Instant::now();
+        let sent_ms = super::fuse_fd::monotonic_ms();
         let renewed = tokio::time::timeout(RENEW_TIMEOUT, self.registry.renew_lease(&self.cfg.node_id)).await;
         let run_id = match renewed {
             Ok(r) => r?,
@@ -59,9 +64,18 @@ impl NodeCore {
                 )))
             }
         };
-        let mut clock = self.lease.lock().expect("lease clock");
-        clock.last_ok = Some(sent);
-        clock.server = Some(run_id.clone());
+        {
+            let mut clock = self.lease.lock().expect("lease clock");
+            clock.last_ok = Some(sent);
+            clock.server = Some(run_id.clone());
+        }
+        // For the FUSE holders, which fence on their own while this process is down.
+        let stamp = super::fuse_fd::lease_file(&self.cfg.state_dir);
+        if let Err(e) = std::fs::create_dir_all(stamp.parent().unwrap_or(&self.cfg.state_dir))
+            .and_then(|()| super::fuse_fd::write_atomic(&stamp, &sent_ms.to_string()))
+        {
+            warn!(error = %e, path = ?stamp, "cannot record the lease renewal for the FUSE holders");
+        }
         Ok(run_id)
     }
 
@@ -135,8 +149,10 @@ impl NodeCore {
             };
             let ours = holder.as_ref().is_some_and(|h| h.node == self.cfg.node_id);
             if ours {
+                // Also after a fence by the FUSE holder while this process was down,
+                // which the state does not record.
+                let n = super::procs::signal(&self.cfg.juicefs.daemons(&id.fs_name), Signal::SIGCONT);
                 if v.fenced.is_some() {
-                    let n = super::procs::signal(&self.cfg.juicefs.daemons(&id.fs_name), Signal::SIGCONT);
                     info!(volume_id = %id, processes = n, "lease renewed and this node still holds the volume: its I/O continues");
                     let _ = self
                         .update(|s| {

@@ -169,7 +169,14 @@ impl Node for NodeService {
         req: Request<NodeGetVolumeStatsRequest>,
     ) -> RpcResult<NodeGetVolumeStatsResponse> {
         let r = req.into_inner();
-        let (_, path, home) = self.volume_path(&r.volume_id, &r.volume_path)?;
+        let (id, path, home) = self.volume_path(&r.volume_id, &r.volume_path)?;
+        if let Some(f) = self.core.staged(&id).and_then(|v| v.fenced) {
+            let condition = stats::fenced_condition(&f);
+            return Ok(Response::new(NodeGetVolumeStatsResponse {
+                usage: Vec::new(),
+                volume_condition: Some(condition),
+            }));
+        }
         let (usage, condition) = self.core.stats(&path, home.as_deref()).await;
         Ok(Response::new(NodeGetVolumeStatsResponse { usage, volume_condition: Some(condition) }))
     }

@@ -163,6 +163,22 @@ impl NodeCore {
                 let (socket, log) = (socket.clone(), holder_log.clone());
                 tokio::task::spawn_blocking(move || fuse_fd::ensure_holder(&socket, &log))
             };
+            let spec_file = fuse_fd::lease_spec_file(&socket);
+            let leased = req.lease_ms > 0 && !req.read_only && req.home.is_none();
+            let lease_spec = if leased {
+                let needle = format!("--log={}", self.cfg.juicefs.log_path(&id.fs_name).display());
+                fuse_fd::write_atomic(&spec_file, &format!("{} {needle}", req.lease_ms))
+            } else {
+                std::fs::remove_file(&spec_file).or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+            };
+            lease_spec
+                .map_err(|e| Error::Internal(format!("recording the lease of {id} in {spec_file:?}: {e}")))?;
             if let Err(e) = start.await.map_err(std::io::Error::other).and_then(|r| r) {
                 // Without a holder the mount still works; it just does not survive its daemon.
                 warn!(volume_id = %id, error = %e, "cannot start the FUSE holder; this mount will not outlive its juicefs");
@@ -275,6 +291,7 @@ impl NodeCore {
             // The holder ends once the connection it held is gone; a new stage must
             // not find the old one.
             let socket = self.fuse_socket(id);
+            let _ = std::fs::remove_file(fuse_fd::lease_spec_file(&socket));
             tokio::task::spawn_blocking(move || fuse_fd::wait_holder_gone(&socket, Duration::from_secs(3)))
                 .await
                 .map_err(|e| Error::Internal(format!("waiting for the FUSE holder: {e}")))?;

@@ -47,6 +47,21 @@ impl NodeCore {
     }
 }
 
+/// The condition of a fenced mount, told without touching it (a stalled one would
+/// not answer).
+pub fn fenced_condition(f: &super::state::Fenced) -> VolumeCondition {
+    let message = match f {
+        super::state::Fenced::Stalled { since_unix } => format!(
+            "fenced: this node's lease lapsed {} s ago (the registry server is unreachable); I/O waits until it is renewed",
+            crate::unix_now() - since_unix
+        ),
+        super::state::Fenced::TakenOver { by_node } => format!(
+            "fenced: node {by_node:?} took the volume over while this node was cut off; every access here fails until the task is stopped"
+        ),
+    };
+    VolumeCondition { abnormal: true, message }
+}
+
 fn usage(s: nix::sys::statvfs::Statvfs) -> Vec<VolumeUsage> {
     let bsize = s.fragment_size();
     let total = s.blocks() * bsize;
