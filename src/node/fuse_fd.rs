@@ -150,7 +150,8 @@ pub fn hold(socket: &Path) -> std::io::Result<()> {
             // No events asked: only errors (the connection aborted) wake us.
             fds.push(PollFd::new(h.fd.as_fd(), PollFlags::empty()));
         }
-        match poll(&mut fds, PollTimeout::from(1000u16)) {
+        // Every 200 ms at most, so a lapsed lease is enforced before it ends.
+        match poll(&mut fds, PollTimeout::from(200u16)) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
