@@ -185,6 +185,12 @@ async fn bad_input_gets_the_right_code_and_creates_nothing() {
         ("huge value", with_params(&[("compression", &"z".repeat(10_000))]), Code::InvalidArgument),
         ("bad block size", with_params(&[("block-size", "3G")]), Code::InvalidArgument),
         ("bad replication", with_params(&[("replication", "9x")]), Code::InvalidArgument),
+        ("takeover sooner than two leases", with_params(&[("takeover-after", "3")]), Code::InvalidArgument),
+        (
+            "takeover without a trash",
+            with_params(&[("takeover-after", "30"), ("trash-days", "0")]),
+            Code::InvalidArgument,
+        ),
         // Removed: it corrupts data on multi-master KeyDB (README, "Pinning").
         ("shared-writers=local", with_params(&[("shared-writers", "local")]), Code::InvalidArgument),
         // SeaweedFS rejects a fourth data centre only at the first upload.

@@ -257,6 +257,22 @@ mod tests {
     /// A volume made before `shared-writers=local` was removed still loads; it is
     /// mounted through its home master like every shared writer.
     #[test]
+    fn takeover_needs_a_lease_worth_having_and_a_trash() {
+        let raw = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        for short in ["0", "3", "7"] {
+            let e = Params::parse(&raw(&[("takeover-after", short)])).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(ref m) if m.contains("at least 8")), "{short}: {e:?}");
+        }
+        let p = Params::parse(&raw(&[("takeover-after", "8")])).unwrap();
+        assert_eq!((p.takeover_after, p.trash_days), (Some(8), TAKEOVER_TRASH_DAYS));
+        let p = Params::parse(&raw(&[("takeover-after", "30"), ("trash-days", "7")])).unwrap();
+        assert_eq!(p.trash_days, 7);
+        let e = Params::parse(&raw(&[("takeover-after", "30"), ("trash-days", "0")])).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(ref m) if m.contains("trash-days=0")), "{e:?}");
+        assert_eq!(Params::parse(&raw(&[("takeover-after", "never")])).unwrap().trash_days, 0);
+    }
+
+    #[test]
     fn a_stored_spec_with_the_removed_opt_in_still_loads() {
         let mut stored = serde_json::to_value(Params::default()).unwrap();
         stored["shared_writers_local"] = true.into();
