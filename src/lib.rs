@@ -10,6 +10,7 @@ pub mod identity;
 pub mod juicefs;
 pub mod locks;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod pinning;
 pub mod proto;

@@ -133,11 +133,18 @@ where
                 let ms = start.elapsed().as_secs_f64() * 1000.0;
                 if let Ok(r) = &resp {
                     // Errors travel as trailers-only responses: the status is in the headers.
-                    match tonic::Status::from_header_map(r.headers()) {
-                        None => info!(ms, outcome = "OK", "rpc"),
-                        Some(st) if st.code() == tonic::Code::Ok => info!(ms, outcome = "OK", "rpc"),
-                        Some(st) => warn!(ms, outcome = ?st.code(), message = st.message(), "rpc"),
+                    let code = match tonic::Status::from_header_map(r.headers()) {
+                        None => tonic::Code::Ok,
+                        Some(st) if st.code() == tonic::Code::Ok => tonic::Code::Ok,
+                        Some(st) => {
+                            warn!(ms, outcome = ?st.code(), message = st.message(), "rpc");
+                            st.code()
+                        }
+                    };
+                    if code == tonic::Code::Ok {
+                        info!(ms, outcome = "OK", "rpc");
                     }
+                    crate::metrics::metrics().rpc(&method, code, start.elapsed());
                 }
                 resp
             }

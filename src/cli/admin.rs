@@ -22,7 +22,15 @@ pub struct AdminArgs {
 enum AdminCommand {
     /// Every volume: id, state, home master, writer node, epoch, fence and the
     /// database of its live metadata generation.
-    Volumes,
+    Volumes {
+        /// Also usage (bytes and files against capacity) and where it is mounted now
+        /// (the live JuiceFS clients: host and mount point).
+        #[arg(long)]
+        wide: bool,
+        /// One JSON object per volume, one per line, with every field.
+        #[arg(long)]
+        json: bool,
+    },
     /// Metadata generations retired by takeovers, and how many keys each holds that
     /// were written after its takeover (counted now, on this server).
     Generations,
@@ -54,7 +62,7 @@ enum AdminCommand {
 pub async fn run(a: AdminArgs) -> Result<()> {
     let meta = MetaServer::new(MetaUrl::parse(&a.meta_url)?.with_password(a.meta_password.as_deref()));
     match a.command {
-        AdminCommand::Volumes => volumes(&meta).await,
+        AdminCommand::Volumes { wide, json } => volumes(&meta, wide, json).await,
         AdminCommand::Nodes => nodes(&meta).await,
         AdminCommand::Generations => generations(&meta).await,
         AdminCommand::DropGeneration { volume, db } => drop_generation(&meta, &volume, db).await,
@@ -133,34 +141,108 @@ async fn drop_generation(meta: &MetaServer, fs_name: &str, db: u32) -> Result<()
     Ok(())
 }
 
-async fn volumes(meta: &MetaServer) -> Result<()> {
-    println!(
-        "{:<28} {:<44} {:<9} {:<26} {:<14} {:>5} {:<8} {:>5} {:>4}",
-        "NAME", "ID", "STATE", "HOME", "WRITER", "EPOCH", "RELEASED", "FENCE", "DB"
-    );
+/// One volume as `kelp admin volumes` shows it.
+#[derive(serde::Serialize)]
+struct VolumeRow {
+    name: String,
+    id: String,
+    state: String,
+    home: String,
+    writer: Option<String>,
+    epoch: Option<u64>,
+    released: Option<bool>,
+    fence: u64,
+    db: u32,
+    used_bytes: Option<u64>,
+    capacity_bytes: Option<u64>,
+    files: Option<u64>,
+    mounted_on: Option<Vec<String>>,
+}
+
+async fn volume_row(meta: &MetaServer, fs_name: &str, wide: bool) -> Result<Option<VolumeRow>> {
+    let Some(rec) = meta.volume(fs_name).await? else { return Ok(None) };
+    let spec: Option<Spec> = serde_json::from_str(&rec.spec).ok();
+    let (name, id, home) = match &spec {
+        Some(s) => (s.name.clone(), VolumeId::new(rec.db, &s.uuid, fs_name).to_string(), s.home_meta.clone()),
+        None => ("?".into(), format!("db {}", rec.db), String::new()),
+    };
+    let holder = meta.holder(fs_name).await?;
+    let db = holder.as_ref().map(|h| h.db).filter(|&d| d != 0).unwrap_or(rec.db);
+    let ready = rec.state == VolumeState::Ready;
+    let fence = if ready { meta.fence(db).await? } else { 0 };
+    let mut row = VolumeRow {
+        name,
+        id,
+        state: format!("{:?}", rec.state).to_lowercase(),
+        home,
+        writer: holder.as_ref().map(|h| h.node.clone()),
+        epoch: holder.as_ref().map(|h| h.epoch),
+        released: holder.as_ref().map(|h| h.released),
+        fence,
+        db,
+        used_bytes: None,
+        capacity_bytes: None,
+        files: None,
+        mounted_on: None,
+    };
+    if wide && ready {
+        let (used, files) = kelp::juicefs::usage(meta, db).await.map_err(meta_error)?;
+        let setting = kelp::juicefs::read_setting(meta, db).await.map_err(meta_error)?;
+        row.used_bytes = Some(used);
+        row.files = Some(files);
+        row.capacity_bytes = Some(setting.capacity);
+        row.mounted_on = Some(kelp::juicefs::session_hosts(meta, db).await.map_err(meta_error)?);
+    }
+    Ok(Some(row))
+}
+
+fn meta_error(e: kelp::juicefs::Error) -> super::Error {
+    super::Error::Refused(e.to_string())
+}
+
+fn gib(b: Option<u64>) -> String {
+    b.map(|b| format!("{:.1}G", b as f64 / (1u64 << 30) as f64)).unwrap_or_else(|| "-".into())
+}
+
+async fn volumes(meta: &MetaServer, wide: bool, json: bool) -> Result<()> {
+    if !json {
+        print!(
+            "{:<28} {:<44} {:<9} {:<26} {:<14} {:>5} {:<8} {:>5} {:>4}",
+            "NAME", "ID", "STATE", "HOME", "WRITER", "EPOCH", "RELEASED", "FENCE", "DB"
+        );
+        if wide {
+            print!(" {:>8} {:>8} {:>8}  MOUNTED ON", "USED", "CAPACITY", "FILES");
+        }
+        println!();
+    }
     let mut after: Option<String> = None;
     loop {
         let names = meta.volume_names_after(after.as_deref(), 200).await?;
         for fs_name in &names {
-            let Some(rec) = meta.volume(fs_name).await? else { continue };
-            let spec: Option<Spec> = serde_json::from_str(&rec.spec).ok();
-            let (name, id, home) = match &spec {
-                Some(s) => {
-                    (s.name.clone(), VolumeId::new(rec.db, &s.uuid, fs_name).to_string(), s.home_meta.clone())
-                }
-                None => ("?".into(), format!("db {}", rec.db), String::new()),
-            };
-            let holder = meta.holder(fs_name).await?;
-            let live = holder.as_ref().map(|h| h.db).filter(|&d| d != 0).unwrap_or(rec.db);
-            let fence = if rec.state == VolumeState::Ready { meta.fence(live).await? } else { 0 };
-            let (writer, epoch, released) = match holder {
-                Some(h) => (h.node, h.epoch.to_string(), if h.released { "yes" } else { "no" }.to_string()),
-                None => ("-".into(), "-".into(), "-".into()),
-            };
-            println!(
-                "{name:<28} {id:<44} {:<9} {home:<26} {writer:<14} {epoch:>5} {released:<8} {fence:>5} {live:>4}",
-                format!("{:?}", rec.state).to_lowercase()
+            let Some(r) = volume_row(meta, fs_name, wide || json).await? else { continue };
+            if json {
+                println!("{}", serde_json::to_string(&r).expect("row serialises"));
+                continue;
+            }
+            let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            print!(
+                "{:<28} {:<44} {:<9} {:<26} {:<14} {:>5} {:<8} {:>5} {:>4}",
+                r.name,
+                r.id,
+                r.state,
+                r.home,
+                dash(r.writer.clone()),
+                dash(r.epoch.map(|e| e.to_string())),
+                dash(r.released.map(|x| if x { "yes" } else { "no" }.to_string())),
+                r.fence,
+                r.db
             );
+            if wide {
+                let files = dash(r.files.map(|f| f.to_string()));
+                let on = r.mounted_on.as_ref().map(|m| m.join(", ")).filter(|m| !m.is_empty());
+                print!(" {:>8} {:>8} {files:>8}  {}", gib(r.used_bytes), gib(r.capacity_bytes), dash(on));
+            }
+            println!();
         }
         if names.len() < 200 {
             return Ok(());

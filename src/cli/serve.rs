@@ -114,6 +114,10 @@ pub struct ServeArgs {
     /// `..`, or through a symbolic link are refused.
     #[arg(long, env = "KELP_ALLOWED_ROOTS", value_delimiter = ',', default_value = "/data,/var/lib/kelp")]
     allowed_roots: Vec<PathBuf>,
+    /// Where to serve Prometheus metrics (`/metrics`), host:port; empty: nowhere.
+    /// The plugin serves them on 0.0.0.0:9469 (it uses the host network).
+    #[arg(long, env = "KELP_METRICS_ADDR", default_value = "")]
+    metrics_addr: String,
     /// Log filter, e.g. info or kelp=debug.
     #[arg(long, env = "KELP_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -168,6 +172,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         .tcp_keepalive(Some(Duration::from_secs(60)))
         .layer(RpcLogLayer)
         .add_service(IdentityServer::new(identity));
+    let mut sources = Vec::new();
     if let Some(filer) = filer {
         let backends = Backends {
             meta: meta.clone(),
@@ -179,6 +184,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
             home_meta: advertise.public_url(),
         };
         tokio::spawn(kelp::controller::generations::watch(backends.clone()));
+        sources.push(kelp::controller::generations::metrics_source(backends.clone()));
         router = router.add_service(ControllerServer::new(ControllerService::new(backends)));
     }
     if node {
@@ -207,7 +213,22 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         tokio::spawn(repair::run(core.clone()));
         // Renew this node's lease and fence leased writers when it lapses.
         tokio::spawn(kelp::node::lease::run(core.clone()));
+        sources.push(core.metrics_source());
         router = router.add_service(NodeServer::new(NodeService::new(core)));
+    }
+    if !a.metrics_addr.is_empty() {
+        let addr: std::net::SocketAddr = a.metrics_addr.parse().map_err(|e| {
+            super::Error::Refused(format!("--metrics-addr {:?} is not host:port ({e})", a.metrics_addr))
+        })?;
+        // Bound here, so a taken port fails the start instead of going unnoticed.
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(super::io(format!("serving metrics on {addr}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = kelp::metrics::serve(listener, sources).await {
+                tracing::error!(error = %e, "the metrics endpoint stopped");
+            }
+        });
     }
     info!(node_id, meta = %url, controller, node, version = env!("CARGO_PKG_VERSION"), "kelp starting");
     server::serve(router, &endpoint).await.map_err(super::io(format!("serving {endpoint}")))

@@ -54,3 +54,48 @@ pub async fn watch(b: Backends) {
         tokio::time::sleep(EVERY).await;
     }
 }
+
+/// The controller's part of a scrape: whether its backends answer, and the last
+/// count of every retired generation's tail.
+pub fn metrics_source(b: Backends) -> crate::metrics::Source {
+    use prometheus_client::encoding::EncodeLabelSet;
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Backend {
+        backend: String,
+    }
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Retired {
+        volume: String,
+        db: String,
+        from_node: String,
+    }
+    std::sync::Arc::new(move || {
+        let b = b.clone();
+        Box::pin(async move {
+            let mut snap = crate::metrics::Snapshot::default();
+            let up = snap.family::<Backend>(
+                "controller_backend_up",
+                "1 when the controller's backend answers a ping within 2 s: metadata (the registry's server), filer",
+            );
+            let within = Duration::from_secs(2);
+            let meta = matches!(tokio::time::timeout(within, b.meta.ping()).await, Ok(Ok(())));
+            let filer = matches!(tokio::time::timeout(within, b.filer.ping()).await, Ok(Ok(())));
+            up.get_or_create(&Backend { backend: "metadata".into() }).set(meta as u8 as f64);
+            up.get_or_create(&Backend { backend: "filer".into() }).set(filer as u8 as f64);
+            let tails = snap.family::<Retired>(
+                "generation_tail_keys",
+                "Keys written to a retired metadata generation after its takeover, as last counted (-1: not yet)",
+            );
+            if let Ok(names) = b.meta.volumes_with_generations().await {
+                for fs_name in names {
+                    for (db, g) in b.meta.generations(&fs_name).await.unwrap_or_default() {
+                        let labels =
+                            Retired { volume: fs_name.clone(), db: db.to_string(), from_node: g.from_node };
+                        tails.get_or_create(&labels).set(g.tail_keys.map(|k| k as f64).unwrap_or(-1.0));
+                    }
+                }
+            }
+            crate::metrics::encode(&snap.registry)
+        })
+    })
+}

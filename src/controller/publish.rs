@@ -74,6 +74,12 @@ async fn hand_over(b: &Backends, id: &VolumeId, spec: &Spec, node: &str) -> Resu
                 if let Some(written) =
                     b.meta.swap_holder(&id.fs_name, expected, &next, retired.as_ref(), databases).await?
                 {
+                    let kind = match (took_over, current.as_ref()) {
+                        (true, _) => "takeover",
+                        (false, Some(h)) if h.node != node => "handover",
+                        _ => "grant",
+                    };
+                    count(id, node, kind);
                     if took_over {
                         warn!(volume_id = %id, from = %from, to = %node, generation_db = written.db, retired_db = written.seed,
                             "took the volume over from a node whose lease lapsed; it continues in a new metadata generation, and anything the old holder's master accepted since stays in the retired one");
@@ -83,11 +89,22 @@ async fn hand_over(b: &Backends, id: &VolumeId, spec: &Spec, node: &str) -> Resu
                 }
             }
             Handover::Refuse { holder, lease } => {
+                count(id, node, "refused");
                 return Err(Error::FailedPrecondition(refusal(id, spec, &holder, lease)));
             }
         }
     }
     Err(Error::Aborted(format!("publishing {id} raced another publish; retry")))
+}
+
+fn count(id: &VolumeId, node: &str, kind: &str) {
+    let labels = crate::metrics::EventLabels {
+        volume: id.fs_name.clone(),
+        volume_id: id.to_string(),
+        node: node.into(),
+        kind: kind.into(),
+    };
+    crate::metrics::metrics().publishes.get_or_create(&labels).inc();
 }
 
 /// Why a publish is refused, and what the operator can do.

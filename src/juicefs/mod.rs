@@ -112,6 +112,18 @@ async fn live_session_ids(
         .map_err(|e| meta.err(e).into())
 }
 
+/// Bytes and inodes the file system in `db` uses, from the counters its clients keep.
+pub async fn usage(meta: &MetaServer, db: u32) -> Result<(u64, u64)> {
+    let mut c = meta.database(db).await?;
+    let (space, inodes): (Option<i64>, Option<i64>) = redis::cmd("MGET")
+        .arg("usedSpace")
+        .arg("totalInodes")
+        .query_async(&mut c)
+        .await
+        .map_err(|e| meta.err(e))?;
+    Ok((space.unwrap_or(0).max(0) as u64, inodes.unwrap_or(0).max(0) as u64))
+}
+
 /// Where the live clients of the file system in `db` run, as they describe themselves
 /// in `sessionInfos` (host name and mount point), for messages that tell an operator
 /// which node still uses a volume.

@@ -48,6 +48,8 @@ pub struct NodeCore {
     writer: tokio::sync::Mutex<()>,
     state_file: std::sync::Arc<StateFile>,
     pub(super) lease: Mutex<super::lease::LeaseClock>,
+    /// When the node last announced itself successfully (its heartbeat).
+    pub(super) announced: Mutex<Option<std::time::Instant>>,
 }
 
 impl NodeCore {
@@ -63,6 +65,7 @@ impl NodeCore {
             writer: Default::default(),
             state_file: std::sync::Arc::new(state_file),
             lease: Default::default(),
+            announced: Default::default(),
         })
     }
 
@@ -79,6 +82,7 @@ impl NodeCore {
             warnings: found.iter().map(ToString::to_string).collect(),
         };
         self.registry.register_node(&record).await?;
+        *self.announced.lock().expect("heartbeat clock") = Some(std::time::Instant::now());
         Ok(found)
     }
 

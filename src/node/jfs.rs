@@ -136,6 +136,22 @@ impl JuicefsConfig {
         super::procs::with_arg(&format!("--log={}", self.log_path(fs_name).display()))
     }
 
+    /// Where the volume's running juicefs serves its Prometheus metrics: it picks a
+    /// free loopback port (`--metrics=127.0.0.1:0`) and logs it at start; the last
+    /// such line is the current daemon's.
+    pub fn metrics_addr(&self, fs_name: &str) -> Option<std::net::SocketAddr> {
+        use std::io::{Read, Seek, SeekFrom};
+        const MARK: &str = "Prometheus metrics listening on \"";
+        let mut f = std::fs::File::open(self.log_path(fs_name)).ok()?;
+        let len = f.metadata().ok()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(256 * 1024))).ok()?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail).ok()?;
+        let tail = String::from_utf8_lossy(&tail);
+        let at = tail.rfind(MARK)? + MARK.len();
+        tail[at..].split('"').next()?.parse().ok()
+    }
+
     /// The last lines of the volume's juicefs log, for error messages.
     pub fn log_tail(&self, fs_name: &str) -> String {
         let text = std::fs::read_to_string(self.log_path(fs_name)).unwrap_or_default();

@@ -118,6 +118,7 @@ impl NodeCore {
             // this) is caught too.
             let stopped = super::procs::signal(&self.cfg.juicefs.daemons(&id.fs_name), Signal::SIGSTOP);
             if v.fenced.is_none() {
+                self.count_fence(&id, "lease_lapsed");
                 error!(volume_id = %id, lease_ms = v.lease_ms, since_renewal_ms = age.map(|a| a.as_millis() as u64),
                     processes = stopped, registry = %self.registry.url(),
                     "lease lapsed: this node cannot reach the registry server; the volume's I/O is stopped until the lease is renewed, so no other node's takeover can meet writes from here");
@@ -169,10 +170,21 @@ impl NodeCore {
         }
     }
 
+    fn count_fence(&self, id: &VolumeId, kind: &str) {
+        let labels = crate::metrics::EventLabels {
+            volume: id.fs_name.clone(),
+            volume_id: id.to_string(),
+            node: self.cfg.node_id.clone(),
+            kind: kind.into(),
+        };
+        crate::metrics::metrics().fences.get_or_create(&labels).inc();
+    }
+
     /// Ends this node's mount of a volume another node took over: its juicefs and the
     /// FUSE holder are killed, which ends the FUSE connection, so every call of the
     /// task fails with ENOTCONN; nothing is unmounted under the CO's feet.
     async fn cut_off(&self, id: &VolumeId, by: &str) {
+        self.count_fence(id, "taken_over");
         let juicefs = super::procs::signal(&self.cfg.juicefs.daemons(&id.fs_name), Signal::SIGKILL);
         let holders = super::procs::signal(&super::fuse_fd::holders(&self.fuse_socket(id)), Signal::SIGKILL);
         error!(volume_id = %id, taken_over_by = %by, juicefs, holders,

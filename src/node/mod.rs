@@ -7,6 +7,7 @@ pub mod core;
 pub mod fuse_fd;
 pub mod jfs;
 pub mod lease;
+pub mod metrics;
 pub mod mount;
 pub mod paths;
 pub mod procs;

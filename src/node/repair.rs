@@ -54,6 +54,8 @@ impl NodeCore {
                 }
             }
             self.stage(id, &StageRequest::again(&v)).await?;
+            let labels = crate::metrics::VolumeLabels::new(id, &self.cfg.node_id, v.home.is_some());
+            crate::metrics::metrics().remounts.get_or_create(&labels).inc();
             acted = true;
         }
         let mut created = Vec::new();

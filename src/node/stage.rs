@@ -349,6 +349,10 @@ impl NodeCore {
     /// live generation's database `db`.
     async fn await_fence(&self, id: &VolumeId, db: u32, want: u64) -> Result<()> {
         let meta = &self.meta;
+        let started = std::time::Instant::now();
+        let labels = crate::metrics::VolumeLabels::new(id, &self.cfg.node_id, false);
+        let m = crate::metrics::metrics();
+        m.fence_waits.get_or_create(&labels).inc();
         let got = crate::wait::poll_until(self.cfg.fence_wait, Duration::from_millis(100), || async move {
             match meta.fence(db).await {
                 Ok(have) if have >= want => Some(Ok(have)),
@@ -359,6 +363,7 @@ impl NodeCore {
         .await;
         match got {
             Some(Ok(have)) => {
+                m.fence_wait_seconds.get_or_create(&labels).inc_by(started.elapsed().as_secs_f64());
                 if have > 0 {
                     info!(volume_id = %id, fence = have, "previous writer's fence replicated; mounting");
                 }

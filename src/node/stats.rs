@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// statfs on a blocking thread with a timeout, so a hung FUSE server cannot hang the
 /// RPC that asked.
-async fn statfs(path: &Path) -> Option<nix::sys::statvfs::Statvfs> {
+pub(super) async fn statfs(path: &Path) -> Option<nix::sys::statvfs::Statvfs> {
     let p = path.to_path_buf();
     let probe = tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(&p));
     tokio::time::timeout(PROBE_TIMEOUT, probe).await.ok()?.ok()?.ok()
@@ -39,11 +39,23 @@ impl NodeCore {
             (Health::Hung, _) => abnormal(format!("the JuiceFS mount does not answer; {via}")),
             (Health::Missing, _) => abnormal("the volume path is missing".into()),
         };
-        let usage = match health {
-            Health::Alive { .. } => statfs(path).await.map(usage).unwrap_or_default(),
-            _ => Vec::new(),
+        let stat = match health {
+            Health::Alive { .. } => statfs(path).await,
+            _ => None,
         };
-        (usage, condition)
+        // A full volume fails every write with ENOSPC while the mount is healthy.
+        let condition = match &stat {
+            Some(s) if !condition.abnormal && s.blocks() > 0 && s.blocks_available() == 0 => abnormal(format!(
+                "capacity exhausted: the volume is full ({} bytes); delete files or expand it (ControllerExpandVolume); {via}",
+                s.blocks() * s.fragment_size()
+            )),
+            Some(s) if !condition.abnormal && s.files() > 0 && s.files_free() == 0 => abnormal(format!(
+                "capacity exhausted: the volume's inode limit ({} files) is reached; {via}",
+                s.files()
+            )),
+            _ => condition,
+        };
+        (stat.map(usage).unwrap_or_default(), condition)
     }
 }
 
