@@ -22,12 +22,13 @@ start_redis "$work/redis"
 start_weed "$work/weed"
 export KELP_ENDPOINT="unix://$work/kelp.sock" KELP_META_URL="redis://127.0.0.1:$REDIS_PORT"
 export KELP_S3_ENDPOINT="http://127.0.0.1:$S3_PORT" KELP_S3_ACCESS_KEY KELP_S3_SECRET_KEY
+metrics_addr="127.0.0.1:$(free_port)"
 "$kelp" serve --services=both --allowed-roots="$work" --filer="127.0.0.1:$FILER_GRPC" --state-dir="$work/kelp" \
-  --cache-dir="$work/kelp/cache" --log-level=warn >"$work/kelp.log" 2>&1 &
+  --cache-dir="$work/kelp/cache" --metrics-addr="$metrics_addr" --log-level=warn >"$work/kelp.log" 2>&1 &
 kelp_pid=$!
 KELP_PIDS+=("$kelp_pid")
 for _ in $(seq 100); do [[ -S "$work/kelp.sock" ]] && break; sleep 0.1; done
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(juicefs version); weed $(weed version | awk '{print $3}')"
 if [[ $what == durability ]]; then "$kelp" bench --dir="$work/run" durability; exit; fi
 if [[ $what != node ]]; then "$kelp" bench --dir="$work/run" provision --count="$count"; fi
-if [[ $what != provision ]]; then "$kelp" bench --dir="$work/run" node --kelp-pid="$kelp_pid"; fi
+if [[ $what != provision ]]; then "$kelp" bench --dir="$work/run" node --kelp-pid="$kelp_pid" --metrics-addr="$metrics_addr"; fi

@@ -28,11 +28,73 @@ impl Drop for Bed {
 
 /// Each test gets its own redis (some restart it) and kelp; SeaweedFS is shared.
 fn bed(name: &str) -> Bed {
+    bed_with(name, &[])
+}
+
+fn bed_with(name: &str, extra: &[String]) -> Bed {
     let redis = Redis::start(Some(META_PASSWORD));
     let weed = shared_weed();
-    let kelp =
-        KelpBuilder::new().redis(&redis).weed(weed).args(["--repair-interval=1", "--idle-release=3"]).start();
+    let kelp = KelpBuilder::new()
+        .redis(&redis)
+        .weed(weed)
+        .args(["--repair-interval=1", "--idle-release=3"])
+        .args(extra.iter().cloned())
+        .start();
     Bed { redis, weed, kelp, root: scratch(name) }
+}
+
+/// One scrape of kelp's `/metrics` at `addr`.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    body.to_string()
+}
+
+/// Every metric the shipped Grafana dashboard queries is one kelp serves: a sample
+/// in `scrape`, or a declared family not yet observed.
+fn assert_dashboard_matches(scrape: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/kelp-dashboard.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            names.extend(
+                words.filter(|w| w.starts_with("kelp_") || w.starts_with("juicefs_")).map(String::from),
+            );
+        }
+    }
+    assert!(names.len() >= 15, "{names:?}");
+    // Counters nothing has incremented yet are not in a scrape: those must at least be
+    // kelp families the README documents (its metrics table).
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for name in names {
+        let sampled =
+            scrape.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")));
+        let base = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name);
+        let declared = scrape.contains(&format!("# TYPE {base} "));
+        let documented = name.starts_with("kelp_") && readme.contains(&format!("`{name}`"));
+        assert!(sampled || declared || documented, "the dashboard queries {name}, which kelp does not serve");
+    }
+}
+
+/// The value of the sample of `family` whose labels include every one of `labels`.
+fn sample(text: &str, family: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} ")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 fn s(p: &Path) -> String {
@@ -207,6 +269,72 @@ async fn killed_juicefs_is_remounted_and_targets_rebound() {
     eventually_io(&t, Duration::from_secs(30)).await;
     assert_eq!(std::fs::read(t.join("before.txt")).unwrap(), b"kept");
     assert!(b.kelp.log_text().contains("remounting"));
+    cleanup(&mut c, id, &staging, &[&t]).await;
+    assert!(mounts_under(&b.root).is_empty());
+}
+
+/// The metrics endpoint follows what happens: a publish counts, the volume shows
+/// healthy with its capacity and its juicefs's own metrics under its name; a killed
+/// juicefs shows unhealthy, then a remount and healthy again. No secret ever appears.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_follow_publishes_crashes_and_remounts() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let b = bed_with("node-metrics", &[format!("--metrics-addr={addr}")]);
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let first = scrape(&addr);
+    assert_eq!(sample(&first, "kelp_build_info", &[]), Some(1.0), "{first}");
+    assert_eq!(sample(&first, "kelp_backend_up", &["backend=\"metadata\""]), Some(1.0), "{first}");
+    assert_eq!(sample(&first, "kelp_controller_backend_up", &["backend=\"filer\""]), Some(1.0), "{first}");
+    let vol = c.create("node-metrics", GIB).await.unwrap();
+    let id = vol.volume_id.as_str();
+    let fs = vol.volume_context["fsName"].clone();
+    let (staging, t) = (b.root.join("st"), b.root.join("t"));
+    let published = |text: &str| {
+        sample(text, "kelp_rpc_requests_total", &["method=\"NodePublishVolume\"", "code=\"Ok\""])
+            .unwrap_or(0.0)
+    };
+    let before = published(&scrape(&addr));
+    c.stage(id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
+    c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
+    std::fs::write(t.join("x"), vec![7u8; 1 << 20]).unwrap();
+    assert_eq!(std::fs::read(t.join("x")).unwrap().len(), 1 << 20);
+    let text = scrape(&addr);
+    assert_dashboard_matches(&text);
+    assert_eq!(published(&text), before + 1.0, "a publish is counted");
+    let vol_label = format!("volume=\"{fs}\"");
+    let labels = [vol_label.as_str(), "master=\"local\""];
+    assert_eq!(sample(&text, "kelp_volume_mount_healthy", &labels), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "kelp_volume_capacity_bytes", &labels), Some(GIB as f64), "{text}");
+    assert_eq!(sample(&text, "kelp_volume_targets", &labels), Some(1.0), "{text}");
+    assert!(
+        sample(&text, "kelp_rpc_duration_seconds_count", &["method=\"NodeStageVolume\""]).is_some(),
+        "{text}"
+    );
+    let kelp_volume = format!("kelp_volume=\"{fs}\"");
+    assert!(
+        text.lines().any(|l| l.starts_with("juicefs_") && l.contains(&kelp_volume)),
+        "juicefs's metrics under the volume:\n{text}"
+    );
+    assert_eq!(text.matches("# TYPE juicefs_uptime ").count(), 1, "one family, once");
+
+    // juicefs dies (its holder too, so the mount must be made again).
+    kill_pids(&[juicefs_pids(&fs), holder_pids(&b.kelp.state_dir)].concat());
+    let down = poll_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        (sample(&scrape(&addr), "kelp_volume_mount_healthy", &labels) == Some(0.0)).then_some(())
+    });
+    let remounted = poll_until(Duration::from_secs(60), Duration::from_millis(500), || {
+        let text = scrape(&addr);
+        (sample(&text, "kelp_volume_remounts_total", &labels).unwrap_or(0.0) >= 1.0
+            && sample(&text, "kelp_volume_mount_healthy", &labels) == Some(1.0))
+        .then_some(text)
+    });
+    assert!(remounted.is_some(), "never remounted and healthy again:\n{}", scrape(&addr));
+    eprintln!("metrics: unhealthy seen: {}", down.is_some());
+    let text = remounted.unwrap();
+    for secret in [S3_SECRET_KEY, S3_ACCESS_KEY, META_PASSWORD] {
+        assert!(!text.contains(secret), "a secret in the metrics");
+    }
+    eventually_io(&t, Duration::from_secs(30)).await;
     cleanup(&mut c, id, &staging, &[&t]).await;
     assert!(mounts_under(&b.root).is_empty());
 }

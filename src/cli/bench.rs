@@ -71,6 +71,10 @@ enum BenchWhat {
         /// Small files created.
         #[arg(long, default_value_t = 2000)]
         files: usize,
+        /// The kelp serve's metrics endpoint (host:port): each round also runs the
+        /// workload through kelp while /metrics is scraped every second, to price it.
+        #[arg(long)]
+        metrics_addr: Option<String>,
     },
     /// The cost of kelp's durable defaults (`appendfsync always`, SeaweedFS fsync)
     /// against `everysec` and `durability=relaxed`. Changes the server's appendfsync
@@ -138,8 +142,8 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&a.dir).map_err(super::io(a.dir.display()))?;
     match a.what {
         BenchWhat::Provision { count, baseline_db } => provision(&a, ch, count, baseline_db).await,
-        BenchWhat::Node { kelp_pid, volumes, seq_mib, files } => {
-            node(&a, ch, kelp_pid, volumes, seq_mib, files).await
+        BenchWhat::Node { kelp_pid, volumes, seq_mib, files, ref metrics_addr } => {
+            node(&a, ch, kelp_pid, volumes, seq_mib, files, metrics_addr.clone()).await
         }
         BenchWhat::Durability { rounds, files, seq_mib } => durability(&a, ch, rounds, files, seq_mib).await,
     }
@@ -389,6 +393,50 @@ fn small_files(dir: &Path, n: usize) -> f64 {
     rate
 }
 
+/// Scrapes `addr`'s /metrics every second on a thread of its own until dropped; counts
+/// the scrapes that worked.
+struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Scraper {
+    fn start(addr: &str) -> Scraper {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, addr) = (stop.clone(), addr.to_string());
+        let thread = std::thread::spawn(move || {
+            let mut ok = 0;
+            while !flag.load(Ordering::Relaxed) {
+                use std::io::{Read, Write};
+                if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                    let mut body = Vec::new();
+                    if write!(s, "GET /metrics HTTP/1.0\r\n\r\n").is_ok() && s.read_to_end(&mut body).is_ok()
+                    {
+                        ok += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            ok
+        });
+        Scraper { stop, thread: Some(thread) }
+    }
+
+    fn finish(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+/// Which way a node benchmark round reaches the file system.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Kelp,
+    Direct,
+    KelpScraped,
+}
+
 async fn node(
     a: &BenchArgs,
     ch: Channel,
@@ -396,6 +444,7 @@ async fn node(
     volumes: usize,
     seq_mib: usize,
     files: usize,
+    metrics_addr: Option<String>,
 ) -> Result<()> {
     let mut ctl = ControllerClient::new(ch.clone());
     let mut node = NodeClient::new(ch);
@@ -472,27 +521,32 @@ async fn node(
 
     // Interleave kelp and direct runs so drift hits both alike.
     let (mut kw, mut kr, mut dw, mut dr, mut kf, mut df) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut sw, mut sr, mut sf, mut scrapes) = (vec![], vec![], vec![], 0);
+    let mut sides = vec![Side::Kelp, Side::Direct];
+    if metrics_addr.is_some() {
+        sides.push(Side::KelpScraped);
+    }
     for round in 0..5 {
         eprint!("\rI/O round {}/5 ", round + 1);
-        // Alternate which side goes first, so neither always meets a warm or a
-        // busy machine.
-        let order: [(&Path, bool); 2] = if round % 2 == 0 {
-            [(&target, true), (&direct, false)]
-        } else {
-            [(&direct, false), (&target, true)]
-        };
-        for (dir, is_kelp) in order {
+        // Rotate which side goes first, so none always meets a warm or a busy machine.
+        sides.rotate_left(1);
+        for &side in &sides {
+            let dir: &Path = if side == Side::Direct { &direct } else { &target };
+            let scraper = match (&metrics_addr, side) {
+                (Some(addr), Side::KelpScraped) => Some(Scraper::start(addr)),
+                _ => None,
+            };
             let (w, r) = seq_io(dir, seq_mib);
             let f = small_files(dir, files);
-            if is_kelp {
-                kw.push(w);
-                kr.push(r);
-                kf.push(f);
-            } else {
-                dw.push(w);
-                dr.push(r);
-                df.push(f);
-            }
+            let (ws, rs, fs) = match side {
+                Side::Kelp => (&mut kw, &mut kr, &mut kf),
+                Side::Direct => (&mut dw, &mut dr, &mut df),
+                Side::KelpScraped => (&mut sw, &mut sr, &mut sf),
+            };
+            ws.push(w);
+            rs.push(r);
+            fs.push(f);
+            scrapes += scraper.map(Scraper::finish).unwrap_or(0);
         }
     }
     let med = |mut v: Vec<f64>| {
@@ -525,6 +579,18 @@ async fn node(
     println!("| sequential write {seq_mib} MiB, MiB/s | {kw:.0} | {dw:.0} | {:.2} |", kw / dw);
     println!("| sequential read {seq_mib} MiB, MiB/s | {kr:.0} | {dr:.0} | {:.2} |", kr / dr);
     println!("| small-file creates/s ({files} files) | {kf:.0} | {df:.0} | {:.2} |", kf / df);
+    if !sw.is_empty() {
+        let (sw, sr, sf) = (med(sw), med(sr), med(sf));
+        println!();
+        println!(
+            "## the metrics endpoint's cost: kelp while /metrics is scraped every second ({scrapes} scrapes)"
+        );
+        println!("| measure | kelp, scraped | kelp | scraped / not |");
+        println!("|---|---:|---:|---:|");
+        println!("| sequential write {seq_mib} MiB, MiB/s | {sw:.0} | {kw:.0} | {:.3} |", sw / kw);
+        println!("| sequential read {seq_mib} MiB, MiB/s | {sr:.0} | {kr:.0} | {:.3} |", sr / kr);
+        println!("| small-file creates/s ({files} files) | {sf:.0} | {kf:.0} | {:.3} |", sf / kf);
+    }
     println!(
         "kelp serve RSS: {:.1} MiB before, {:.1} MiB with {volumes} staged, peak {:.1} MiB",
         rss_before as f64 / 1024.0,

@@ -94,7 +94,8 @@ impl JournalWriter {
     }
 
     /// Stops the writer (killing it if it has not ended within `within`, e.g. stuck on
-    /// a fenced mount) and returns its summary line, if it printed one.
+    /// a fenced mount, and then not waiting for it) and returns its summary line, if it
+    /// printed one.
     pub fn stop(mut self, within: Duration) -> Option<String> {
         std::fs::write(&self.stop, b"").unwrap();
         let deadline = Instant::now() + within;
@@ -109,7 +110,13 @@ impl JournalWriter {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        // A writer blocked in a request to a stopped (fenced) juicefs cannot die until
+        // that request ends, and it ends only when the mount is cleaned up: never wait
+        // for it here.
+        let gone = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < gone && !matches!(self.child.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         None
     }
 

@@ -92,10 +92,11 @@ check "swarm init" sh -c "docker swarm init --advertise-addr 127.0.0.1 >/dev/nul
 start_redis "$work/redis"
 start_weed "$work/weed"
 echo "== building and enabling the plugin"
+METRICS_PORT=$(free_port)
 deploy/swarm/build-plugin.sh kelp KELP_META_URL="redis://127.0.0.1:$REDIS_PORT" \
   KELP_FILER="127.0.0.1:$FILER_GRPC" KELP_S3_ENDPOINT="http://127.0.0.1:$S3_PORT" \
   KELP_S3_ACCESS_KEY="$KELP_S3_ACCESS_KEY" KELP_S3_SECRET_KEY="$KELP_S3_SECRET_KEY" \
-  KELP_IDLE_RELEASE=5 state.source="$work/state"
+  KELP_IDLE_RELEASE=5 KELP_METRICS_ADDR="127.0.0.1:$METRICS_PORT" state.source="$work/state"
 check "plugin enabled" test "$(docker plugin inspect -f '{{.Enabled}}' kelp:latest)" = true
 
 # A test image from busybox-static: no registry here.
@@ -124,6 +125,12 @@ docker service create -d -q --no-resolve-image --name writer --mount type=cluste
 check "task running with the volume" retry 90 running writer
 c=$(task_container writer)
 check "df in the task shows the requested 1 GiB" sh -c "docker exec $c df -h /data | grep -q ' 1.0G '"
+# The plugin uses the host network: its /metrics is scraped from the host, as Prometheus would.
+scrape() { python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$METRICS_PORT/metrics', timeout=30).read().decode())"; }
+check "the node's /metrics, scraped from the host, shows the volume mounted and healthy" \
+  sh -c "$(declare -f scrape); scrape | grep -E '^kelp_volume_mount_healthy\{[^}]*volume=\"v-multi-all\"[^}]*\} 1(\.0)?$' >/dev/null"
+check "and its juicefs daemon's metrics under the volume's name" \
+  sh -c "$(declare -f scrape); scrape | grep -q '^juicefs_.*kelp_volume=\"v-multi-all\"'"
 docker exec "$c" sh -c 'echo kept > /data/kept.txt'
 docker service update -q --no-resolve-image --force writer >/dev/null
 check "new task after update --force" retry 90 sh -c "[ \"\$(docker ps -q -f label=com.docker.swarm.service.name=writer | head -1)\" != $c ] && docker ps -q -f label=com.docker.swarm.service.name=writer | grep -q ."
