@@ -317,6 +317,26 @@ async fn metrics_follow_publishes_crashes_and_remounts() {
     );
     assert_eq!(text.matches("# TYPE juicefs_uptime ").count(), 1, "one family, once");
 
+    // `kelp admin volumes --wide` and `--json` show usage and where it is mounted.
+    let admin = |extra: &str| {
+        run(std::process::Command::new(kelp_bin())
+            .args(["admin", "--meta-url", &b.redis.url(), "volumes", extra])
+            .env("KELP_META_PASSWORD", META_PASSWORD))
+    };
+    let wide = admin("--wide");
+    assert!(wide.lines().next().unwrap().contains("MOUNTED ON"), "{wide}");
+    assert!(wide.contains(&format!("at \"{}\"", staging.display())), "where it is mounted:\n{wide}");
+    // JuiceFS flushes its usage counters about once a second.
+    let counted = poll_until(Duration::from_secs(15), Duration::from_millis(500), || {
+        let json = admin("--json");
+        let row: serde_json::Value = serde_json::from_str(json.lines().find(|l| l.contains(&fs))?).ok()?;
+        (row["used_bytes"].as_u64()? >= 1 << 20).then_some((json, row))
+    });
+    let (json, row) = counted.expect("admin volumes --json shows the MiB written");
+    assert_eq!(row["capacity_bytes"], GIB);
+    assert_eq!(row["mounted_on"].as_array().unwrap().len(), 1, "{row}");
+    assert!(!json.contains(META_PASSWORD) && !wide.contains(META_PASSWORD));
+
     // juicefs dies (its holder too, so the mount must be made again).
     kill_pids(&[juicefs_pids(&fs), holder_pids(&b.kelp.state_dir)].concat());
     let down = poll_until(Duration::from_secs(20), Duration::from_millis(200), || {
