@@ -190,6 +190,15 @@ impl Cluster {
         self.links[&(to, from)].pause(paused);
     }
 
+    /// Whether the masters are KeyDB multi-master; if not, says that `test` is skipped:
+    /// writers on several nodes need writable masters that replicate.
+    fn multi_master(&self, test: &str) -> bool {
+        if self.masters != Masters::KeyDb {
+            eprintln!("SKIPPED {test}: needs writable masters that replicate, i.e. KeyDB multi-master (no keydb-server found)");
+        }
+        self.masters == Masters::KeyDb
+    }
+
     /// Cuts node `i` off from every other node and from the registry, or heals it.
     /// `drop`: connections are closed; otherwise they are held open, delivering nothing.
     fn partition(&self, i: usize, on: bool, drop: bool) {
@@ -425,8 +434,7 @@ async fn clean_handover_after_heavy_writes_loses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn handovers_in_every_direction_lose_nothing() {
     let c = Cluster::start(Duration::from_millis(5), 20);
-    if c.masters != Masters::KeyDb {
-        eprintln!("SKIPPED handovers_in_every_direction_lose_nothing: a writer on node 1 or 2 needs a writable master that replicates, i.e. KeyDB multi-master (no keydb-server found)");
+    if !c.multi_master("handovers_in_every_direction_lose_nothing") {
         return;
     }
     let vol = c.create("every-way", Mode::SingleNodeWriter, &[]).await;
@@ -521,10 +529,7 @@ async fn crashed_writer_is_refused_or_taken_over_as_configured() {
         let ctx = c.controller_publish(vol, 0, Mode::SingleNodeWriter).await.unwrap();
         targets.push(c.mount(vol, 0, Mode::SingleNodeWriter, &ctx).await.unwrap());
     }
-    let w0 = JournalWriter::start(&targets[1].join("w0"), &c.root.join("journal-n0"), false);
-    assert!(poll_until(Duration::from_secs(30), Duration::from_millis(50), || (w0.acks() >= 10)
-        .then_some(()))
-    .is_some());
+    let w0 = writer_running(&targets[1].join("w0"), &c.root.join("journal-n0"), 10);
     // Node 0's driver dies without releasing anything; its juicefs and FUSE holders
     // live on. Nothing renews the lease, so the holder of the leased volume stops its
     // juicefs when the lease ends.
@@ -658,6 +663,47 @@ return #keys .. ' ' .. acc
     redis_cli(&c.net.nodes()[i].ip.to_string(), &["eval", DIGEST, "0", &db.to_string()]).trim().to_string()
 }
 
+/// Checks what a new holder sees in `dir` of the old holder's acknowledged steps
+/// `acked`, `at` being when the old holder was cut off or lost: every step
+/// acknowledged a second before must be there, whole; of the rest, what is there
+/// must be whole. Returns how many steps came in that last second, and how many of
+/// them are absent.
+fn check_survivors(dir: &Path, acked: &[(u64, f64)], at: f64) -> (usize, usize) {
+    let (settled, rest): (Vec<_>, Vec<_>) = acked.iter().partition(|(_, t)| *t < at - 1.0);
+    let missing = check_steps(dir, settled.iter().map(|(n, _)| *n), true);
+    assert!(
+        missing.is_empty(),
+        "steps acknowledged a second before the cut or loss are missing: {missing:?}"
+    );
+    let absent = check_steps(dir, rest.iter().map(|(n, _)| *n), false);
+    (rest.len(), absent.len())
+}
+
+/// A volume with `takeover-after` held by node 1, whose writer has acknowledged `n`
+/// steps in `w1/`: its id and the writer.
+async fn leased_writer_on_node_1(c: &Cluster, name: &str, n: usize) -> (String, JournalWriter) {
+    let vol =
+        c.create(name, Mode::SingleNodeWriter, &[("takeover-after", &TAKEOVER_AFTER.to_string())]).await;
+    let ctx = c.controller_publish(&vol, 1, Mode::SingleNodeWriter).await.unwrap();
+    assert_eq!(
+        ctx.get("kelp/lease-ms").map(String::as_str),
+        Some("3000"),
+        "the lease for takeover-after=8: {ctx:?}"
+    );
+    let t1 = c.mount(&vol, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
+    let w = writer_running(&t1.join("w1"), &c.root.join("journal-n1"), n);
+    (vol, w)
+}
+
+/// A journalling writer in `dir` that has acknowledged `n` steps.
+fn writer_running(dir: &Path, journal: &Path, n: usize) -> JournalWriter {
+    let w = JournalWriter::start(dir, journal, false);
+    let running =
+        poll_until(Duration::from_secs(30), Duration::from_millis(50), || (w.acks() >= n).then_some(()));
+    assert!(running.is_some(), "the writer in {dir:?} never acknowledged {n} steps");
+    w
+}
+
 /// Every regular file under `dir` has its own inode: two names sharing one is what
 /// merged masters produced (README, Pinning).
 fn assert_no_shared_inodes(dir: &Path) {
@@ -700,20 +746,10 @@ fn assert_converged(c: &Cluster, nodes: &[usize], db: u32) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partitioned_holder_fences_itself_and_its_tail_never_merges() {
     let c = Cluster::start(Duration::from_millis(10), 10);
-    if c.masters != Masters::KeyDb {
-        eprintln!("SKIPPED a_partitioned_holder_fences_itself_and_its_tail_never_merges: needs KeyDB multi-master (no keydb-server found)");
+    if !c.multi_master("a_partitioned_holder_fences_itself_and_its_tail_never_merges") {
         return;
     }
-    let vol = c
-        .create("partition", Mode::SingleNodeWriter, &[("takeover-after", &TAKEOVER_AFTER.to_string())])
-        .await;
-    let ctx = c.controller_publish(&vol, 1, Mode::SingleNodeWriter).await.unwrap();
-    assert_eq!(ctx.get("kelp/lease-ms").map(String::as_str), Some("3000"), "{ctx:?}");
-    let t1 = c.mount(&vol, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
-    let w1 = JournalWriter::start(&t1.join("w1"), &c.root.join("journal-n1"), false);
-    assert!(poll_until(Duration::from_secs(30), Duration::from_millis(50), || (w1.acks() >= 30)
-        .then_some(()))
-    .is_some());
+    let (vol, w1) = leased_writer_on_node_1(&c, "partition", 30).await;
 
     // The partition: node 1 keeps running, its writer too, but reaches no one.
     let cut = unix_secs();
@@ -744,20 +780,9 @@ async fn a_partitioned_holder_fences_itself_and_its_tail_never_merges() {
 
     // Node 2 continues from what its master had: every step node 1 acknowledged well
     // before the cut, and whatever is there of the rest, whole.
-    let settled: Vec<u64> = acked1.iter().filter(|(_, at)| *at < cut - 1.0).map(|(n, _)| *n).collect();
-    let missing = check_steps(&t2.join("w1"), settled.iter().copied(), true);
-    assert!(missing.is_empty(), "steps node 1 acknowledged a second before the cut are missing: {missing:?}");
-    let tail: Vec<u64> = acked1.iter().filter(|(_, at)| *at >= cut - 1.0).map(|(n, _)| *n).collect();
-    let absent = check_steps(&t2.join("w1"), tail.iter().copied(), false);
-    eprintln!(
-        "partition: of {} steps acknowledged from 1 s before the cut, {} are not in the live generation",
-        tail.len(),
-        absent.len()
-    );
-    let w2 = JournalWriter::start(&t2.join("w2"), &c.root.join("journal-n2"), false);
-    assert!(poll_until(Duration::from_secs(30), Duration::from_millis(50), || (w2.acks() >= 50)
-        .then_some(()))
-    .is_some());
+    let (tail, absent) = check_survivors(&t2.join("w1"), &acked1, cut);
+    eprintln!("partition: of {tail} steps acknowledged from 1 s before the cut, {absent} are not in the live generation");
+    let w2 = writer_running(&t2.join("w2"), &c.root.join("journal-n2"), 50);
 
     // Heal. Node 1 renews, learns it was taken over, and cuts its mount off: its
     // writer gets errors from then on, never a success.
@@ -836,19 +861,10 @@ async fn a_partitioned_holder_fences_itself_and_its_tail_never_merges() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cut_link_keeps_the_holder_and_a_lost_node_is_taken_over_whole() {
     let mut c = Cluster::start(Duration::from_millis(10), 10);
-    if c.masters != Masters::KeyDb {
-        eprintln!("SKIPPED a_cut_link_keeps_the_holder_and_a_lost_node_is_taken_over_whole: needs KeyDB multi-master (no keydb-server found)");
+    if !c.multi_master("a_cut_link_keeps_the_holder_and_a_lost_node_is_taken_over_whole") {
         return;
     }
-    let vol = c
-        .create("node-loss", Mode::SingleNodeWriter, &[("takeover-after", &TAKEOVER_AFTER.to_string())])
-        .await;
-    let ctx = c.controller_publish(&vol, 1, Mode::SingleNodeWriter).await.unwrap();
-    let t1 = c.mount(&vol, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
-    let w1 = JournalWriter::start(&t1.join("w1"), &c.root.join("journal-n1"), false);
-    assert!(poll_until(Duration::from_secs(30), Duration::from_millis(50), || (w1.acks() >= 20)
-        .then_some(()))
-    .is_some());
+    let (vol, w1) = leased_writer_on_node_1(&c, "node-loss", 20).await;
 
     // Node 2 stops hearing from node 1 directly.
     c.links[&(2, 1)].cut(true);
@@ -873,21 +889,12 @@ async fn a_cut_link_keeps_the_holder_and_a_lost_node_is_taken_over_whole() {
     );
     let acked1 = w1.acked();
     w1.stop(Duration::from_secs(5));
-    let settled: Vec<u64> = acked1.iter().filter(|(_, at)| *at < killed - 1.0).map(|(n, _)| *n).collect();
-    let missing = check_steps(&t2.join("w1"), settled.iter().copied(), true);
-    assert!(missing.is_empty(), "steps acknowledged a second before the node died are missing: {missing:?}");
-    let rest: Vec<u64> = acked1.iter().filter(|(_, at)| *at >= killed - 1.0).map(|(n, _)| *n).collect();
-    let absent = check_steps(&t2.join("w1"), rest.iter().copied(), false);
+    let (rest, absent) = check_survivors(&t2.join("w1"), &acked1, killed);
     eprintln!(
-        "node loss: {} steps acknowledged, all present but {} of the last second's {}",
-        acked1.len(),
-        absent.len(),
-        rest.len()
+        "node loss: {} steps acknowledged, all present but {absent} of the last second's {rest}",
+        acked1.len()
     );
-    let w2 = JournalWriter::start(&t2.join("w2"), &c.root.join("journal-n2"), false);
-    assert!(poll_until(Duration::from_secs(30), Duration::from_millis(50), || (w2.acks() >= 30)
-        .then_some(()))
-    .is_some());
+    let w2 = writer_running(&t2.join("w2"), &c.root.join("journal-n2"), 30);
     w2.finish();
     assert_no_shared_inodes(&t2);
     c.release(&vol, 2).await;
