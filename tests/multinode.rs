@@ -901,3 +901,53 @@ async fn a_cut_link_keeps_the_holder_and_a_lost_node_is_taken_over_whole() {
     c.links[&(2, 1)].cut(false);
     assert_converged(&c, &[0, 2], live_db(&c, &vol));
 }
+
+/// Swarm may never unstage: node 0 lets its task go (unpublish only) and keeps the
+/// volume staged; node 1 writes and lets go; then node 0 is published again while
+/// replication into it is held. Its old staged mount must not be handed to the task
+/// before node 1's fence has replicated: the publish is refused past the fence wait,
+/// and once replication resumes the task sees everything node 1 wrote.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_still_staged_waits_for_the_next_writers_fence() {
+    let c = Cluster::start(Duration::from_millis(10), 3);
+    if !c.multi_master("a_node_still_staged_waits_for_the_next_writers_fence") {
+        return;
+    }
+    let vol = c.create("restaged", Mode::SingleNodeWriter, &[]).await;
+    let ctx = c.controller_publish(&vol, 0, Mode::SingleNodeWriter).await.unwrap();
+    let t0 = c.mount(&vol, 0, Mode::SingleNodeWriter, &ctx).await.unwrap();
+    write_set(&t0, "n0", 20);
+    let mut n0 = c.node(0).await;
+    n0.unpublish(&vol, &t0.display().to_string()).await.unwrap();
+    c.controller_unpublish(&vol, 0).await;
+
+    let ctx = c.controller_publish(&vol, 1, Mode::SingleNodeWriter).await.unwrap();
+    let t1 = c.mount(&vol, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
+    for from in [1, 2] {
+        c.pause_link(0, from, true);
+    }
+    write_set(&t1, "n1", 50);
+    c.release(&vol, 1).await;
+
+    let ctx = c.controller_publish(&vol, 0, Mode::SingleNodeWriter).await.unwrap();
+    let (staging, target) = c.paths(0, &vol);
+    let publish = || csi::NodePublishVolumeRequest {
+        volume_id: vol.clone(),
+        staging_target_path: staging.clone(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(csi::mount_cap(Mode::SingleNodeWriter)),
+        publish_context: ctx.clone(),
+        ..Default::default()
+    };
+    let err = n0.node.node_publish_volume(publish()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(mounts_under(&c.root.join("n0/published")).is_empty(), "nothing published before the fence");
+    for from in [1, 2] {
+        c.pause_link(0, from, false);
+    }
+    n0.node.node_publish_volume(publish()).await.expect("published once the fence replicated");
+    check_set(&target, "n1", 50);
+    check_set(&target, "n0", 20);
+    c.release(&vol, 0).await;
+    assert!(mounts_under(&c.root).is_empty());
+}

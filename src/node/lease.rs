@@ -166,6 +166,23 @@ impl NodeCore {
                 continue;
             }
             let by = holder.map(|h| h.node).unwrap_or_default();
+            if v.targets.is_empty() && v.fenced.is_none() {
+                // Idle here (a clean handover, or the task already gone): let go of it
+                // as an idle release would; a later publish stages afresh and waits for
+                // the new holder's fence.
+                let Ok(_guard) = self.locks.lock(&id.to_string(), Duration::from_secs(1)).await else {
+                    continue;
+                };
+                match self.release_volume(&id, &v, false).await {
+                    Ok(()) => {
+                        info!(volume_id = %id, holder = %by, "another node holds the volume now; released its idle staged mount here")
+                    }
+                    Err(e) => {
+                        warn!(volume_id = %id, error = %e, "cannot release the idle staged mount of a volume another node holds; retried after the next renewal")
+                    }
+                }
+                continue;
+            }
             self.cut_off(&id, &by).await;
         }
     }

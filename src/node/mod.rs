@@ -140,9 +140,17 @@ impl Node for NodeService {
         let _guard = self.core.locks.lock_rpc(&r.volume_id).await?;
         // The node may have released the staged mount while idle (Swarm never
         // unstages); everything needed to stage again is in this request.
-        if self.core.staged(&id).is_none() {
-            let stage = self.stage_request(&id, staging, &cap, &r.volume_context, &publish).await?;
-            self.core.stage(&id, &stage).await?;
+        match self.core.staged(&id) {
+            None => {
+                let stage = self.stage_request(&id, staging, &cap, &r.volume_context, &publish).await?;
+                self.core.stage(&id, &stage).await?;
+            }
+            // Still staged from an earlier hold, while another node wrote since: its
+            // fence must have replicated before a task here sees the volume.
+            Some(v) if publish.wait_fence > v.epoch && v.home.is_none() => {
+                self.core.await_fence(&id, v.live_db(&id), publish.wait_fence).await?;
+            }
+            Some(_) => {}
         }
         self.core.note_epoch(&id, publish.epoch).await?;
         let read_only = r.readonly || volume::is_reader_mode(volume::mode(&cap));

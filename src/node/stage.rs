@@ -347,7 +347,7 @@ impl NodeCore {
 
     /// Waits (bounded) until the local master holds the fence `want` for `id` in its
     /// live generation's database `db`.
-    async fn await_fence(&self, id: &VolumeId, db: u32, want: u64) -> Result<()> {
+    pub(super) async fn await_fence(&self, id: &VolumeId, db: u32, want: u64) -> Result<()> {
         let meta = &self.meta;
         let started = std::time::Instant::now();
         let labels = crate::metrics::VolumeLabels::new(id, &self.cfg.node_id, false);
