@@ -43,7 +43,8 @@ enum AdminCommand {
         db: u32,
     },
     /// Every node that announced itself: its master, when it was last heard from,
-    /// and what it found wrong with its master's configuration.
+    /// when it last renewed its lease at this server, and what it found wrong with its
+    /// master's configuration.
     Nodes,
     /// Buckets kelp made (`kelp-*`) that no registry entry owns, e.g. after
     /// `docker volume rm -f` and a manual cleanup; `--delete` removes them with their
