@@ -31,4 +31,5 @@ for _ in $(seq 100); do [[ -S "$work/kelp.sock" ]] && break; sleep 0.1; done
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(juicefs version); weed $(weed version | awk '{print $3}')"
 if [[ $what == durability ]]; then "$kelp" bench --dir="$work/run" durability; exit; fi
 if [[ $what != node ]]; then "$kelp" bench --dir="$work/run" provision --count="$count"; fi
-if [[ $what != provision ]]; then "$kelp" bench --dir="$work/run" node --kelp-pid="$kelp_pid" --metrics-addr="$metrics_addr"; fi
+if [[ $what != provision ]]; then "$kelp" bench --dir="$work/run" node --kelp-pid="$kelp_pid" --metrics-addr="$metrics_addr" \
+  --scrape-every="${KELP_BENCH_SCRAPE_EVERY:-15}"; fi

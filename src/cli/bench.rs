@@ -72,9 +72,13 @@ enum BenchWhat {
         #[arg(long, default_value_t = 2000)]
         files: usize,
         /// The kelp serve's metrics endpoint (host:port): each round also runs the
-        /// workload through kelp while /metrics is scraped every second, to price it.
+        /// workload through kelp while /metrics is scraped, to price it.
         #[arg(long)]
         metrics_addr: Option<String>,
+        /// Seconds between those scrapes (Prometheus's default interval is 60 s,
+        /// `deploy/grafana/prometheus.yml` uses 30 s; 1 is a worst case).
+        #[arg(long, default_value_t = 15)]
+        scrape_every: u64,
     },
     /// The cost of kelp's durable defaults (`appendfsync always`, SeaweedFS fsync)
     /// against `everysec` and `durability=relaxed`. Changes the server's appendfsync
@@ -142,8 +146,9 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&a.dir).map_err(super::io(a.dir.display()))?;
     match a.what {
         BenchWhat::Provision { count, baseline_db } => provision(&a, ch, count, baseline_db).await,
-        BenchWhat::Node { kelp_pid, volumes, seq_mib, files, ref metrics_addr } => {
-            node(&a, ch, kelp_pid, volumes, seq_mib, files, metrics_addr.clone()).await
+        BenchWhat::Node { kelp_pid, volumes, seq_mib, files, ref metrics_addr, scrape_every } => {
+            let scraping = metrics_addr.clone().map(|addr| (addr, Duration::from_secs(scrape_every.max(1))));
+            node(&a, ch, kelp_pid, volumes, seq_mib, files, scraping).await
         }
         BenchWhat::Durability { rounds, files, seq_mib } => durability(&a, ch, rounds, files, seq_mib).await,
     }
@@ -393,15 +398,15 @@ fn small_files(dir: &Path, n: usize) -> f64 {
     rate
 }
 
-/// Scrapes `addr`'s /metrics every second on a thread of its own until dropped; counts
-/// the scrapes that worked.
+/// Scrapes `addr`'s /metrics every `every`, starting at once, on a thread of its own
+/// until finished; counts the scrapes that worked.
 struct Scraper {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<usize>>,
 }
 
 impl Scraper {
-    fn start(addr: &str) -> Scraper {
+    fn start(addr: &str, every: Duration) -> Scraper {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (flag, addr) = (stop.clone(), addr.to_string());
@@ -416,7 +421,10 @@ impl Scraper {
                         ok += 1;
                     }
                 }
-                std::thread::sleep(Duration::from_secs(1));
+                let next = Instant::now() + every;
+                while Instant::now() < next && !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
             ok
         });
@@ -444,7 +452,7 @@ async fn node(
     volumes: usize,
     seq_mib: usize,
     files: usize,
-    metrics_addr: Option<String>,
+    scraping: Option<(String, Duration)>,
 ) -> Result<()> {
     let mut ctl = ControllerClient::new(ch.clone());
     let mut node = NodeClient::new(ch);
@@ -523,7 +531,7 @@ async fn node(
     let (mut kw, mut kr, mut dw, mut dr, mut kf, mut df) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut sw, mut sr, mut sf, mut scrapes) = (vec![], vec![], vec![], 0);
     let mut sides = vec![Side::Kelp, Side::Direct];
-    if metrics_addr.is_some() {
+    if scraping.is_some() {
         sides.push(Side::KelpScraped);
     }
     for round in 0..5 {
@@ -532,8 +540,8 @@ async fn node(
         sides.rotate_left(1);
         for &side in &sides {
             let dir: &Path = if side == Side::Direct { &direct } else { &target };
-            let scraper = match (&metrics_addr, side) {
-                (Some(addr), Side::KelpScraped) => Some(Scraper::start(addr)),
+            let scraper = match (&scraping, side) {
+                (Some((addr, every)), Side::KelpScraped) => Some(Scraper::start(addr, *every)),
                 _ => None,
             };
             let (w, r) = seq_io(dir, seq_mib);
