@@ -5,6 +5,7 @@
 # `kelp bench durability` (not part of `all`: it changes the server's appendfsync while
 # it runs) prices appendfsync always against everysec.
 # Usage: scripts/bench.sh [COUNT] [provision|node|durability|all]   (COUNT volumes for provision, default 200)
+# KELP_BENCH_SCRAPE_EVERY=1 prices the metrics endpoint scraped every second (default 15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh

@@ -590,8 +590,9 @@ async fn node(
     if !sw.is_empty() {
         let (sw, sr, sf) = (med(sw), med(sr), med(sf));
         println!();
+        let every = scraping.as_ref().map(|(_, e)| e.as_secs()).unwrap_or(0);
         println!(
-            "## the metrics endpoint's cost: kelp while /metrics is scraped every second ({scrapes} scrapes)"
+            "## the metrics endpoint's cost: kelp while /metrics is scraped every {every} s ({scrapes} scrapes, {volumes} volumes staged)"
         );
         println!("| measure | kelp, scraped | kelp | scraped / not |");
         println!("|---|---:|---:|---:|");
