@@ -4,7 +4,9 @@
 # which runs its by-hand juicefs baseline in the same process and prints ratios.
 # `kelp bench durability` (not part of `all`: it changes the server's appendfsync while
 # it runs) prices appendfsync always against everysec.
-# Usage: scripts/bench.sh [COUNT] [provision|node|durability|all]   (COUNT volumes for provision, default 200)
+# `kelp bench datapath` (not part of `all` either) sets kelp beside a raw juicefs mount,
+# a `weed mount` and local disk, workload by workload.
+# Usage: scripts/bench.sh [COUNT] [provision|node|durability|datapath|all]   (COUNT volumes for provision, default 200)
 # KELP_BENCH_SCRAPE_EVERY=1 prices the metrics endpoint scraped every second (default 15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,10 @@ KELP_PIDS+=("$kelp_pid")
 for _ in $(seq 100); do [[ -S "$work/kelp.sock" ]] && break; sleep 0.1; done
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(juicefs version); weed $(weed version | awk '{print $3}')"
 if [[ $what == durability ]]; then "$kelp" bench --dir="$work/run" durability; exit; fi
+if [[ $what == datapath ]]; then
+  "$kelp" bench --dir="$work/run" datapath --weed-filer="127.0.0.1:$FILER_PORT.$FILER_GRPC"
+  exit
+fi
 if [[ $what != node ]]; then "$kelp" bench --dir="$work/run" provision --count="$count"; fi
 if [[ $what != provision ]]; then "$kelp" bench --dir="$work/run" node --kelp-pid="$kelp_pid" --metrics-addr="$metrics_addr" \
   --scrape-every="${KELP_BENCH_SCRAPE_EVERY:-15}"; fi

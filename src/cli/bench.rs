@@ -7,6 +7,8 @@
 //! - `node`: NodeStageVolume-to-ready time against a by-hand `juicefs mount -d`, and
 //!   sequential I/O and small-file creates through a kelp publish against the directly
 //!   mounted file system; peak RSS of the driver with many volumes staged.
+//! - `datapath` (`super::datapath`): kelp against a raw juicefs mount, a `weed mount`
+//!   and local disk, workload by workload.
 //! - `durability`: what kelp's durable defaults cost (`appendfsync always` on the
 //!   metadata server, a SeaweedFS fsync rule per bucket) against `everysec` and
 //!   `durability=relaxed`, on fsync'd small-file creates and sequential writes,
@@ -33,7 +35,7 @@ pub struct BenchArgs {
     endpoint: String,
     /// Metadata server for the baseline (same server kelp uses): redis://host:port.
     #[arg(long, env = "KELP_META_URL")]
-    meta_url: String,
+    pub(super) meta_url: String,
     /// S3 endpoint for the baseline.
     #[arg(long, env = "KELP_S3_ENDPOINT")]
     s3_endpoint: String,
@@ -43,7 +45,7 @@ pub struct BenchArgs {
     s3_secret_key: String,
     /// Scratch directory for mounts and files.
     #[arg(long, default_value = "/tmp/kelp-bench")]
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     #[command(subcommand)]
     what: BenchWhat,
 }
@@ -79,6 +81,20 @@ enum BenchWhat {
         /// `deploy/grafana/prometheus.yml` uses 30 s; 1 is a worst case).
         #[arg(long, default_value_t = 15)]
         scrape_every: u64,
+    },
+    /// kelp against a raw `juicefs mount`, a `weed mount` and local disk, on the
+    /// same servers: I/O, metadata, untar, stage time and mount memory.
+    Datapath {
+        /// The SeaweedFS filer for `weed mount`: host:port, or host:port.grpcport.
+        #[arg(long, env = "KELP_BENCH_WEED_FILER")]
+        weed_filer: String,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 512)]
+        seq_mib: usize,
+        /// Small files created, each fsync'd.
+        #[arg(long, default_value_t = 2000)]
+        files: usize,
     },
     /// The cost of kelp's durable defaults (`appendfsync always`, SeaweedFS fsync)
     /// against `everysec` and `durability=relaxed`. Changes the server's appendfsync
@@ -133,7 +149,7 @@ fn progress(what: &str, i: usize, n: usize) {
     }
 }
 
-fn meta_db(meta: &str, db: u32) -> String {
+pub(super) fn meta_db(meta: &str, db: u32) -> String {
     format!("{}/{db}", meta.trim_end_matches('/'))
 }
 
@@ -151,6 +167,9 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             node(&a, ch, kelp_pid, volumes, seq_mib, files, scraping).await
         }
         BenchWhat::Durability { rounds, files, seq_mib } => durability(&a, ch, rounds, files, seq_mib).await,
+        BenchWhat::Datapath { ref weed_filer, rounds, seq_mib, files } => {
+            super::datapath::run(&a, ch, weed_filer, rounds, seq_mib, files).await
+        }
     }
 }
 
@@ -254,7 +273,7 @@ fn seq_io(dir: &Path, mib: usize) -> (f64, f64) {
 
 /// Creates `n` small files, each written and fsync'd as a careful application does;
 /// files per second.
-fn synced_small_files(dir: &Path, n: usize) -> f64 {
+pub(super) fn synced_small_files(dir: &Path, n: usize) -> f64 {
     let d = dir.join("synced");
     std::fs::create_dir_all(&d).expect("mkdir");
     let t = Instant::now();
@@ -281,13 +300,13 @@ fn meta_config(meta: &str, set: Option<(&str, &str)>, get: &str) -> String {
 }
 
 /// One volume created, staged and published for a benchmark.
-struct Published {
-    id: String,
+pub(super) struct Published {
+    pub(super) id: String,
     staging: PathBuf,
-    target: PathBuf,
+    pub(super) target: PathBuf,
 }
 
-async fn publish_one(
+pub(super) async fn publish_one(
     a: &BenchArgs,
     ctl: &mut ControllerClient<Channel>,
     node: &mut NodeClient<Channel>,
@@ -320,7 +339,7 @@ async fn publish_one(
     Ok(p)
 }
 
-async fn release_one(
+pub(super) async fn release_one(
     ctl: &mut ControllerClient<Channel>,
     node: &mut NodeClient<Channel>,
     p: Published,

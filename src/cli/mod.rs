@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod bench;
 pub mod client;
+pub mod datapath;
 pub mod init;
 pub mod serve;
 pub mod stack;

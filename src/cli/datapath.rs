@@ -1,0 +1,384 @@
+//! `kelp bench datapath`: kelp side by side with what a Swarm user would otherwise
+//! run, on the same SeaweedFS and the same machine, in the same process: a kelp
+//! publish target, a raw `juicefs mount` of the same file system, a `weed mount` of a
+//! filer directory (what the Go SeaweedFS CSI driver runs per volume), and local
+//! disk as the physical limit. Every round runs every workload on every target, the
+//! targets in rotating order; the table shows medians and kelp's ratio to `weed
+//! mount`, as speed (above 1: kelp is faster).
+
+use super::bench::{publish_one, release_one, synced_small_files, BenchArgs};
+use super::{Error, Result};
+use kelp::proto::csi::{controller_client::ControllerClient, node_client::NodeClient};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// The ways to the file system that are compared.
+const TARGETS: [&str; 4] = ["kelp", "juicefs mount", "weed mount", "local disk"];
+
+/// What one workload measured on one target: a rate (higher is better) or a time.
+#[derive(Clone, Copy)]
+enum Unit {
+    Rate,
+    Seconds,
+}
+
+struct Row {
+    name: String,
+    unit: Unit,
+    /// Per target, one value per round.
+    values: [Vec<f64>; 4],
+}
+
+/// Drops the page cache, so a read meets the file system, not the kernel's copy.
+fn drop_caches() {
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+/// A source tree to untar: `dirs` directories of `per_dir` files of 1 to 20 KiB
+/// (about 22 MB for 100 x 20), packed once with tar.
+fn make_tree(root: &Path, dirs: usize, per_dir: usize) -> Result<PathBuf> {
+    let src = root.join("tree-src");
+    let _ = std::fs::remove_dir_all(&src);
+    for d in 0..dirs {
+        let dir = src.join(format!("pkg{d}/src"));
+        std::fs::create_dir_all(&dir).map_err(super::io(dir.display()))?;
+        for f in 0..per_dir {
+            let size = 1024 * (1 + (d * 7 + f * 13) % 20);
+            std::fs::write(dir.join(format!("mod{f}.rs")), vec![b'a' + (f % 26) as u8; size])
+                .map_err(super::io("writing the source tree"))?;
+        }
+    }
+    let tar = root.join("tree.tar");
+    let ok = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&src)
+        .arg(".")
+        .status()
+        .map_err(super::io("running tar"))?;
+    if !ok.success() {
+        return Err(Error::Refused("tar could not pack the source tree".into()));
+    }
+    Ok(tar)
+}
+
+/// Every path under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// One round of every workload in `dir`: (name, unit, value).
+fn workloads(dir: &Path, tar: &Path, seq_mib: usize, files: usize) -> Vec<(String, Unit, f64)> {
+    let mut out = Vec::new();
+    let w = seq_write(dir, seq_mib);
+    out.push((format!("sequential write {seq_mib} MiB, fsync, MiB/s"), Unit::Rate, w));
+    drop_caches();
+    let t = Instant::now();
+    let data = std::fs::read(dir.join("seq.bin")).unwrap_or_default();
+    out.push((
+        format!("sequential read {seq_mib} MiB after drop_caches, MiB/s"),
+        Unit::Rate,
+        (data.len() >> 20) as f64 / secs(t),
+    ));
+    let _ = std::fs::remove_file(dir.join("seq.bin"));
+    out.push((format!("{files} creates with fsync, per s"), Unit::Rate, synced_small_files(dir, files)));
+    let tree = dir.join("tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(&tree).expect("mkdir tree");
+    let t = Instant::now();
+    let untarred =
+        Command::new("tar").arg("-xf").arg(tar).arg("-C").arg(&tree).status().is_ok_and(|s| s.success());
+    let untar = secs(t);
+    if untarred {
+        out.push(("untar of the source tree, s".into(), Unit::Seconds, untar));
+    }
+    drop_caches();
+    let t = Instant::now();
+    let paths = walk(&tree);
+    out.push(("cold find, s".into(), Unit::Seconds, secs(t)));
+    let t = Instant::now();
+    let _ = walk(&tree);
+    out.push(("warm find, s".into(), Unit::Seconds, secs(t)));
+    drop_caches();
+    let t = Instant::now();
+    let statted = paths.iter().filter(|p| std::fs::symlink_metadata(p).is_ok()).count();
+    out.push((format!("cold stat of {statted} entries, per s"), Unit::Rate, statted as f64 / secs(t)));
+    let t = Instant::now();
+    let _ = Command::new("ls").arg("-lR").arg(&tree).stdout(Stdio::null()).status();
+    out.push(("ls -lR, s".into(), Unit::Seconds, secs(t)));
+    let t = Instant::now();
+    let _ = std::fs::remove_dir_all(&tree);
+    out.push(("rm -rf of the tree, s".into(), Unit::Seconds, secs(t)));
+    out
+}
+
+/// Writes `mib` MiB and fsyncs them, leaving the file for a cold read; MiB/s.
+fn seq_write(dir: &Path, mib: usize) -> f64 {
+    use std::io::Write;
+    let path = dir.join("seq.bin");
+    let block = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut f = std::fs::File::create(&path).expect("create");
+    for _ in 0..mib {
+        f.write_all(&block).expect("write");
+    }
+    f.sync_all().expect("fsync");
+    mib as f64 / secs(t)
+}
+
+/// Private memory (KiB) of `pids`: what they cost beyond shared libraries.
+fn private_kib(pids: &[i32]) -> u64 {
+    pids.iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
+            text.lines()
+                .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+fn pids_with(arg: &str) -> Vec<i32> {
+    kelp::node::procs::with_arg(arg).into_iter().map(|p| p.as_raw()).collect()
+}
+
+/// Waits until `dir` is a mount that answers, up to `within`.
+fn wait_mounted(dir: &Path, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&dir.display().to_string())));
+        if mounted && std::fs::read_dir(dir).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// A `weed mount` of the filer's `path` at `dir`, timed until it answers.
+fn weed_mount(filer: &str, path: &str, dir: &Path, cache: &Path) -> Result<(Child, f64)> {
+    std::fs::create_dir_all(dir).map_err(super::io(dir.display()))?;
+    let t = Instant::now();
+    let child = Command::new("weed")
+        .arg("mount")
+        .arg(format!("-filer={filer}"))
+        .arg(format!("-filer.path={path}"))
+        .arg(format!("-dir={}", dir.display()))
+        .arg(format!("-cacheDir={}", cache.display()))
+        .arg("-cacheCapacityMB=1024")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(super::io("running weed mount"))?;
+    if !wait_mounted(dir, Duration::from_secs(30)) {
+        return Err(Error::Refused(format!(
+            "weed mount of {path} at {} did not answer in 30 s",
+            dir.display()
+        )));
+    }
+    Ok((child, secs(t) * 1000.0))
+}
+
+fn unmount(dir: &Path) {
+    let _ = Command::new("umount").arg(dir).status();
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+pub async fn run(
+    a: &BenchArgs,
+    ch: Channel,
+    filer: &str,
+    rounds: usize,
+    seq_mib: usize,
+    files: usize,
+) -> Result<()> {
+    let mut ctl = ControllerClient::new(ch.clone());
+    let mut node = NodeClient::new(ch);
+    std::fs::create_dir_all(&a.dir).map_err(super::io(a.dir.display()))?;
+    let tar = make_tree(&a.dir, 100, 20)?;
+
+    // Stage until usable: kelp (a fresh volume each time), raw juicefs and weed mount.
+    let mut stage_ms: [Vec<f64>; 3] = Default::default();
+    for i in 0..5 {
+        let t = Instant::now();
+        let p = publish_one(a, &mut ctl, &mut node, &format!("dp-stage-{i}"), &[]).await?;
+        stage_ms[0].push(secs(t) * 1000.0);
+        let db = kelp::volume::VolumeId::parse(&p.id).map(|id| id.db).unwrap_or(0);
+        let direct = a.dir.join(format!("dp-direct-{i}"));
+        std::fs::create_dir_all(&direct).map_err(super::io(direct.display()))?;
+        let t = Instant::now();
+        let ok = Command::new("juicefs")
+            .args(["mount", "-d", "--no-usage-report", "--backup-meta=0", "--cache-size=1024"])
+            .arg(format!("--cache-dir={}", a.dir.join("dp-direct-cache").display()))
+            .arg(format!("--log={}", a.dir.join(format!("dp-direct-{i}.log")).display()))
+            .arg(super::bench::meta_db(&a.meta_url, db))
+            .arg(&direct)
+            .status()
+            .map_err(super::io("running juicefs mount"))?;
+        if ok.success() {
+            stage_ms[1].push(secs(t) * 1000.0);
+        }
+        unmount(&direct);
+        let (mut weed, ms) = weed_mount(
+            filer,
+            &format!("/dp-stage-{i}"),
+            &a.dir.join(format!("dp-weed-{i}")),
+            &a.dir.join("dp-weed-cache"),
+        )?;
+        stage_ms[2].push(ms);
+        unmount(&a.dir.join(format!("dp-weed-{i}")));
+        let _ = weed.kill();
+        let _ = weed.wait();
+        release_one(&mut ctl, &mut node, p).await?;
+        eprint!("\rstage-until-usable round {}/5 ", i + 1);
+    }
+
+    // The targets for the workloads.
+    let kelp = publish_one(a, &mut ctl, &mut node, "dp-kelp", &[]).await?;
+    let kelp_fs = kelp::volume::VolumeId::parse(&kelp.id).map(|id| id.fs_name).unwrap_or_default();
+    let db = kelp::volume::VolumeId::parse(&kelp.id).map(|id| id.db).unwrap_or(0);
+    let direct = a.dir.join("dp-direct");
+    std::fs::create_dir_all(&direct).map_err(super::io(direct.display()))?;
+    let direct_log = a.dir.join("dp-direct.log");
+    let ok = Command::new("juicefs")
+        .args(["mount", "-d", "--no-usage-report", "--backup-meta=0", "--cache-size=1024"])
+        .arg(format!("--cache-dir={}", a.dir.join("dp-direct-cache").display()))
+        .arg(format!("--log={}", direct_log.display()))
+        .arg(super::bench::meta_db(&a.meta_url, db))
+        .arg(&direct)
+        .status()
+        .map_err(super::io("running juicefs mount"))?;
+    if !ok.success() {
+        return Err(Error::Refused("juicefs mount of the kelp volume failed".into()));
+    }
+    let weed_dir = a.dir.join("dp-weed");
+    let (mut weed, _) = weed_mount(filer, "/dp-weed", &weed_dir, &a.dir.join("dp-weed-cache"))?;
+    let local = a.dir.join("dp-local");
+    let dirs: [PathBuf; 4] =
+        [kelp.target.join("w"), direct.join("w-direct"), weed_dir.join("w"), local.clone()];
+    for d in &dirs {
+        std::fs::create_dir_all(d).map_err(super::io(d.display()))?;
+    }
+    // Private memory of each mount's processes, idle.
+    let mem = |which: usize| -> u64 {
+        match which {
+            0 => private_kib(&kelp_juicefs_pids(&kelp_fs)),
+            1 => private_kib(&pids_with(&format!("--log={}", direct_log.display()))),
+            2 => private_kib(&[weed.id() as i32]),
+            _ => 0,
+        }
+    };
+    let idle: Vec<u64> = (0..3).map(mem).collect();
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut order: Vec<usize> = (0..4).collect();
+    for round in 0..rounds {
+        order.rotate_left(1);
+        for &t in &order {
+            eprint!("\rround {}/{rounds}: {:<14}", round + 1, TARGETS[t]);
+            for (name, unit, v) in workloads(&dirs[t], &tar, seq_mib, files) {
+                let row = match rows.iter_mut().position(|r| r.name == name) {
+                    Some(i) => &mut rows[i],
+                    None => {
+                        rows.push(Row { name, unit, values: Default::default() });
+                        rows.last_mut().expect("just pushed")
+                    }
+                };
+                row.values[t].push(v);
+            }
+        }
+    }
+    let busy: Vec<u64> = (0..3).map(mem).collect();
+    eprintln!();
+
+    println!("## datapath: {rounds} rounds, medians; kelp / weed as speed (above 1: kelp faster)");
+    println!("| workload | kelp | juicefs mount | weed mount | local disk | kelp / weed |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let st: Vec<f64> = stage_ms.iter().map(|v| median(v)).collect();
+    println!(
+        "| stage (kelp) or mount until usable, p50 ms | {:.0} | {:.0} | {:.0} | - | {:.2} |",
+        st[0],
+        st[1],
+        st[2],
+        st[2] / st[0]
+    );
+    for r in &rows {
+        let m: Vec<f64> = r.values.iter().map(|v| median(v)).collect();
+        let ratio = match r.unit {
+            Unit::Rate => m[0] / m[2],
+            Unit::Seconds => m[2] / m[0],
+        };
+        let fmt = |v: f64| match r.unit {
+            Unit::Rate => format!("{v:.0}"),
+            Unit::Seconds => format!("{v:.3}"),
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {ratio:.2} |",
+            r.name,
+            fmt(m[0]),
+            fmt(m[1]),
+            fmt(m[2]),
+            fmt(m[3])
+        );
+    }
+    println!(
+        "| mount processes' private memory, idle / after the workloads, MiB | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | - | {:.2} (after) |",
+        idle[0] as f64 / 1024.0,
+        busy[0] as f64 / 1024.0,
+        idle[1] as f64 / 1024.0,
+        busy[1] as f64 / 1024.0,
+        idle[2] as f64 / 1024.0,
+        busy[2] as f64 / 1024.0,
+        busy[2] as f64 / busy[0].max(1) as f64
+    );
+
+    unmount(&weed_dir);
+    let _ = weed.kill();
+    let _ = weed.wait();
+    unmount(&direct);
+    let _ = std::fs::remove_dir_all(&local);
+    release_one(&mut ctl, &mut node, kelp).await?;
+    Ok(())
+}
+
+/// The juicefs processes kelp runs for the volume `fs_name` (their `--log=` ends in
+/// `logs/<fs name>.log`, wherever kelp's state directory is).
+fn kelp_juicefs_pids(fs_name: &str) -> Vec<i32> {
+    let suffix = format!("/logs/{fs_name}.log");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            line.split(' ').any(|a| a.starts_with("--log=") && a.ends_with(&suffix)).then_some(pid)
+        })
+        .collect()
+}
