@@ -92,7 +92,7 @@ check "swarm init" sh -c "docker swarm init --advertise-addr 127.0.0.1 >/dev/nul
 start_redis "$work/redis"
 start_weed "$work/weed"
 echo "== building and enabling the plugin"
-METRICS_PORT=$(free_port)
+export METRICS_PORT=$(free_port) # read by scrape() in the sh -c of its checks
 deploy/swarm/build-plugin.sh kelp KELP_META_URL="redis://127.0.0.1:$REDIS_PORT" \
   KELP_FILER="127.0.0.1:$FILER_GRPC" KELP_S3_ENDPOINT="http://127.0.0.1:$S3_PORT" \
   KELP_S3_ACCESS_KEY="$KELP_S3_ACCESS_KEY" KELP_S3_SECRET_KEY="$KELP_S3_SECRET_KEY" \
