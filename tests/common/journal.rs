@@ -132,6 +132,15 @@ impl JournalWriter {
     }
 }
 
+impl Drop for JournalWriter {
+    /// A test that fails half-way leaves no writer running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+    }
+}
+
 fn acked_in(journal: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(journal)
         .unwrap_or_default()
