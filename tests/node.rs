@@ -452,6 +452,10 @@ async fn a_minute_without_the_metadata_server_is_only_a_stall() {
         writer.stop(Duration::from_secs(5));
         let missing = common::journal::check_steps(&t, acked, true);
         assert!(missing.is_empty(), "acknowledged steps lost across the outage: {missing:?}");
+        // That juicefs may not finish an unmount either (its session stays live): end
+        // it as an operator would, so the cleanup below can unmount and delete.
+        let fs = vol.volume_context["fsName"].clone();
+        kill_pids(&[juicefs_pids(&fs), holder_pids(&b.kelp.state_dir)].concat());
     }
     cleanup(&mut c, &id, &staging, &[&t]).await;
     assert!(mounts_under(&b.root).is_empty());
