@@ -442,20 +442,19 @@ async fn a_minute_without_the_metadata_server_is_only_a_stall() {
         let (report, summary) = writer.finish();
         assert!(report["errors"].as_object().unwrap().is_empty(), "the writer saw errors: {summary}");
     } else {
-        // Seen once in about eight runs (docs/notes.md): juicefs 1.4.2 never answered
-        // the one call that was in flight when the server went away, while the mount
-        // itself worked again. What kelp owes: the mount works, and nothing that was
-        // acknowledged is lost.
-        eprintln!("outage: WEDGED: the writer's call in flight never returned; checking the mount and the acknowledged steps");
-        eventually_io(&t, Duration::from_secs(60)).await;
+        // Seen in three CI runs of about ten (docs/notes.md): juicefs 1.4.2 never
+        // answered the call that was in flight when the server went away, and at
+        // times the mount stayed stuck. What kelp owes then: the operator's remedy,
+        // ending that juicefs, brings the volume back (kelp remounts it and re-binds
+        // the target), and nothing that was acknowledged is lost.
+        eprintln!("outage: WEDGED: the writer's call in flight never returned; ending that juicefs, then checking the remount and the acknowledged steps");
         let acked: Vec<u64> = writer.acked().into_iter().map(|(n, _)| n).collect();
         writer.stop(Duration::from_secs(5));
-        let missing = common::journal::check_steps(&t, acked, true);
-        assert!(missing.is_empty(), "acknowledged steps lost across the outage: {missing:?}");
-        // That juicefs may not finish an unmount either (its session stays live): end
-        // it as an operator would, so the cleanup below can unmount and delete.
         let fs = vol.volume_context["fsName"].clone();
         kill_pids(&[juicefs_pids(&fs), holder_pids(&b.kelp.state_dir)].concat());
+        eventually_io(&t, Duration::from_secs(60)).await;
+        let missing = common::journal::check_steps(&t, acked, true);
+        assert!(missing.is_empty(), "acknowledged steps lost across the outage: {missing:?}");
     }
     cleanup(&mut c, &id, &staging, &[&t]).await;
     assert!(mounts_under(&b.root).is_empty());
