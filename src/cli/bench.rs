@@ -250,20 +250,23 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Writes `mib` MiB to `path` in 1 MiB blocks and fsyncs it; MiB/s.
+pub(super) fn write_synced(path: &Path, mib: usize) -> f64 {
+    let block = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut f = std::fs::File::create(path).expect("create");
+    for _ in 0..mib {
+        f.write_all(&block).expect("write");
+    }
+    f.sync_all().expect("fsync");
+    mib as f64 / t.elapsed().as_secs_f64()
+}
+
 /// Sequential write (ending in fsync) then read of `mib` MiB through `dir`. Both sides
 /// read data they just wrote, so both read through the same cache state.
 fn seq_io(dir: &Path, mib: usize) -> (f64, f64) {
     let path = dir.join("seq.bin");
-    let block = vec![0x5au8; 1 << 20];
-    let t = Instant::now();
-    {
-        let mut f = std::fs::File::create(&path).expect("create");
-        for _ in 0..mib {
-            f.write_all(&block).expect("write");
-        }
-        f.sync_all().expect("fsync");
-    }
-    let w = mib as f64 / t.elapsed().as_secs_f64();
+    let w = write_synced(&path, mib);
     let t = Instant::now();
     let data = std::fs::read(&path).expect("read");
     let r = (data.len() >> 20) as f64 / t.elapsed().as_secs_f64();

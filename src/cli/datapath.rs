@@ -133,16 +133,7 @@ fn workloads(dir: &Path, tar: &Path, seq_mib: usize, files: usize) -> Vec<(Strin
 
 /// Writes `mib` MiB and fsyncs them, leaving the file for a cold read; MiB/s.
 fn seq_write(dir: &Path, mib: usize) -> f64 {
-    use std::io::Write;
-    let path = dir.join("seq.bin");
-    let block = vec![0x5au8; 1 << 20];
-    let t = Instant::now();
-    let mut f = std::fs::File::create(&path).expect("create");
-    for _ in 0..mib {
-        f.write_all(&block).expect("write");
-    }
-    f.sync_all().expect("fsync");
-    mib as f64 / secs(t)
+    super::bench::write_synced(&dir.join("seq.bin"), mib)
 }
 
 /// Private memory (KiB) of `pids`: what they cost beyond shared libraries.
@@ -371,14 +362,6 @@ pub async fn run(
 /// `logs/<fs name>.log`, wherever kelp's state directory is).
 fn kelp_juicefs_pids(fs_name: &str) -> Vec<i32> {
     let suffix = format!("/logs/{fs_name}.log");
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            line.split(' ').any(|a| a.starts_with("--log=") && a.ends_with(&suffix)).then_some(pid)
-        })
-        .collect()
+    let pids = kelp::node::procs::with_an_arg(|a| a.starts_with("--log=") && a.ends_with(&suffix));
+    pids.into_iter().map(|p| p.as_raw()).collect()
 }

@@ -7,6 +7,11 @@ use nix::unistd::Pid;
 
 /// The processes one of whose arguments is exactly `arg`.
 pub fn with_arg(arg: &str) -> Vec<Pid> {
+    with_an_arg(|a| a == arg)
+}
+
+/// The processes one of whose arguments satisfies `wanted`.
+pub fn with_an_arg(wanted: impl Fn(&str) -> bool) -> Vec<Pid> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()
@@ -15,7 +20,7 @@ pub fn with_arg(arg: &str) -> Vec<Pid> {
             // juicefs rewrites its argv in place, so arguments may be NUL- or space-separated.
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
             let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            line.split(' ').any(|a| a == arg).then_some(Pid::from_raw(pid))
+            line.split(' ').any(&wanted).then_some(Pid::from_raw(pid))
         })
         .collect()
 }
