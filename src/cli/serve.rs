@@ -106,6 +106,16 @@ pub struct ServeArgs {
     /// which also paces retried uploads while SeaweedFS is unreachable).
     #[arg(long, env = "KELP_META_OUTAGE_WAIT", default_value_t = 300)]
     meta_outage_wait: u64,
+    /// The largest read or write one FUSE request carries (juicefs --max-fuse-io).
+    /// Its default of 128K caps a volume's sequential throughput; 1M lets the kernel
+    /// send whole MiB (BENCHMARKS.md, datapath).
+    #[arg(long, env = "KELP_FUSE_MAX_IO", default_value = "1M")]
+    fuse_max_io: String,
+    /// GOMEMLIMIT of each volume's juicefs, MiB (0: the Go runtime's default). A soft
+    /// limit: the daemon collects garbage harder near it and returns memory to the
+    /// system, but never fails an allocation for it.
+    #[arg(long, env = "KELP_JUICEFS_MEM_LIMIT", default_value_t = 0)]
+    juicefs_mem_limit: u64,
     /// Seconds a JuiceFS mount may take to become ready.
     #[arg(long, env = "KELP_MOUNT_TIMEOUT", default_value_t = 12)]
     mount_timeout: u64,
@@ -198,6 +208,8 @@ pub async fn run(a: ServeArgs) -> Result<()> {
                 log_dir: a.state_dir.join("logs"),
                 ready_timeout: Duration::from_secs(a.mount_timeout),
                 outage_wait: Duration::from_secs(a.meta_outage_wait),
+                max_fuse_io: a.fuse_max_io.clone(),
+                go_mem_limit_mib: (a.juicefs_mem_limit > 0).then_some(a.juicefs_mem_limit),
             },
             state_dir: a.state_dir.clone(),
             idle_release: Duration::from_secs(a.idle_release),

@@ -50,6 +50,9 @@ pub struct NodeCore {
     pub(super) lease: Mutex<super::lease::LeaseClock>,
     /// When the node last announced itself successfully (its heartbeat).
     pub(super) announced: Mutex<Option<std::time::Instant>>,
+    /// Woken when a juicefs this driver started ends, so repair looks at once rather
+    /// than at the next interval (a held mount stalls until a new daemon serves it).
+    pub(super) daemon_ended: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl NodeCore {
@@ -66,6 +69,7 @@ impl NodeCore {
             state_file: std::sync::Arc::new(state_file),
             lease: Default::default(),
             announced: Default::default(),
+            daemon_ended: Default::default(),
         })
     }
 

@@ -1,15 +1,17 @@
 //! Keeping each staged volume's FUSE connection alive across the death of its juicefs
 //! daemons. JuiceFS (>= 1.2) hands the `/dev/fuse` descriptor of a mount to whatever
-//! listens on the unix socket named by `JFS_SUPER_COMM`, and a juicefs started later
-//! with the same socket takes the descriptor back and serves the *same* kernel mount
-//! (the JuiceFS CSI driver's mount-pod recovery uses this). While a holder keeps the
+//! listens on the unix socket named by `_FUSE_FD_COMM` (normally its own supervisor
+//! process), and a juicefs started later with the same socket takes the descriptor
+//! back and serves the *same* kernel mount. kelp's holder plays the supervisor's part
+//! of that exchange, so juicefs runs as one process per volume. While a holder keeps the
 //! descriptor, killing every juicefs process of a volume only stalls I/O: no mount
 //! disappears, so no task, in any mount namespace, ever sees `ENOTCONN`, and a path
 //! kelp owns is never a bare directory.
 //!
 //! One holder process per staged volume (`kelp hold-fuse`), started before its
 //! juicefs and outliving `kelp serve` like the daemons do. It is small and
-//! synchronous on purpose. The exchange, per connection (juicefs `cmd/passfd.go`):
+//! synchronous on purpose. The exchange, per connection (juicefs `cmd/passfd.go`, the
+//! supervisor's side, and its FUSE library's `mount`, the daemon's):
 //!
 //! 1. holder -> juicefs: payload = the FUSE `InitIn` bytes that came with the
 //!    descriptor (or `FUSE` before there is one), rights = `[/dev/null, fuse fd?]`
@@ -37,8 +39,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The environment variable juicefs reads the holder's socket path from.
-pub const ENV: &str = "JFS_SUPER_COMM";
+/// The environment variable juicefs's FUSE library reads the holder's socket path
+/// from: the socket a juicefs supervisor serves its child (kelp runs no supervisor).
+pub const ENV: &str = "_FUSE_FD_COMM";
 /// A holder that never got a descriptor (its mount failed) does not linger.
 const NO_FD_EXIT: Duration = Duration::from_secs(300);
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,6 +1,6 @@
 //! Running `juicefs mount` for a staged volume. The daemon outlives kelp on purpose: a
 //! restarted or upgraded driver must not take every task's file system down with it,
-//! and kelp re-adopts the mounts on start (see `supervisor`).
+//! and kelp re-adopts the mounts on start (see `repair`).
 
 use super::mount::{self, Error, Health, Result};
 use crate::meta::MetaUrl;
@@ -23,6 +23,26 @@ pub struct JuicefsConfig {
     pub ready_timeout: Duration,
     /// How long I/O waits through a metadata server outage before failing.
     pub outage_wait: Duration,
+    /// juicefs's `--max-fuse-io`: the largest read or write one FUSE request carries.
+    pub max_fuse_io: String,
+    /// `GOMEMLIMIT` for each juicefs, MiB; `None` leaves the Go runtime's default.
+    pub go_mem_limit_mib: Option<u64>,
+}
+
+/// Set, it makes `juicefs mount` the serving process itself instead of a supervisor
+/// that re-executes itself as one.
+const SUPERVISOR_ENV: &str = "JFS_SUPERVISOR";
+
+/// A running juicefs that kelp started. Dropping it leaves the process running.
+pub struct Daemon {
+    child: tokio::process::Child,
+}
+
+impl Daemon {
+    /// Resolves when the process has ended (and reaps it).
+    pub async fn exited(mut self) {
+        let _ = self.child.wait().await;
+    }
 }
 
 /// juicefs's `--io-retries` for I/O that waits about `wait` through a metadata
@@ -54,78 +74,128 @@ impl JuicefsConfig {
         self.log_dir.join(format!("{fs_name}.log"))
     }
 
-    /// Mounts and returns once the root inode is visible at the mount point.
-    pub async fn mount(&self, m: &MountSpec<'_>) -> Result<()> {
+    /// Starts the volume's juicefs and returns once the root inode is visible at the
+    /// mount point, with the running daemon.
+    ///
+    /// juicefs runs as one foreground process, not `--background`: its background
+    /// mode sleeps 500 ms before it first looks at the mount point, which was most
+    /// of the time a stage took, and it runs a second, supervising juicefs that
+    /// costs about 18 MiB per volume for a job kelp already does (the FUSE holder
+    /// keeps the connection; [`Daemon::exited`] and repair restart a dead daemon).
+    /// `JFS_SUPERVISOR` makes juicefs serve the mount itself, and `_FUSE_FD_COMM`
+    /// points the FUSE library at the holder, the socket its supervisor would serve.
+    pub async fn mount(&self, m: &MountSpec<'_>) -> Result<Daemon> {
         let log = self.log_path(m.fs_name);
         std::fs::create_dir_all(&self.log_dir).map_err(mount::io("create", &self.log_dir))?;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(mount::io("open", &log))?;
+        let log_err = log_file.try_clone().map_err(mount::io("open", &log))?;
         let cache = m.cache_dir.map(Path::to_path_buf).unwrap_or_else(|| self.cache_dir.join(m.fs_name));
         let mut cmd = Command::new(&self.binary);
         cmd.arg("mount")
-            .arg("--background")
             .arg("--no-usage-report")
+            .arg("--no-syslog")
             .arg("--backup-meta=0")
+            // Not read in the foreground (the log is stderr, below), but it names the
+            // volume's processes: see `daemons`.
             .arg(format!("--log={}", log.display()))
             .arg(format!("--cache-dir={}", cache.display()))
             .arg(format!("--cache-size={}", m.cache_size_mib.unwrap_or(self.cache_size_mib)))
             .arg(format!("--io-retries={}", io_retries_for(self.outage_wait)))
+            .arg(format!("--max-fuse-io={}", self.max_fuse_io))
             .arg("--metrics=127.0.0.1:0");
         if m.read_only {
             cmd.arg("--read-only");
         }
         cmd.arg(m.meta.public_db_url(m.db)).arg(m.mount_point);
         // The password goes by environment, never on a command line others can read.
-        cmd.env_remove("META_PASSWORD").env_remove(super::fuse_fd::ENV);
+        for var in ["META_PASSWORD", SUPERVISOR_ENV, super::fuse_fd::ENV, "JFS_SUPER_COMM"] {
+            cmd.env_remove(var);
+        }
+        cmd.env(SUPERVISOR_ENV, "kelp");
         if let Some(socket) = m.fuse_socket {
             cmd.env(super::fuse_fd::ENV, socket);
         }
         if let Some(p) = m.meta.password() {
             cmd.env("META_PASSWORD", p);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(false);
+        if let Some(limit) = self.go_mem_limit_mib {
+            cmd.env("GOMEMLIMIT", format!("{limit}MiB"));
+        }
+        cmd.stdin(Stdio::null()).stdout(log_err).stderr(log_file).kill_on_drop(false);
+        // Its own process group: a signal to kelp's group (a stopping plugin) must not
+        // take the mounts down with it.
+        cmd.process_group(0);
+        // SAFETY: only async-signal-safe calls (open, write, close, setrlimit) between
+        // fork and exec. What juicefs's supervisor did for its child: the kernel's OOM
+        // killer spares the daemon of a mounted file system, and a busy volume gets
+        // the descriptors it needs.
+        unsafe {
+            cmd.pre_exec(|| {
+                let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
+                if fd >= 0 {
+                    libc::write(fd, b"-1000".as_ptr().cast(), 5);
+                    libc::close(fd);
+                }
+                let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                    lim.rlim_cur = lim.rlim_max;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                }
+                Ok(())
+            });
+        }
         let started = Instant::now();
-        let child = cmd.spawn().map_err(mount::io("run juicefs", &self.binary))?;
-        let out = tokio::time::timeout(self.ready_timeout, child.wait_with_output()).await;
+        let mut child = cmd.spawn().map_err(mount::io("run juicefs", &self.binary))?;
         let log_tail = || self.log_tail(m.fs_name);
-        match out {
-            Err(_) => {
+        // Fast at first: a healthy mount answers in about 200 ms.
+        let ready = crate::wait::poll_until(self.ready_timeout, Duration::from_millis(100), || {
+            let exited = child.try_wait();
+            async move {
+                match exited {
+                    Ok(Some(status)) => return Some(Err(status.to_string())),
+                    Err(e) => return Some(Err(format!("cannot wait for it: {e}"))),
+                    Ok(None) => {}
+                }
+                (mount::health(m.mount_point, Duration::from_secs(2)).await == (Health::Alive { root: true }))
+                    .then_some(Ok(()))
+            }
+        })
+        .await;
+        match ready {
+            Some(Ok(())) => {
+                tracing::debug!(
+                    volume = m.fs_name,
+                    ms = started.elapsed().as_millis() as u64,
+                    "juicefs mount answers"
+                );
+                Ok(Daemon { child })
+            }
+            Some(Err(status)) => Err(Error::Juicefs {
+                volume: m.fs_name.into(),
+                path: m.mount_point.display().to_string(),
+                status,
+                log_tail: log_tail(),
+            }),
+            None => {
+                // It is ours and it failed: end it, and whatever it mounted.
+                let _ = child.start_kill();
+                let _ = child.wait().await;
                 let _ = mount::unmount(m.mount_point);
-                return Err(Error::Timeout {
+                Err(Error::Timeout {
                     volume: m.fs_name.into(),
                     path: m.mount_point.display().to_string(),
                     secs: self.ready_timeout.as_secs(),
                     log_tail: log_tail(),
-                });
+                })
             }
-            Ok(Err(e)) => return Err(mount::io("wait for juicefs", &self.binary)(e)),
-            Ok(Ok(o)) if !o.status.success() => {
-                let mut tail = log_tail();
-                tail.push_str(&String::from_utf8_lossy(&o.stderr));
-                return Err(Error::Juicefs {
-                    volume: m.fs_name.into(),
-                    path: m.mount_point.display().to_string(),
-                    status: o.status.to_string(),
-                    log_tail: last_lines(&tail, 15),
-                });
-            }
-            Ok(Ok(_)) => {}
         }
-        // `--background` returns once the mount answers; make sure it is JuiceFS's root.
-        let left = self.ready_timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
-        let ready = crate::wait::poll_until(left, Duration::from_millis(400), || async {
-            (mount::health(m.mount_point, Duration::from_secs(2)).await == (Health::Alive { root: true }))
-                .then_some(())
-        })
-        .await;
-        ready.ok_or_else(|| Error::Timeout {
-            volume: m.fs_name.into(),
-            path: m.mount_point.display().to_string(),
-            secs: self.ready_timeout.as_secs(),
-            log_tail: log_tail(),
-        })
     }
 
-    /// Whether a juicefs process of this volume runs. The supervisor parent counts:
-    /// it restarts a crashed child by itself.
+    /// Whether a juicefs process of this volume runs.
     pub fn daemon_running(&self, fs_name: &str) -> bool {
         !self.daemons(fs_name).is_empty()
     }

@@ -20,6 +20,19 @@ use tracing::{error, info, warn};
 const RETRY_CAP: Duration = Duration::from_secs(60);
 
 impl NodeCore {
+    /// Reaps a juicefs this driver started and wakes repair when it ends: an unmount
+    /// ends it on purpose (repair then finds nothing to do), a crash leaves a held
+    /// mount stalled until repair starts the next daemon. Daemons adopted after a
+    /// driver restart are not this driver's children; repair finds them within its
+    /// interval.
+    pub(super) fn watch_daemon(&self, daemon: super::jfs::Daemon) {
+        let ended = self.daemon_ended.clone();
+        tokio::spawn(async move {
+            daemon.exited().await;
+            ended.notify_one();
+        });
+    }
+
     /// Brings a staged volume back to health: remounts a dead or missing JuiceFS
     /// mount at the same path and re-binds every target. Returns whether it acted.
     pub async fn repair(&self, id: &VolumeId) -> Result<bool> {
@@ -229,6 +242,11 @@ pub async fn run(core: Arc<NodeCore>) {
             }
         }
         tick(&core, &mut retries).await;
-        tokio::time::sleep(core.cfg.repair_interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(core.cfg.repair_interval) => {}
+            _ = core.daemon_ended.notified() => {
+                info!("a juicefs daemon ended; checking the mounts now");
+            }
+        }
     }
 }

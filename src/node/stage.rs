@@ -193,12 +193,16 @@ impl NodeCore {
                 cache_dir: req.cache_dir.as_deref(),
                 fuse_socket: Some(&socket),
             };
-            if let Err(e) = self.cfg.juicefs.mount(&spec).await {
-                if let Some(dir) = &dir {
-                    dir.seal(false);
+            let daemon = match self.cfg.juicefs.mount(&spec).await {
+                Ok(daemon) => daemon,
+                Err(e) => {
+                    if let Some(dir) = &dir {
+                        dir.seal(false);
+                    }
+                    return Err(e.into());
                 }
-                return Err(e.into());
-            }
+            };
+            self.watch_daemon(daemon);
             // juicefs was given the path, not the descriptor: check that it mounted
             // exactly the directory that was checked.
             if !mount::mount_at(path).is_some_and(|m| m.is_juicefs_of(&id.fs_name))
