@@ -18,7 +18,8 @@ use super::{Error, Result};
 use clap::{Args, Subcommand};
 use kelp::proto::csi::{
     controller_client::ControllerClient, node_client::NodeClient, volume_capability::access_mode::Mode,
-    CreateVolumeRequest, DeleteVolumeRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
+    ControllerPublishVolumeRequest, ControllerUnpublishVolumeRequest, CreateVolumeRequest,
+    DeleteVolumeRequest, NodeGetInfoRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
     NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
 };
 use kelp::volume::{create_request, mount_capability, VolumeId};
@@ -95,6 +96,10 @@ enum BenchWhat {
         /// Small files created, each fsync'd.
         #[arg(long, default_value_t = 2000)]
         files: usize,
+        /// kelp's /metrics (host:port): with it, the table of where kelp's time went,
+        /// from its juicefs's own counters.
+        #[arg(long)]
+        metrics_addr: Option<String>,
     },
     /// The cost of kelp's durable defaults (`appendfsync always`, SeaweedFS fsync)
     /// against `everysec` and `durability=relaxed`. Changes the server's appendfsync
@@ -167,8 +172,8 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             node(&a, ch, kelp_pid, volumes, seq_mib, files, scraping).await
         }
         BenchWhat::Durability { rounds, files, seq_mib } => durability(&a, ch, rounds, files, seq_mib).await,
-        BenchWhat::Datapath { ref weed_filer, rounds, seq_mib, files } => {
-            super::datapath::run(&a, ch, weed_filer, rounds, seq_mib, files).await
+        BenchWhat::Datapath { ref weed_filer, rounds, seq_mib, files, ref metrics_addr } => {
+            super::datapath::run(&a, ch, weed_filer, rounds, seq_mib, files, metrics_addr.as_deref()).await
         }
     }
 }
@@ -307,6 +312,7 @@ pub(super) struct Published {
     pub(super) id: String,
     staging: PathBuf,
     pub(super) target: PathBuf,
+    node_id: String,
 }
 
 pub(super) async fn publish_one(
@@ -319,15 +325,30 @@ pub(super) async fn publish_one(
     let mut req = create(name.into(), 4);
     req.parameters = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let v = ctl.create_volume(req).await?.into_inner().volume.unwrap_or_default();
+    let node_id = node.node_get_info(NodeGetInfoRequest {}).await?.into_inner().node_id;
     let p = Published {
         id: v.volume_id,
         staging: a.dir.join(format!("{name}-staged")),
         target: a.dir.join(name),
+        node_id,
     };
+    // The sequence Swarm sends: the controller's publish decides the master and makes
+    // this node the volume's single-node writer (its publish context says so).
+    let publish_context = ctl
+        .controller_publish_volume(ControllerPublishVolumeRequest {
+            volume_id: p.id.clone(),
+            node_id: p.node_id.clone(),
+            volume_capability: Some(cap()),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .publish_context;
     node.node_stage_volume(NodeStageVolumeRequest {
         volume_id: p.id.clone(),
         staging_target_path: p.staging.display().to_string(),
         volume_capability: Some(cap()),
+        publish_context: publish_context.clone(),
         ..Default::default()
     })
     .await?;
@@ -336,6 +357,7 @@ pub(super) async fn publish_one(
         staging_target_path: p.staging.display().to_string(),
         target_path: p.target.display().to_string(),
         volume_capability: Some(cap()),
+        publish_context,
         ..Default::default()
     })
     .await?;
@@ -355,6 +377,12 @@ pub(super) async fn release_one(
     node.node_unstage_volume(NodeUnstageVolumeRequest {
         volume_id: p.id.clone(),
         staging_target_path: p.staging.display().to_string(),
+    })
+    .await?;
+    ctl.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+        volume_id: p.id.clone(),
+        node_id: p.node_id.clone(),
+        secrets: Default::default(),
     })
     .await?;
     ctl.delete_volume(DeleteVolumeRequest { volume_id: p.id, secrets: Default::default() }).await?;
@@ -420,6 +448,16 @@ fn small_files(dir: &Path, n: usize) -> f64 {
     rate
 }
 
+/// One scrape of kelp's /metrics at `addr` (host:port), the response as text.
+pub(super) fn get_metrics(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    let mut body = Vec::new();
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    s.read_to_end(&mut body).ok()?;
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// Scrapes `addr`'s /metrics every `every`, starting at once, on a thread of its own
 /// until finished; counts the scrapes that worked.
 struct Scraper {
@@ -435,14 +473,7 @@ impl Scraper {
         let thread = std::thread::spawn(move || {
             let mut ok = 0;
             while !flag.load(Ordering::Relaxed) {
-                use std::io::{Read, Write};
-                if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
-                    let mut body = Vec::new();
-                    if write!(s, "GET /metrics HTTP/1.0\r\n\r\n").is_ok() && s.read_to_end(&mut body).is_ok()
-                    {
-                        ok += 1;
-                    }
-                }
+                ok += get_metrics(&addr).is_some() as usize;
                 let next = Instant::now() + every;
                 while Instant::now() < next && !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));

@@ -86,21 +86,119 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// One round of every workload in `dir`: (name, unit, value).
-fn workloads(dir: &Path, tar: &Path, seq_mib: usize, files: usize) -> Vec<(String, Unit, f64)> {
+/// What juicefs counted for one volume, from kelp's /metrics (which carries each
+/// volume's juicefs metrics labelled `kelp_volume`): FUSE requests, metadata
+/// transactions and object requests, each as a count and the seconds they took.
+#[derive(Default, Clone, Copy)]
+struct Spent {
+    fuse: (f64, f64),
+    txn: (f64, f64),
+    put: (f64, f64),
+    get: (f64, f64),
+}
+
+impl Spent {
+    fn read(addr: &str, volume: &str) -> Spent {
+        let text = super::bench::get_metrics(addr).unwrap_or_default();
+        let label = format!("kelp_volume=\"{volume}\"");
+        let mut s = Spent::default();
+        for line in text.lines().filter(|l| l.contains(&label)) {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let v: f64 = value.parse().unwrap_or(0.0);
+            let name = series.split('{').next().unwrap_or_default();
+            let Some((family, part)) = name.rsplit_once('_') else { continue };
+            let slot = match family {
+                "juicefs_fuse_ops_durations_histogram_seconds" => &mut s.fuse,
+                "juicefs_transaction_durations_histogram_seconds" => &mut s.txn,
+                "juicefs_object_request_durations_histogram_seconds" if series.contains("method=\"PUT\"") => {
+                    &mut s.put
+                }
+                "juicefs_object_request_durations_histogram_seconds" if series.contains("method=\"GET\"") => {
+                    &mut s.get
+                }
+                _ => continue,
+            };
+            match part {
+                "count" => slot.0 += v,
+                "sum" => slot.1 += v,
+                _ => {}
+            }
+        }
+        s
+    }
+
+    fn since(self, before: Spent) -> Spent {
+        let d = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0, a.1 - b.1);
+        Spent {
+            fuse: d(self.fuse, before.fuse),
+            txn: d(self.txn, before.txn),
+            put: d(self.put, before.put),
+            get: d(self.get, before.get),
+        }
+    }
+}
+
+/// Takes [`Spent`] laps of one volume, workload after workload.
+struct Profiler<'a> {
+    addr: &'a str,
+    volume: &'a str,
+    last: Spent,
+}
+
+impl Profiler<'_> {
+    fn lap(&mut self) -> Spent {
+        let now = Spent::read(self.addr, self.volume);
+        let lap = now.since(self.last);
+        self.last = now;
+        lap
+    }
+}
+
+/// One round of every workload in `dir`: (name, unit, value), and with a profiler,
+/// what juicefs counted during each.
+fn workloads(
+    dir: &Path,
+    tar: &Path,
+    seq_mib: usize,
+    files: usize,
+    mut prof: Option<Profiler>,
+) -> (Vec<(String, Unit, f64)>, Vec<Spent>) {
+    let (out, laps) = run_workloads(dir, tar, seq_mib, files, &mut || prof.as_mut().map(Profiler::lap));
+    (out, laps.into_iter().flatten().collect())
+}
+
+fn run_workloads(
+    dir: &Path,
+    tar: &Path,
+    seq_mib: usize,
+    files: usize,
+    lap: &mut dyn FnMut() -> Option<Spent>,
+) -> (Vec<(String, Unit, f64)>, Vec<Option<Spent>>) {
     let mut out = Vec::new();
+    let mut laps = Vec::new();
+    lap();
     let w = seq_write(dir, seq_mib);
-    out.push((format!("sequential write {seq_mib} MiB, fsync, MiB/s"), Unit::Rate, w));
+    rec(&mut out, &mut laps, lap, (format!("sequential write {seq_mib} MiB, fsync, MiB/s"), Unit::Rate, w));
     drop_caches();
     let t = Instant::now();
     let data = std::fs::read(dir.join("seq.bin")).unwrap_or_default();
-    out.push((
-        format!("sequential read {seq_mib} MiB after drop_caches, MiB/s"),
-        Unit::Rate,
-        (data.len() >> 20) as f64 / secs(t),
-    ));
+    rec(
+        &mut out,
+        &mut laps,
+        lap,
+        (
+            format!("sequential read {seq_mib} MiB after drop_caches, MiB/s"),
+            Unit::Rate,
+            (data.len() >> 20) as f64 / secs(t),
+        ),
+    );
     let _ = std::fs::remove_file(dir.join("seq.bin"));
-    out.push((format!("{files} creates with fsync, per s"), Unit::Rate, synced_small_files(dir, files)));
+    rec(
+        &mut out,
+        &mut laps,
+        lap,
+        (format!("{files} creates with fsync, per s"), Unit::Rate, synced_small_files(dir, files)),
+    );
     let tree = dir.join("tree");
     let _ = std::fs::remove_dir_all(&tree);
     std::fs::create_dir_all(&tree).expect("mkdir tree");
@@ -109,26 +207,42 @@ fn workloads(dir: &Path, tar: &Path, seq_mib: usize, files: usize) -> Vec<(Strin
         Command::new("tar").arg("-xf").arg(tar).arg("-C").arg(&tree).status().is_ok_and(|s| s.success());
     let untar = secs(t);
     if untarred {
-        out.push(("untar of the source tree, s".into(), Unit::Seconds, untar));
+        rec(&mut out, &mut laps, lap, ("untar of the source tree, s".into(), Unit::Seconds, untar));
     }
     drop_caches();
     let t = Instant::now();
     let paths = walk(&tree);
-    out.push(("cold find, s".into(), Unit::Seconds, secs(t)));
+    rec(&mut out, &mut laps, lap, ("cold find, s".into(), Unit::Seconds, secs(t)));
     let t = Instant::now();
     let _ = walk(&tree);
-    out.push(("warm find, s".into(), Unit::Seconds, secs(t)));
+    rec(&mut out, &mut laps, lap, ("warm find, s".into(), Unit::Seconds, secs(t)));
     drop_caches();
     let t = Instant::now();
     let statted = paths.iter().filter(|p| std::fs::symlink_metadata(p).is_ok()).count();
-    out.push((format!("cold stat of {statted} entries, per s"), Unit::Rate, statted as f64 / secs(t)));
+    rec(
+        &mut out,
+        &mut laps,
+        lap,
+        (format!("cold stat of {statted} entries, per s"), Unit::Rate, statted as f64 / secs(t)),
+    );
     let t = Instant::now();
     let _ = Command::new("ls").arg("-lR").arg(&tree).stdout(Stdio::null()).status();
-    out.push(("ls -lR, s".into(), Unit::Seconds, secs(t)));
+    rec(&mut out, &mut laps, lap, ("ls -lR, s".into(), Unit::Seconds, secs(t)));
     let t = Instant::now();
     let _ = std::fs::remove_dir_all(&tree);
-    out.push(("rm -rf of the tree, s".into(), Unit::Seconds, secs(t)));
-    out
+    rec(&mut out, &mut laps, lap, ("rm -rf of the tree, s".into(), Unit::Seconds, secs(t)));
+    (out, laps)
+}
+
+/// Keeps one workload's result, and what juicefs counted during it.
+fn rec(
+    out: &mut Vec<(String, Unit, f64)>,
+    laps: &mut Vec<Option<Spent>>,
+    lap: &mut dyn FnMut() -> Option<Spent>,
+    item: (String, Unit, f64),
+) {
+    out.push(item);
+    laps.push(lap());
 }
 
 /// Writes `mib` MiB and fsyncs them, leaving the file for a cold read; MiB/s.
@@ -215,6 +329,7 @@ pub async fn run(
     rounds: usize,
     seq_mib: usize,
     files: usize,
+    metrics_addr: Option<&str>,
 ) -> Result<()> {
     let mut ctl = ControllerClient::new(ch.clone());
     let mut node = NodeClient::new(ch);
@@ -233,6 +348,7 @@ pub async fn run(
         let t = Instant::now();
         let ok = Command::new("juicefs")
             .args(["mount", "-d", "--no-usage-report", "--backup-meta=0", "--cache-size=1024"])
+            .stderr(Stdio::null())
             .arg(format!("--cache-dir={}", a.dir.join("dp-direct-cache").display()))
             .arg(format!("--log={}", a.dir.join(format!("dp-direct-{i}.log")).display()))
             .arg(super::bench::meta_db(&a.meta_url, db))
@@ -266,6 +382,7 @@ pub async fn run(
     let direct_log = a.dir.join("dp-direct.log");
     let ok = Command::new("juicefs")
         .args(["mount", "-d", "--no-usage-report", "--backup-meta=0", "--cache-size=1024"])
+        .stderr(Stdio::null())
         .arg(format!("--cache-dir={}", a.dir.join("dp-direct-cache").display()))
         .arg(format!("--log={}", direct_log.display()))
         .arg(super::bench::meta_db(&a.meta_url, db))
@@ -295,12 +412,22 @@ pub async fn run(
     let idle: Vec<(u64, u64)> = (0..3).map(mem).collect();
 
     let mut rows: Vec<Row> = Vec::new();
+    let mut profile: Vec<(String, Spent)> = Vec::new();
     let mut order: Vec<usize> = (0..4).collect();
     for round in 0..rounds {
         order.rotate_left(1);
         for &t in &order {
             eprint!("\rround {}/{rounds}: {:<14}", round + 1, TARGETS[t]);
-            for (name, unit, v) in workloads(&dirs[t], &tar, seq_mib, files) {
+            let prof = metrics_addr.filter(|_| t == 0).map(|addr| Profiler {
+                addr,
+                volume: &kelp_fs,
+                last: Spent::default(),
+            });
+            let (results, laps) = workloads(&dirs[t], &tar, seq_mib, files, prof);
+            if !laps.is_empty() {
+                profile = results.iter().map(|r| r.0.clone()).zip(laps).collect();
+            }
+            for (name, unit, v) in results {
                 let row = match rows.iter_mut().position(|r| r.name == name) {
                     Some(i) => &mut rows[i],
                     None => {
@@ -367,6 +494,20 @@ pub async fn run(
             w.0 as f64 / k.0.max(1) as f64,
             w.1 as f64 / k.1.max(1) as f64
         );
+    }
+
+    if !profile.is_empty() {
+        println!();
+        println!("## where kelp's time went (its juicefs's own counters, last round)");
+        println!("| workload | FUSE requests | their s | metadata transactions | their s | object PUTs | their s | object GETs | their s |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (name, p) in &profile {
+            println!(
+                "| {name} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} |",
+                p.fuse.0, p.fuse.1, p.txn.0, p.txn.1, p.put.0, p.put.1, p.get.0, p.get.1
+            );
+        }
+        println!("(requests overlap: their seconds can add up to more than the workload took)");
     }
 
     unmount(&weed_dir);

@@ -116,6 +116,11 @@ pub struct ServeArgs {
     /// system, but never fails an allocation for it.
     #[arg(long, env = "KELP_JUICEFS_MEM_LIMIT", default_value_t = 0)]
     juicefs_mem_limit: u64,
+    /// Seconds the mount of a single-node writer keeps attributes, names and directory
+    /// listings cached in the kernel (0: juicefs's 1 s). Only for single-node writers:
+    /// no other client changes their file system while they hold it.
+    #[arg(long, env = "KELP_SOLE_WRITER_CACHE", default_value_t = 300)]
+    sole_writer_cache: u64,
     /// Seconds a JuiceFS mount may take to become ready.
     #[arg(long, env = "KELP_MOUNT_TIMEOUT", default_value_t = 12)]
     mount_timeout: u64,
@@ -210,6 +215,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
                 outage_wait: Duration::from_secs(a.meta_outage_wait),
                 max_fuse_io: a.fuse_max_io.clone(),
                 go_mem_limit_mib: (a.juicefs_mem_limit > 0).then_some(a.juicefs_mem_limit),
+                sole_writer_cache: Duration::from_secs(a.sole_writer_cache),
             },
             state_dir: a.state_dir.clone(),
             idle_release: Duration::from_secs(a.idle_release),

@@ -27,6 +27,9 @@ pub struct JuicefsConfig {
     pub max_fuse_io: String,
     /// `GOMEMLIMIT` for each juicefs, MiB; `None` leaves the Go runtime's default.
     pub go_mem_limit_mib: Option<u64>,
+    /// How long the mount of a single-node writer keeps attributes, names and
+    /// directory listings in the kernel (juicefs's default, 1 s, when zero).
+    pub sole_writer_cache: Duration,
 }
 
 /// Set, it makes `juicefs mount` the serving process itself instead of a supervisor
@@ -67,6 +70,10 @@ pub struct MountSpec<'a> {
     /// The FUSE holder's socket (see `fuse_fd`): juicefs hands it the connection, and
     /// resumes the held one when started again on a mount whose daemon died.
     pub fuse_socket: Option<&'a Path>,
+    /// This node holds the volume as its single-node writer: no other client changes
+    /// the file system while this mount lives (a new holder fences this one first),
+    /// so what this mount cached cannot go stale behind its back.
+    pub sole_writer: bool,
 }
 
 impl JuicefsConfig {
@@ -109,6 +116,15 @@ impl JuicefsConfig {
             .arg("--metrics=127.0.0.1:0");
         if m.read_only {
             cmd.arg("--read-only");
+        }
+        let keep = self.sole_writer_cache.as_secs();
+        if m.sole_writer && keep > 0 {
+            // juicefs's 1 s caches exist for other clients' changes; a sole writer has
+            // none, and every lookup, getattr and readdir it saves is a round trip.
+            for cache in ["attr", "entry", "dir-entry", "negative-entry"] {
+                cmd.arg(format!("--{cache}-cache={keep}s"));
+            }
+            cmd.arg("--readdir-cache");
         }
         cmd.arg(m.meta.public_db_url(m.db)).arg(m.mount_point);
         // The password goes by environment, never on a command line others can read.

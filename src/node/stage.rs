@@ -192,6 +192,7 @@ impl NodeCore {
                 cache_size_mib: req.cache_size_mib,
                 cache_dir: req.cache_dir.as_deref(),
                 fuse_socket: Some(&socket),
+                sole_writer: req.epoch > 0 && !req.read_only,
             };
             let daemon = match self.cfg.juicefs.mount(&spec).await {
                 Ok(daemon) => daemon,
