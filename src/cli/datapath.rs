@@ -24,6 +24,9 @@ enum Unit {
     Seconds,
 }
 
+/// One workload's result: its name, unit and value.
+type Measured = (String, Unit, f64);
+
 struct Row {
     name: String,
     unit: Unit,
@@ -162,7 +165,7 @@ fn workloads(
     seq_mib: usize,
     files: usize,
     mut prof: Option<Profiler>,
-) -> (Vec<(String, Unit, f64)>, Vec<Spent>) {
+) -> (Vec<Measured>, Vec<Spent>) {
     let (out, laps) = run_workloads(dir, tar, seq_mib, files, &mut || prof.as_mut().map(Profiler::lap));
     (out, laps.into_iter().flatten().collect())
 }
@@ -173,7 +176,7 @@ fn run_workloads(
     seq_mib: usize,
     files: usize,
     lap: &mut dyn FnMut() -> Option<Spent>,
-) -> (Vec<(String, Unit, f64)>, Vec<Option<Spent>>) {
+) -> (Vec<Measured>, Vec<Option<Spent>>) {
     let mut out = Vec::new();
     let mut laps = Vec::new();
     lap();
@@ -236,10 +239,10 @@ fn run_workloads(
 
 /// Keeps one workload's result, and what juicefs counted during it.
 fn rec(
-    out: &mut Vec<(String, Unit, f64)>,
+    out: &mut Vec<Measured>,
     laps: &mut Vec<Option<Spent>>,
     lap: &mut dyn FnMut() -> Option<Spent>,
-    item: (String, Unit, f64),
+    item: Measured,
 ) {
     out.push(item);
     laps.push(lap());
