@@ -273,6 +273,46 @@ async fn killed_juicefs_is_remounted_and_targets_rebound() {
     assert!(mounts_under(&b.root).is_empty());
 }
 
+/// A juicefs that stops answering even its own `.config` (stopped here with SIGSTOP,
+/// as a deadlocked daemon would look) is ended after `--stuck-daemon-after`, and a new
+/// one resumes the held FUSE connection: same mount, same targets, nothing lost.
+/// (A slow metadata server is not this: `.config` answers without it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stuck_juicefs_is_ended_and_a_new_one_resumes_the_mount() {
+    let b = bed_with("node-stuck", &["--stuck-daemon-after=3".to_string()]);
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-stuck-juicefs", GIB).await.unwrap();
+    let id = vol.volume_id.as_str();
+    let (staging, t) = (b.root.join("st"), b.root.join("t"));
+    c.stage(id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
+    c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
+    let kept = t.join("before.txt");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&kept).unwrap();
+        f.write_all(b"kept").unwrap();
+        f.sync_all().unwrap();
+    }
+    let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap());
+    let dev_before = dev(&t);
+    let stopped = juicefs_pids(&vol.volume_context["fsName"]);
+    assert_eq!(stopped.len(), 1, "one juicefs process per volume");
+    for p in &stopped {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+    let started = Instant::now();
+    eventually_io(&t, Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    eprintln!("stuck juicefs: I/O worked again {:.1} s after it stopped answering", took.as_secs_f64());
+    assert!(took >= Duration::from_secs(3), "ended before --stuck-daemon-after: {took:?}");
+    assert_eq!(std::fs::read(&kept).unwrap(), b"kept");
+    assert_eq!(dev(&t), dev_before, "the same kernel mount was resumed, not a new one");
+    assert!(stopped.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()), "the stuck daemon was ended");
+    assert!(b.kelp.log_text().contains("has not answered even its own files"));
+    cleanup(&mut c, id, &staging, &[&t]).await;
+    assert!(mounts_under(&b.root).is_empty());
+}
+
 /// The metrics endpoint follows what happens: a publish counts, the volume shows
 /// healthy with its capacity and its juicefs's own metrics under its name; a killed
 /// juicefs shows unhealthy, then a remount and healthy again. No secret ever appears.

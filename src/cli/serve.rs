@@ -101,6 +101,12 @@ pub struct ServeArgs {
     /// Seconds between mount health checks.
     #[arg(long, env = "KELP_REPAIR_INTERVAL", default_value_t = 5)]
     repair_interval: u64,
+    /// Seconds a volume's juicefs may leave even its own files (`.config`, served
+    /// without the metadata server) unanswered before the node ends it; a new one
+    /// resumes the held FUSE connection. Long enough for a daemon busy collecting
+    /// garbage or uploading a burst.
+    #[arg(long, env = "KELP_STUCK_DAEMON_AFTER", default_value_t = 60)]
+    stuck_daemon_after: u64,
     /// Seconds that I/O waits through an outage of the metadata server before it
     /// fails with EIO, like an NFS hard mount (set through juicefs's --io-retries,
     /// which also paces retried uploads while SeaweedFS is unreachable).
@@ -220,6 +226,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
             state_dir: a.state_dir.clone(),
             idle_release: Duration::from_secs(a.idle_release),
             repair_interval: Duration::from_secs(a.repair_interval.max(1)),
+            stuck_daemon_after: Duration::from_secs(a.stuck_daemon_after.max(1)),
             fence_wait: Duration::from_secs(a.fence_wait),
             advertise: advertise.public_url(),
             paths: PathPolicy::new(a.allowed_roots.clone()),

@@ -27,6 +27,8 @@ pub struct NodeConfig {
     pub idle_release: Duration,
     /// How often the repair loop checks mounts.
     pub repair_interval: Duration,
+    /// How long a juicefs may leave its own files unanswered before repair ends it.
+    pub stuck_daemon_after: Duration,
     /// How long a single-node writer waits for the previous writer's fence.
     pub fence_wait: Duration,
     /// This node's master as other nodes reach it (no password), announced.
@@ -53,6 +55,8 @@ pub struct NodeCore {
     /// Woken when a juicefs this driver started ends, so repair looks at once rather
     /// than at the next interval (a held mount stalls until a new daemon serves it).
     pub(super) daemon_ended: std::sync::Arc<tokio::sync::Notify>,
+    /// Since when each volume's juicefs has not answered its own files (repair).
+    pub(super) stuck: Mutex<std::collections::HashMap<VolumeId, std::time::Instant>>,
 }
 
 impl NodeCore {
@@ -70,6 +74,7 @@ impl NodeCore {
             lease: Default::default(),
             announced: Default::default(),
             daemon_ended: Default::default(),
+            stuck: Default::default(),
         })
     }
 

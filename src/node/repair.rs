@@ -11,6 +11,7 @@ use super::stage::StageRequest;
 use crate::error::{Error, Result};
 use crate::meta::Finding;
 use crate::volume::VolumeId;
+use nix::sys::signal::Signal;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +34,22 @@ impl NodeCore {
         });
     }
 
+    /// Whether the volume's juicefs has not answered even its own `.config` (served
+    /// without the metadata server) for `--stuck-daemon-after`: then the daemon is
+    /// stuck itself, not waiting for a slow master, and only a new one helps.
+    /// juicefs's own supervisor, which kelp does not run, kept the same watch.
+    async fn daemon_stuck(&self, id: &VolumeId, staging: &std::path::Path) -> bool {
+        let answers = !matches!(mount::health(&staging.join(".config"), PROBE_TIMEOUT).await, Health::Hung);
+        let mut stuck = self.stuck.lock().expect("stuck daemons");
+        if answers {
+            stuck.remove(id);
+            return false;
+        }
+        let since = *stuck.entry(id.clone()).or_insert_with(Instant::now);
+        warn!(volume_id = %id, stuck_for_secs = since.elapsed().as_secs(), "juicefs does not answer its own files");
+        since.elapsed() >= self.cfg.stuck_daemon_after
+    }
+
     /// Brings a staged volume back to health: remounts a dead or missing JuiceFS
     /// mount at the same path and re-binds every target. Returns whether it acted.
     pub async fn repair(&self, id: &VolumeId) -> Result<bool> {
@@ -52,11 +69,24 @@ impl NodeCore {
             self.juicefs_health(id, &v.staging_path).await
         };
         if health == Health::Hung && daemon {
+            if self.daemon_stuck(id, &v.staging_path).await {
+                let ended = super::procs::signal(&self.cfg.juicefs.daemons(&id.fs_name), Signal::SIGKILL);
+                error!(
+                    volume_id = %id,
+                    path = ?v.staging_path,
+                    stuck_secs = self.cfg.stuck_daemon_after.as_secs(),
+                    ended,
+                    "juicefs has not answered even its own files; ended it, a new one resumes the held FUSE connection"
+                );
+                self.stuck.lock().expect("stuck daemons").remove(id);
+                return Ok(true);
+            }
             // A slow metadata server makes a mount slow, not dead; remounting would
             // only break the tasks using it.
             warn!(volume_id = %id, path = ?v.staging_path, "staged mount does not answer; leaving it");
             return Ok(false);
         }
+        self.stuck.lock().expect("stuck daemons").remove(id);
         if health != (Health::Alive { root: true }) {
             if held && !daemon && health != Health::Missing {
                 warn!(volume_id = %id, path = ?v.staging_path, "juicefs of the staged mount is gone; starting a new one on the held FUSE connection");
