@@ -124,8 +124,9 @@ pub struct ServeArgs {
     juicefs_mem_limit: u64,
     /// Seconds the mount of a single-node writer keeps attributes, names and directory
     /// listings cached in the kernel (0: juicefs's 1 s). Only for single-node writers:
-    /// no other client changes their file system while they hold it.
-    #[arg(long, env = "KELP_SOLE_WRITER_CACHE", default_value_t = 300)]
+    /// no other client changes their file system while they hold it. Off by default:
+    /// it speeds up repeated walks but slowed an untar by 1.3 to 1.4x (BENCHMARKS.md).
+    #[arg(long, env = "KELP_SOLE_WRITER_CACHE", default_value_t = 0)]
     sole_writer_cache: u64,
     /// Seconds a JuiceFS mount may take to become ready.
     #[arg(long, env = "KELP_MOUNT_TIMEOUT", default_value_t = 12)]
