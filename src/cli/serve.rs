@@ -125,7 +125,7 @@ pub struct ServeArgs {
     /// Seconds the mount of a single-node writer keeps attributes, names and directory
     /// listings cached in the kernel (0: juicefs's 1 s). Only for single-node writers:
     /// no other client changes their file system while they hold it. Off by default:
-    /// it speeds up repeated walks but slowed an untar by 1.3 to 1.4x (BENCHMARKS.md).
+    /// it speeds up repeated walks, and one pair of runs showed a slower untar with it.
     #[arg(long, env = "KELP_SOLE_WRITER_CACHE", default_value_t = 0)]
     sole_writer_cache: u64,
     /// Seconds a JuiceFS mount may take to become ready.
