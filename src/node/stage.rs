@@ -271,6 +271,9 @@ impl NodeCore {
         if fence {
             self.leave_fence(id, v).await?;
         }
+        // A later stage starts a new daemon; the watchdog must not count the old
+        // one's silence against it.
+        self.stuck.lock().expect("stuck daemons").remove(id);
         self.update(|s| {
             s.volumes.remove(id);
         })
