@@ -113,9 +113,9 @@ pub struct ServeArgs {
     #[arg(long, env = "KELP_META_OUTAGE_WAIT", default_value_t = 300)]
     meta_outage_wait: u64,
     /// The largest read or write one FUSE request carries (juicefs --max-fuse-io).
-    /// Its default of 128K caps a volume's sequential throughput; 1M lets the kernel
-    /// send whole MiB (BENCHMARKS.md, datapath).
-    #[arg(long, env = "KELP_FUSE_MAX_IO", default_value = "1M")]
+    /// juicefs's own 128K: 1M read large files up to 1.2x faster, but after a
+    /// 512 MiB stream untar and rm -rf ran 1.4x slower (BENCHMARKS.md, datapath).
+    #[arg(long, env = "KELP_FUSE_MAX_IO", default_value = "128K")]
     fuse_max_io: String,
     /// GOMEMLIMIT of each volume's juicefs, MiB (0: the Go runtime's default). A soft
     /// limit: the daemon collects garbage harder near it and returns memory to the
