@@ -25,8 +25,10 @@ impl NodeCore {
     /// ends it on purpose (repair then finds nothing to do), a crash leaves a held
     /// mount stalled until repair starts the next daemon. Daemons adopted after a
     /// driver restart are not this driver's children; repair finds them within its
-    /// interval.
-    pub(super) fn watch_daemon(&self, daemon: super::jfs::Daemon) {
+    /// interval. A new daemon's silence is counted from nothing: the stuck watch
+    /// judges a daemon, not a volume.
+    pub(super) fn watch_daemon(&self, id: &VolumeId, daemon: super::jfs::Daemon) {
+        self.stuck.lock().expect("stuck daemons").remove(id);
         let ended = self.daemon_ended.clone();
         tokio::spawn(async move {
             daemon.exited().await;
@@ -78,7 +80,6 @@ impl NodeCore {
                     ended,
                     "juicefs has not answered even its own files; ended it, a new one resumes the held FUSE connection"
                 );
-                self.stuck.lock().expect("stuck daemons").remove(id);
                 return Ok(true);
             }
             // A slow metadata server makes a mount slow, not dead; remounting would

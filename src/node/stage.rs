@@ -203,7 +203,7 @@ impl NodeCore {
                     return Err(e.into());
                 }
             };
-            self.watch_daemon(daemon);
+            self.watch_daemon(id, daemon);
             // juicefs was given the path, not the descriptor: check that it mounted
             // exactly the directory that was checked.
             if !mount::mount_at(path).is_some_and(|m| m.is_juicefs_of(&id.fs_name))
@@ -271,8 +271,7 @@ impl NodeCore {
         if fence {
             self.leave_fence(id, v).await?;
         }
-        // A later stage starts a new daemon; the watchdog must not count the old
-        // one's silence against it.
+        // Forget the stuck watch of a volume that is no longer here.
         self.stuck.lock().expect("stuck daemons").remove(id);
         self.update(|s| {
             s.volumes.remove(id);
