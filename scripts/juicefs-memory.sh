@@ -56,7 +56,9 @@ for i in 1 2 3 4; do
   dd if="$work/m$i/big" of=/dev/null bs=1M status=none
   echo "m$i after its stream: $(mem "$i") MiB"
 done
+slept=0
 for s in 30 60 120; do
-  sleep $((s == 30 ? 30 : s == 60 ? 30 : 60))
+  sleep $((s - slept))
+  slept=$s
   echo "$s s after the last stream: $(all)"
 done
