@@ -41,6 +41,14 @@ impl From<meta::Error> for Error {
             meta::Error::BadUrl { .. } => Error::InvalidArgument(e.to_string()),
             meta::Error::NoSuchDatabase { .. } => Error::NotFound(e.to_string()),
             meta::Error::Command { .. } | meta::Error::Corrupt { .. } => Error::Internal(e.to_string()),
+            meta::Error::CopyRefused { ref why, .. } => match why {
+                meta::Refusal::NoSource => Error::NotFound(e.to_string()),
+                meta::Refusal::Exists => Error::AlreadyExists(e.to_string()),
+                meta::Refusal::TooMany(_) => Error::ResourceExhausted(e.to_string()),
+                meta::Refusal::NotADirectory | meta::Refusal::InsideSource => {
+                    Error::FailedPrecondition(e.to_string())
+                }
+            },
         }
     }
 }

@@ -558,3 +558,201 @@ async fn durability_is_a_bucket_fsync_rule() {
     }
     assert!(rule_of(&strict).is_none(), "DeleteVolume removes the rule");
 }
+
+/// Data objects (not directories) below a filer path, by the filer's JSON listing.
+fn objects_under(weed: &Weed, path: &str) -> usize {
+    let out = run(Command::new("curl")
+        .args(["-s", "-H", "Accept: application/json"])
+        .arg(format!("http://127.0.0.1:{}{path}/?limit=100000", weed.filer_port)));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let entries = v["Entries"].as_array().cloned().unwrap_or_default();
+    entries
+        .iter()
+        .map(|e| {
+            let full = e["FullPath"].as_str().unwrap_or_default();
+            let is_dir = e["Mode"].as_u64().unwrap_or(0) & (1 << 31) != 0;
+            if is_dir {
+                objects_under(weed, full)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// The copy under snapshots and clones (docs/snapshots.md), on a real file system:
+/// taken while a writer fsyncs files, it holds every file acknowledged before the
+/// call; it keeps hard links, symlinks, extended attributes and times; changing or
+/// deleting the source leaves it intact (its objects are shared, not freed); an
+/// unmodified `juicefs mount --subdir` reads it and `juicefs fsck` finds nothing
+/// wrong; deleting both frees every object; and bad requests write nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn tree_copy_is_point_in_time_and_shares_objects() {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let (redis, weed) = (shared_redis(), shared_weed());
+    let kelp = controller(redis, weed);
+    let mut c = csi::connect(&kelp.endpoint).await;
+    let vol = c.create("tree-copy", GIB).await.unwrap();
+    let db = db_of(&vol.volume_id);
+    let chunks = format!("/buckets/kelp-{0}/{0}/chunks", vol.volume_context["fsName"]);
+    let base = scratch("treecopy");
+    let _leftovers = MountsBelow(base.clone());
+    let root = base.join("root");
+    // No local cache: a read after drop_caches must come from the bucket.
+    juicefs_mount_with(redis, db, &root, &["--cache-size=0"]);
+
+    // A tree with every kind of entry: nested directories, a multi-block file, small
+    // files, an empty directory, a symlink, two hard links, an extended attribute.
+    let src = root.join("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+    let big: Vec<u8> = (0..9u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let put = |path: &std::path::Path, data: &[u8]| {
+        let mut f = std::fs::File::create(path).unwrap();
+        f.write_all(data).unwrap();
+        f.sync_all().unwrap();
+    };
+    put(&src.join("big.bin"), &big);
+    put(&src.join("a/b/deep.txt"), b"deep");
+    put(&src.join("a/hard1"), b"linked");
+    std::fs::hard_link(src.join("a/hard1"), src.join("a/b/hard2")).unwrap();
+    std::os::unix::fs::symlink("a/b/deep.txt", src.join("link")).unwrap();
+    let big_ino = std::fs::metadata(src.join("big.bin")).unwrap().ino();
+    redis.cli(db, &["hset", &format!("x{big_ino}"), "user.kelp", "snapshotted"]);
+
+    // A writer fsyncs numbered files while the copy runs.
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (dir, acked, stop) = (src.join("w"), acked.clone(), stop.clone());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let mut f = std::fs::File::create(dir.join(format!("f{i}"))).unwrap();
+                f.write_all(format!("file {i}").as_bytes()).unwrap();
+                f.sync_all().unwrap();
+                i += 1;
+                acked.store(i, Ordering::SeqCst);
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let meta = kelp::meta::MetaServer::new(
+        kelp::meta::MetaUrl::parse(&redis.url()).unwrap().with_password(redis.password.as_deref()),
+    );
+    let before = acked.load(Ordering::SeqCst);
+    let copied = meta.copy_tree(db, &["src"], &[".kelp", "s", "snap"], 100_000).await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(before > 0, "the writer made progress before the copy");
+
+    // Bad requests are refused and write nothing.
+    let keys = redis.cli(db, &["dbsize"]);
+    let refused = |r: kelp::meta::Result<kelp::meta::Copied>| match r {
+        Err(kelp::meta::Error::CopyRefused { why, .. }) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    use kelp::meta::Refusal;
+    assert_eq!(
+        refused(meta.copy_tree(db, &["src"], &[".kelp", "s", "snap"], 100_000).await),
+        Refusal::Exists
+    );
+    assert_eq!(refused(meta.copy_tree(db, &["nope"], &["x"], 100_000).await), Refusal::NoSource);
+    assert_eq!(
+        refused(meta.copy_tree(db, &["src", "big.bin"], &["x"], 100_000).await),
+        Refusal::NotADirectory
+    );
+    assert_eq!(
+        refused(meta.copy_tree(db, &["src"], &["src", "a", "x"], 100_000).await),
+        Refusal::InsideSource
+    );
+    assert_eq!(refused(meta.copy_tree(db, &["src"], &["x"], 3).await), Refusal::TooMany(3));
+    assert_eq!(redis.cli(db, &["dbsize"]), keys, "a refused copy writes nothing");
+    assert_eq!(
+        tonic::Status::from(kelp::error::Error::from(
+            meta.copy_tree(db, &["src"], &["x"], 3).await.unwrap_err()
+        ))
+        .code(),
+        Code::ResourceExhausted
+    );
+
+    // Change the source after the copy: overwrite the start of the big file.
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(src.join("big.bin")).unwrap();
+        f.write_all(&[0xEE; 4096]).unwrap();
+        f.sync_all().unwrap();
+    }
+
+    // The copy, through an unmodified juicefs mounted at the copied directory.
+    let snap = base.join("snap");
+    juicefs_mount_with(redis, db, &snap, &["--cache-size=0", "--subdir=/.kelp/s/snap", "--read-only"]);
+    let check_copy = |snap: &std::path::Path| {
+        assert_eq!(std::fs::read(snap.join("big.bin")).unwrap(), big, "the copy predates the overwrite");
+        assert_eq!(std::fs::read(snap.join("a/b/deep.txt")).unwrap(), b"deep");
+        assert_eq!(std::fs::read_link(snap.join("link")).unwrap(), std::path::Path::new("a/b/deep.txt"));
+        assert_eq!(std::fs::read(snap.join("link")).unwrap(), b"deep");
+        let (h1, h2) = (
+            std::fs::metadata(snap.join("a/hard1")).unwrap(),
+            std::fs::metadata(snap.join("a/b/hard2")).unwrap(),
+        );
+        assert_eq!((h1.ino(), h1.nlink()), (h2.ino(), 2), "hard links stay hard links");
+        assert!(std::fs::read_dir(snap.join("empty")).unwrap().next().is_none());
+        for i in 0..before {
+            assert_eq!(
+                std::fs::read_to_string(snap.join(format!("w/f{i}"))).unwrap(),
+                format!("file {i}"),
+                "file {i} was fsync'd before the copy began"
+            );
+        }
+    };
+    check_copy(&snap);
+    let src_mtime = std::fs::metadata(src.join("a/b/deep.txt")).unwrap().mtime();
+    assert_eq!(std::fs::metadata(snap.join("a/b/deep.txt")).unwrap().mtime(), src_mtime, "times are kept");
+    let copied_ino = std::fs::metadata(snap.join("big.bin")).unwrap().ino();
+    assert_eq!(redis.cli(db, &["hget", &format!("x{copied_ino}"), "user.kelp"]), "snapshotted");
+    let entries = std::fs::read_dir(snap.join("w")).unwrap().count() as u64 + 9;
+    assert_eq!(copied.entries, entries, "every entry of the tree was copied");
+
+    // Deleting the whole source frees only what the copy does not use.
+    std::fs::remove_dir_all(&src).unwrap();
+    let settled = |want: Option<usize>| {
+        let mut last = usize::MAX;
+        poll_until(Duration::from_secs(60), Duration::from_secs(2), || {
+            let now = objects_under(weed, &chunks);
+            let done = match want {
+                Some(w) => now == w,
+                None => now == last,
+            };
+            last = now;
+            done.then_some(now)
+        })
+    };
+    let left = settled(None).expect("object deletion settles");
+    assert!(left > 0);
+    let _ = Command::new("sh").arg("-c").arg("echo 3 > /proc/sys/vm/drop_caches").status();
+    check_copy(&snap);
+    let fsck = Command::new("juicefs")
+        .args(["fsck", &format!("redis://127.0.0.1:{}/{db}", redis.port)])
+        .env("META_PASSWORD", redis.password.as_deref().unwrap_or_default())
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "juicefs fsck: {}", String::from_utf8_lossy(&fsck.stderr));
+
+    // Deleting the copy too frees every object: the references were counted right.
+    umount(&snap);
+    std::fs::remove_dir_all(root.join(".kelp/s/snap")).unwrap();
+    assert_eq!(
+        settled(Some(0)),
+        Some(0),
+        "{} objects left after both trees were deleted",
+        objects_under(weed, &chunks)
+    );
+    umount(&root);
+    assert!(mounts_under(&base).is_empty());
+    c.delete(&vol.volume_id).await.unwrap();
+}

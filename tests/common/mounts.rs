@@ -4,7 +4,7 @@ use super::procs::{juicefs_pids_with, kill_pids, pids_with_cmdline};
 use super::run;
 use super::servers::Redis;
 pub use kelp::node::mount::{mount_at, mounts_under, MountEntry};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The file system type mounted at exactly `path`, if any.
@@ -14,9 +14,15 @@ pub fn fs_type_at(path: &Path) -> Option<String> {
 
 /// `juicefs mount -d` of a volume kelp made, straight from the metadata database.
 pub fn juicefs_mount(redis: &Redis, db: u32, mount_point: &Path) {
+    juicefs_mount_with(redis, db, mount_point, &[]);
+}
+
+/// [`juicefs_mount`] with more options (`--subdir`, `--cache-size=0`, ...).
+pub fn juicefs_mount_with(redis: &Redis, db: u32, mount_point: &Path, extra: &[&str]) {
     std::fs::create_dir_all(mount_point).unwrap();
     let mut cmd = Command::new("juicefs");
     cmd.args(["mount", "-d", "--no-usage-report", "--backup-meta=0", "--metrics=127.0.0.1:0"])
+        .args(extra)
         .arg(format!("--cache-dir={}", mount_point.with_extension("cache").display()))
         .arg(format!("--log={}", mount_point.with_extension("log").display()))
         .arg(format!("redis://127.0.0.1:{}/{db}", redis.port))
@@ -44,4 +50,19 @@ pub fn force_cleanup(root: &Path, state_dir: &Path) {
     kill_pids(&juicefs_pids_with(&format!("{}/logs/", state_dir.display())));
     // The FUSE holders of that kelp: without them no hung mount is left behind.
     kill_pids(&pids_with_cmdline(&format!("hold-fuse --socket {}/fuse/", state_dir.display())));
+}
+
+/// Unmounts everything below a directory and ends, by pid, the juicefs daemons whose
+/// command line names it, when dropped: also when a test fails half way.
+pub struct MountsBelow(pub PathBuf);
+
+impl Drop for MountsBelow {
+    fn drop(&mut self) {
+        let mut mounts = mounts_under(&self.0);
+        mounts.sort_by(|a, b| b.mount_point.cmp(&a.mount_point));
+        for m in mounts {
+            let _ = Command::new("umount").arg("-l").arg(&m.mount_point).status();
+        }
+        kill_pids(&juicefs_pids_with(&self.0.display().to_string()));
+    }
 }

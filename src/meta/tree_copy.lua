@@ -1,0 +1,239 @@
+-- Copies a directory tree of one JuiceFS file system into another place of the same
+-- file system, as one script: the copy is a state that existed (docs/snapshots.md).
+--
+-- ARGV: max_entries, now (unix seconds), n, n source path components, m, m
+-- destination path components (the last is the new name; missing directories
+-- before it are made, owned by root, 0755).
+--
+-- Every check is made before the first write: a script that fails half way keeps
+-- what it wrote, so the only errors after the first write would be the server's own.
+--
+-- Record layouts (juicefs pkg/meta): i<ino> attributes, 72 bytes, big-endian
+-- (flags 1, type<<12|mode 2, uid 4, gid 4, three times of 8+4, nlink 4, length 8,
+-- rdev 4, parent 8, then optional ACL ids and tier); d<ino> name -> type 1 + inode 8;
+-- c<ino>_<n> lists of 24-byte slices (pos 4, id 8, size 4, off 4, len 4);
+-- s<ino> symlink target; x<ino> xattrs; p<ino> parent -> links, for hard links.
+
+if redis.replicate_commands then redis.replicate_commands() end
+
+local CHUNK = 67108864
+local BATCH = 1000
+
+local function num(s)
+  return string.format('%.0f', s)
+end
+
+local function be_get(s, off, n)
+  local v = 0
+  for i = off, off + n - 1 do v = v * 256 + string.byte(s, i) end
+  return v
+end
+
+local function be_put(v, n)
+  local t = {}
+  for i = n, 1, -1 do
+    t[i] = string.char(v % 256)
+    v = math.floor(v / 256)
+  end
+  return table.concat(t)
+end
+
+local function kind(attr) return math.floor(string.byte(attr, 2) / 16) end
+local function nlink(attr) return be_get(attr, 48, 4) end
+local function length(attr) return be_get(attr, 52, 8) end
+local function with_links(attr, links, parent)
+  return string.sub(attr, 1, 47) .. be_put(links, 4) .. string.sub(attr, 52, 63) ..
+    be_put(parent, 8) .. string.sub(attr, 72)
+end
+local function align4k(len)
+  if len == 0 then return 4096 end
+  return (math.floor((len - 1) / 4096) + 1) * 4096
+end
+
+local function lookup(dir, name)
+  local e = redis.call('HGET', 'd' .. num(dir), name)
+  if not e then return nil end
+  return be_get(e, 2, 8)
+end
+
+local function is_dir(ino)
+  local a = redis.call('GET', 'i' .. num(ino))
+  return a and kind(a) == 2
+end
+
+-- Arguments.
+local max_entries = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local src_path = {}
+for i = 1, n do src_path[i] = ARGV[3 + i] end
+local m = tonumber(ARGV[4 + n])
+local dst_path = {}
+for i = 1, m do dst_path[i] = ARGV[4 + n + i] end
+if m < 1 then return redis.error_reply('KELP_BAD_DESTINATION') end
+
+-- The source: an existing directory.
+local src = 1
+for _, name in ipairs(src_path) do
+  src = lookup(src, name)
+  if not src then return redis.error_reply('KELP_NO_SOURCE') end
+end
+if not is_dir(src) then return redis.error_reply('KELP_NOT_A_DIRECTORY') end
+
+-- The destination: existing directories, then ones to make, then a free name.
+local dst = 1
+local make_from = nil
+for i = 1, m - 1 do
+  local child = lookup(dst, dst_path[i])
+  if not child then make_from = i break end
+  if not is_dir(child) then return redis.error_reply('KELP_NOT_A_DIRECTORY') end
+  dst = child
+end
+local new_name = dst_path[m]
+if not make_from and lookup(dst, new_name) then return redis.error_reply('KELP_EXISTS') end
+
+-- Walk the source breadth first. `order` lists each inode once; `links` counts the
+-- entries naming it inside the tree; `first` is the directory it was first seen in.
+local order, links, first, entries = {}, {}, {}, {}
+local queue, head = { src }, 1
+while queue[head] do
+  local dir = queue[head]
+  head = head + 1
+  if dir == dst then return redis.error_reply('KELP_INSIDE_SOURCE') end
+  local flat = redis.call('HGETALL', 'd' .. num(dir))
+  for i = 1, #flat, 2 do
+    local e = flat[i + 1]
+    local ino = be_get(e, 2, 8)
+    entries[#entries + 1] = { dir, flat[i], string.byte(e, 1), ino }
+    if #entries > max_entries then return redis.error_reply('KELP_TOO_MANY ' .. num(max_entries)) end
+    if links[ino] then
+      links[ino] = links[ino] + 1
+    else
+      links[ino] = 1
+      first[ino] = dir
+      order[#order + 1] = ino
+      if string.byte(e, 1) == 2 then queue[#queue + 1] = ino end
+    end
+  end
+end
+
+-- Fresh inode numbers, above every batch a client has taken (juicefs: INCRBY
+-- nextinode N returns v; the batch is v-N+1 .. v).
+local made = 0
+if make_from then made = m - make_from end
+local count = 1 + #order + made
+local last = redis.call('INCRBY', 'nextinode', count)
+local next_ino = last - count + 1
+local function take()
+  local v = next_ino
+  next_ino = next_ino + 1
+  return v
+end
+
+local used_space, inodes = 0, 0
+local function dir_stat_add(dir, space, len, nodes)
+  if redis.call('HEXISTS', 'dirUsedSpace', num(dir)) == 1 then
+    redis.call('HINCRBY', 'dirUsedSpace', num(dir), space)
+    redis.call('HINCRBY', 'dirDataLength', num(dir), len)
+    redis.call('HINCRBY', 'dirUsedInodes', num(dir), nodes)
+  end
+end
+local function add_subdir(parent, name, ino)
+  redis.call('HSET', 'd' .. num(parent), name, string.char(2) .. be_put(ino, 8))
+  local pa = redis.call('GET', 'i' .. num(parent))
+  local grand = be_get(pa, 64, 8)
+  redis.call('SET', 'i' .. num(parent), with_links(pa, nlink(pa) + 1, grand))
+  dir_stat_add(parent, 4096, 0, 1)
+end
+
+-- Missing destination directories.
+if make_from then
+  for i = make_from, m - 1 do
+    local ino = take()
+    local times = (be_put(now, 8) .. be_put(0, 4)):rep(3)
+    local attr = string.char(0) .. be_put(2 * 4096 + 493, 2) .. be_put(0, 4) .. be_put(0, 4) ..
+      times .. be_put(2, 4) .. be_put(4096, 8) .. be_put(0, 4) .. be_put(dst, 8) .. string.char(0)
+    redis.call('SET', 'i' .. num(ino), attr)
+    for _, k in ipairs({ 'dirUsedSpace', 'dirDataLength', 'dirUsedInodes' }) do
+      redis.call('HSET', k, num(ino), '0')
+    end
+    add_subdir(dst, dst_path[i], ino)
+    used_space = used_space + 4096
+    inodes = inodes + 1
+    dst = ino
+  end
+end
+
+-- The copies.
+local new = {}
+new[src] = take()
+for _, ino in ipairs(order) do new[ino] = take() end
+
+local function copy_hash(from, to)
+  local flat = redis.call('HGETALL', from)
+  for i = 1, #flat, 2 * BATCH do
+    local args = {}
+    for j = i, math.min(i + 2 * BATCH - 1, #flat) do args[#args + 1] = flat[j] end
+    redis.call('HSET', to, unpack(args))
+  end
+end
+
+local function copy_node(ino, parent)
+  local attr = redis.call('GET', 'i' .. num(ino))
+  local to = new[ino]
+  local t = kind(attr)
+  local len = length(attr)
+  if t == 2 then
+    attr = with_links(attr, nlink(attr), parent)
+    for _, k in ipairs({ 'dirUsedSpace', 'dirDataLength', 'dirUsedInodes' }) do
+      local v = redis.call('HGET', k, num(ino))
+      if v then redis.call('HSET', k, num(to), v) end
+    end
+  elseif links[ino] and links[ino] > 1 then
+    attr = with_links(attr, links[ino], 0)
+  else
+    attr = with_links(attr, 1, parent)
+  end
+  redis.call('SET', 'i' .. num(to), attr)
+  copy_hash('x' .. num(ino), 'x' .. num(to))
+  if t == 1 and len > 0 then
+    for c = 0, math.floor(len / CHUNK) do
+      local slices = redis.call('LRANGE', 'c' .. num(ino) .. '_' .. c, 0, -1)
+      for i = 1, #slices, BATCH do
+        local part = {}
+        for j = i, math.min(i + BATCH - 1, #slices) do part[#part + 1] = slices[j] end
+        redis.call('RPUSH', 'c' .. num(to) .. '_' .. c, unpack(part))
+      end
+      for _, s in ipairs(slices) do
+        local id = be_get(s, 5, 8)
+        if id > 0 then
+          redis.call('HINCRBY', 'sliceRef', 'k' .. num(id) .. '_' .. num(be_get(s, 13, 4)), 1)
+        end
+      end
+    end
+  elseif t == 3 then
+    local target = redis.call('GET', 's' .. num(ino))
+    if target then redis.call('SET', 's' .. num(to), target) end
+  end
+  used_space = used_space + align4k(len)
+  inodes = inodes + 1
+end
+
+copy_node(src, dst)
+for _, ino in ipairs(order) do copy_node(ino, new[first[ino]]) end
+local parents = {}
+for _, e in ipairs(entries) do
+  local dir, name, t, ino = e[1], e[2], e[3], e[4]
+  redis.call('HSET', 'd' .. num(new[dir]), name, string.char(t) .. be_put(new[ino], 8))
+  if links[ino] > 1 and t ~= 2 then
+    parents[ino] = parents[ino] or {}
+    parents[ino][new[dir]] = (parents[ino][new[dir]] or 0) + 1
+  end
+end
+for ino, by in pairs(parents) do
+  for dir, k in pairs(by) do redis.call('HINCRBY', 'p' .. num(new[ino]), num(dir), k) end
+end
+add_subdir(dst, new_name, new[src])
+redis.call('INCRBY', 'usedSpace', used_space)
+redis.call('INCRBY', 'totalInodes', inodes)
+return { num(new[src]), #entries }
