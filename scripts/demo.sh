@@ -62,6 +62,8 @@ grep -E " $work/(staged|mnt)" /proc/self/mountinfo | awk '{print "  " $5 "  " $9
 echo "df:"
 df -h "$work/mnt" | sed 's/^/  /'
 db=$(echo "$id" | cut -d: -f2)
+member=$(echo "$id" | cut -d: -f5)
+[[ -n $member ]] && echo "layout: the volume is the directory /.kelp/v/$member of its file system (juicefs --subdir)"
 echo "metadata: database $db of redis://127.0.0.1:$REDIS_PORT, keys: $(redis-cli -p "$REDIS_PORT" -n "$db" keys '*' | sort | tr '\n' ' ')"
 echo "data: SeaweedFS bucket $(kelp_buckets | tr '\n' ' ')(objects under /buckets/kelp-demo/demo/chunks)"
 echo "stats (CSI NodeGetVolumeStats):"

@@ -626,7 +626,7 @@ async fn publish_until_granted(c: &Cluster, vol: &str, i: usize) -> (HashMap<Str
 
 /// The live generation's database of a volume, from the registry's holder record.
 fn live_db(c: &Cluster, vol: &str) -> u32 {
-    let fs = vol.rsplit(':').next().unwrap();
+    let fs = kelp::volume::VolumeId::parse(vol).unwrap().fs_name;
     let primary = c.net.nodes()[0].ip.to_string();
     redis_cli(&primary, &["hget", &format!("kelp:holder:{fs}"), "db"]).trim().parse().unwrap()
 }
@@ -828,12 +828,14 @@ async fn a_partitioned_holder_fences_itself_and_its_tail_never_merges() {
         let retired = db_of(&vol);
         let look = c.root.join("retired");
         std::fs::create_dir_all(&look).unwrap();
+        let subdir = kelp::volume::VolumeId::parse(&vol).unwrap().subdir().expect("a tree-layout volume");
         run(std::process::Command::new("juicefs").args([
             "mount",
             "--background",
             "--read-only",
             "--no-usage-report",
             "--no-bgjob",
+            &format!("--subdir={subdir}"),
             &format!("redis://{}:{META_PORT}/{retired}", c.net.nodes()[1].ip),
             &look.display().to_string(),
         ]));

@@ -225,6 +225,14 @@ async fn stage_publish_twice_read_only_and_clean_unmount() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 
+    // An id naming a directory the file system does not have is no volume: juicefs
+    // would make the directory and mount an empty one.
+    let other = format!("{}:00000000", id.rsplit_once(':').unwrap().0);
+    let e = c.stage(&other, &s(&b.root.join("st-other")), Mode::SingleNodeWriter).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("/.kelp/v/00000000"), "{}", e.message());
+    assert!(mounts_under(&b.root.join("st-other")).is_empty());
+
     cleanup(&mut c, id, &staging, &[&t1, &t2, &ro]).await;
     assert!(mounts_under(&b.root).is_empty(), "mounts left: {:?}", mounts_under(&b.root));
     // Unknown targets and volumes unpublish/unstage fine.
@@ -642,7 +650,8 @@ async fn a_node_refuses_what_its_master_cannot_hold_and_says_why() {
 }
 
 /// With the default `trash-days=0`, deleting files on a full volume gives the space
-/// back at once; with juicefs's default trash the writer stayed on ENOSPC for a day.
+/// back at once; with juicefs's default trash the writer stayed refused for a day.
+/// (A tree-layout volume, the default, is full at its directory quota: EDQUOT.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_volume_frees_space_when_files_are_deleted() {
     const MIB: usize = 1 << 20;
@@ -669,7 +678,7 @@ async fn a_full_volume_frees_space_when_files_are_deleted() {
         }
     }
     let (written, e) = full.expect("a 64 MiB volume refuses a 128th MiB");
-    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{e}");
     assert!(written >= 6, "only {written} files of 8 MiB fitted");
     let _ = std::fs::remove_file(t.join(format!("f{written}")));
     for i in 0..written {

@@ -35,9 +35,27 @@ async fn create_mount_write_df_delete() {
     assert_eq!(c.create("Media Library", 2 * GIB).await.unwrap().volume_id, vol.volume_id);
     assert_eq!(c.create("Media Library", 4 * GIB).await.unwrap_err().code(), Code::AlreadyExists);
 
-    // An unmodified juicefs mounts it, writes, reads, and df shows the capacity.
+    // The volume is its own directory of the file system (tree layout), made natively
+    // beside nothing else, with fresh inode numbers (never the root's).
+    let root = scratch("mnt").join("root");
+    juicefs_mount(redis, db, &root);
+    let member = vol.volume_id.rsplit(':').next().unwrap();
+    let tree = root.join(".kelp/v").join(member);
+    {
+        use std::os::unix::fs::MetadataExt;
+        let inos: Vec<u64> = [&root, &root.join(".kelp"), &root.join(".kelp/v"), &tree]
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().ino())
+            .collect();
+        assert_eq!(inos[0], 1);
+        assert!(inos[1..].iter().all(|&i| i > 1) && inos[1] != inos[2] && inos[2] != inos[3], "{inos:?}");
+    }
+    assert!(std::fs::read_dir(&tree).unwrap().next().is_none(), "a new volume is empty");
+
+    // An unmodified juicefs mounts it as a node does, writes, reads, and df shows the
+    // capacity; the file lands in the volume's directory.
     let mnt = scratch("mnt").join("m");
-    juicefs_mount(redis, db, &mnt);
+    juicefs_mount_volume(redis, &vol.volume_id, &mnt);
     std::fs::write(mnt.join("hello.txt"), b"kelp was here").unwrap();
     assert_eq!(std::fs::read(mnt.join("hello.txt")).unwrap(), b"kelp was here");
     let df = run(Command::new("df").arg("-B1").arg("--output=size").arg(&mnt));
@@ -45,6 +63,8 @@ async fn create_mount_write_df_delete() {
     assert_eq!(size, 2 * GIB, "df size");
     umount(&mnt);
     assert!(mounts_under(&mnt).is_empty());
+    assert_eq!(std::fs::read(tree.join("hello.txt")).unwrap(), b"kelp was here");
+    umount(&root);
     // The bucket carries the capacity as its SeaweedFS quota.
     let listing = run(Command::new("curl")
         .args(["-s", "-H", "Accept: application/json"])
@@ -99,6 +119,8 @@ async fn format_is_what_juicefs_format_writes() {
         ("compression".into(), "lz4".into()),
         ("inodes".into(), "1000".into()),
         ("trash-days".into(), "1".into()),
+        // The tree layout adds the volume's directory to what format writes (below).
+        ("layout".into(), "root".into()),
     ]);
     let vol = c.ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
     let db = db_of(&vol.volume_id);
@@ -328,10 +350,10 @@ async fn list_validate_capacity_publish_and_expand() {
         c.ctl.controller_publish_volume(publish("kelp1:201:00000000:ghost", "test-node")).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 
-    // Expansion rewrites Capacity; a mounted client sees it without remounting.
-    let db = db_of(&ids[1]);
+    // Expansion raises the volume directory's quota; a mounted client sees it without
+    // remounting.
     let mnt = scratch("mnt").join("x");
-    juicefs_mount(redis, db, &mnt);
+    juicefs_mount_volume(redis, &ids[1], &mnt);
     let r = c
         .ctl
         .controller_expand_volume(csi::ControllerExpandVolumeRequest {
@@ -362,7 +384,9 @@ async fn list_validate_capacity_publish_and_expand() {
 async fn crash_at_every_step_is_finished_by_the_retry() {
     let (redis, weed) = (shared_redis(), shared_weed());
     let mut kelp = controller(redis, weed);
-    for (i, point) in ["create:reserved", "create:bucket", "create:formatted"].iter().enumerate() {
+    for (i, point) in
+        ["create:reserved", "create:bucket", "create:formatted", "create:tree"].iter().enumerate()
+    {
         let name = format!("crash-create-{i}");
         kelp.restart_with_env(&[("KELP_FAILPOINT", point)]);
         let mut c = csi::connect(&kelp.endpoint).await;
@@ -371,9 +395,8 @@ async fn crash_at_every_step_is_finished_by_the_retry() {
         kelp.restart();
         let mut c = csi::connect(&kelp.endpoint).await;
         let vol = c.create(&name, GIB).await.unwrap_or_else(|e| panic!("{point}: retry: {e}"));
-        let db = db_of(&vol.volume_id);
         let mnt = scratch("mnt").join("c");
-        juicefs_mount(redis, db, &mnt);
+        juicefs_mount_volume(redis, &vol.volume_id, &mnt);
         std::fs::write(mnt.join("f"), b"ok").unwrap();
         umount(&mnt);
         c.delete(&vol.volume_id).await.unwrap();
@@ -446,27 +469,52 @@ async fn secrets_never_leak() {
     assert!(log.contains("outcome"), "RPCs are logged");
 }
 
+/// Writes past the size fail in both layouts: at the file system's capacity with
+/// ENOSPC (root layout), at the volume directory's quota with EDQUOT (tree layout,
+/// mounted as nodes do, with `--subdir`; `df` there shows the quota as the size and
+/// juicefs's own `quota get` reads kelp's record).
 #[tokio::test(flavor = "multi_thread")]
-async fn writes_past_capacity_fail_with_enospc() {
+async fn writes_past_capacity_fail_in_both_layouts() {
     let (redis, weed) = (shared_redis(), shared_weed());
     let kelp = controller(redis, weed);
     let mut c = csi::connect(&kelp.endpoint).await;
-    let vol = c.create("small-one", 32 << 20).await.unwrap();
-    let mnt = scratch("mnt").join("small");
-    juicefs_mount(redis, db_of(&vol.volume_id), &mnt);
-    let chunk = vec![7u8; 1 << 20];
-    let result = (|| -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(mnt.join("big"))?;
-        for _ in 0..64 {
-            f.write_all(&chunk)?;
+    let base = scratch("small");
+    let _leftovers = MountsBelow(base.clone());
+    for (layout, errno) in [("root", libc::ENOSPC), ("tree", libc::EDQUOT)] {
+        let mut req = csi::create_req(&format!("small-{layout}"), 32 << 20);
+        req.parameters = HashMap::from([("layout".into(), layout.into())]);
+        let vol = c.ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
+        let id = kelp::volume::VolumeId::parse(&vol.volume_id).unwrap();
+        assert_eq!(id.member.is_some(), layout == "tree", "{}", vol.volume_id);
+        let db = db_of(&vol.volume_id);
+        let mnt = base.join(layout);
+        let subdir: Vec<String> = id.subdir().map(|d| format!("--subdir={d}")).into_iter().collect();
+        juicefs_mount_with(redis, db, &mnt, &subdir.iter().map(String::as_str).collect::<Vec<_>>());
+        let df = run(Command::new("df").arg("-B1").arg("--output=size").arg(&mnt));
+        assert_eq!(df.lines().nth(1).unwrap().trim(), (32u64 << 20).to_string(), "{layout}: df size");
+        if let Some(dir) = id.subdir() {
+            let quota = Command::new("juicefs")
+                .args(["quota", "get", &format!("redis://127.0.0.1:{}/{db}", redis.port), "--path", &dir])
+                .env("META_PASSWORD", META_PASSWORD)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&quota.stdout);
+            assert!(text.contains(&dir) && text.contains("32 MiB"), "juicefs quota get: {text}");
         }
-        f.sync_all()
-    })();
-    let err = result.expect_err("64 MiB fit in a 32 MiB volume");
-    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
-    umount(&mnt);
-    c.delete(&vol.volume_id).await.unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        let result = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(mnt.join("big"))?;
+            for _ in 0..64 {
+                f.write_all(&chunk)?;
+            }
+            f.sync_all()
+        })();
+        let err = result.expect_err("64 MiB fit in a 32 MiB volume");
+        assert_eq!(err.raw_os_error(), Some(errno), "{layout}: {err}");
+        umount(&mnt);
+        c.delete(&vol.volume_id).await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -654,7 +702,7 @@ async fn tree_copy_is_point_in_time_and_shares_objects() {
     // Bad requests are refused and write nothing.
     let keys = redis.cli(db, &["dbsize"]);
     let refused = |r: kelp::meta::Result<kelp::meta::Copied>| match r {
-        Err(kelp::meta::Error::CopyRefused { why, .. }) => why,
+        Err(kelp::meta::Error::TreeRefused { why, .. }) => why,
         other => panic!("expected a refusal, got {other:?}"),
     };
     use kelp::meta::Refusal;

@@ -5,7 +5,7 @@ use super::Result;
 use clap::{Args, Subcommand};
 use kelp::meta::{MetaServer, MetaUrl, VolumeState};
 use kelp::seaweedfs::Filer;
-use kelp::volume::{Spec, VolumeId, BUCKET_PREFIX};
+use kelp::volume::{Spec, BUCKET_PREFIX};
 
 #[derive(Args)]
 pub struct AdminArgs {
@@ -164,7 +164,7 @@ async fn volume_row(meta: &MetaServer, fs_name: &str, wide: bool) -> Result<Opti
     let Some(rec) = meta.volume(fs_name).await? else { return Ok(None) };
     let spec: Option<Spec> = serde_json::from_str(&rec.spec).ok();
     let (name, id, home) = match &spec {
-        Some(s) => (s.name.clone(), VolumeId::new(rec.db, &s.uuid, fs_name).to_string(), s.home_meta.clone()),
+        Some(s) => (s.name.clone(), s.id(rec.db, fs_name).to_string(), s.home_meta.clone()),
         None => ("?".into(), format!("db {}", rec.db), String::new()),
     };
     let holder = meta.holder(fs_name).await?;
@@ -187,11 +187,13 @@ async fn volume_row(meta: &MetaServer, fs_name: &str, wide: bool) -> Result<Opti
         mounted_on: None,
     };
     if wide && ready {
-        let (used, files) = kelp::juicefs::usage(meta, db).await.map_err(meta_error)?;
-        let setting = kelp::juicefs::read_setting(meta, db).await.map_err(meta_error)?;
-        row.used_bytes = Some(used);
-        row.files = Some(files);
-        row.capacity_bytes = Some(setting.capacity);
+        let vid = spec.as_ref().map(|s| s.id(rec.db, fs_name));
+        let tree = vid.as_ref().and_then(|v| v.tree_path());
+        let usage =
+            kelp::juicefs::volume_usage(meta, db, tree.as_ref().map(|p| &p[..])).await.map_err(meta_error)?;
+        row.used_bytes = Some(usage.used_bytes);
+        row.files = Some(usage.files);
+        row.capacity_bytes = Some(usage.capacity_bytes);
         row.mounted_on = Some(kelp::juicefs::session_hosts(meta, db).await.map_err(meta_error)?);
     }
     Ok(Some(row))

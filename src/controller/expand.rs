@@ -1,5 +1,6 @@
-//! ControllerExpandVolume: JuiceFS's Capacity is the exact limit (mounted clients pick
-//! it up on their heartbeat); the bucket quota follows it.
+//! ControllerExpandVolume: the volume's directory quota (tree layout) or JuiceFS's
+//! Capacity (root layout) is the exact limit, which mounted clients pick up on their
+//! next refresh; the bucket quota follows it.
 
 use super::provision;
 use super::Backends;
@@ -13,7 +14,14 @@ use tracing::info;
 pub async fn expand(b: &Backends, id: &VolumeId, wanted: u64) -> Result<u64> {
     let (_, mut spec) = provision::lookup(b, id).await?;
     if spec.capacity_bytes != 0 && wanted > spec.capacity_bytes {
-        crate::juicefs::set_capacity(&b.meta, id.db, wanted).await?;
+        // The live generation's database: after a takeover, clients mount that one.
+        let db = provision::live_db(b, id).await?;
+        match id.tree_path() {
+            Some(path) => {
+                b.meta.tree_with_quota(db, &path, wanted, spec.params.inodes).await?;
+            }
+            None => crate::juicefs::set_capacity(&b.meta, db, wanted).await?,
+        }
         b.filer.set_quota(&id.bucket(), wanted).await?;
         spec.capacity_bytes = wanted;
         b.meta.set_volume_spec(&id.fs_name, &spec.to_json()).await?;

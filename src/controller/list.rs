@@ -6,7 +6,7 @@ use super::Backends;
 use crate::error::{Error, Result};
 use crate::meta::VolumeState;
 use crate::proto::csi::{list_volumes_response::Entry, ListVolumesResponse};
-use crate::volume::{self, Spec, VolumeId};
+use crate::volume::{self, Spec};
 
 const TOKEN_PREFIX: &str = "after:";
 /// Page size when the CO sets no limit.
@@ -35,7 +35,7 @@ pub async fn page(b: &Backends, max_entries: i32, token: &str) -> Result<ListVol
             continue;
         }
         let spec = Spec::of(&rec)?;
-        let id = VolumeId::new(rec.db, &spec.uuid, fs_name);
+        let id = spec.id(rec.db, fs_name);
         entries.push(Entry { volume: Some(csi_volume(&id, &spec)), status: None });
     }
     let next_token = match names.last() {

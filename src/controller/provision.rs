@@ -3,7 +3,8 @@
 //! DeleteVolume) finishes:
 //!
 //! create: reserve name + database (state creating) -> bucket -> juicefs_uuid object
-//!         -> JuiceFS format -> state ready
+//!         -> JuiceFS format -> (tree layout) the volume's directory and quota
+//!         -> state ready
 //! delete: state deleting -> bucket with all objects -> FLUSHDB -> release database
 //!
 //! A failure that is not a crash rolls the creation back at once, so bad luck with a
@@ -16,7 +17,7 @@ use crate::juicefs::{self, FormatSpec, Setting};
 use crate::meta::{Reservation, VolumeRecord, VolumeState};
 use crate::proto::csi::{CapacityRange, Volume};
 use crate::seaweedfs::BucketRule;
-use crate::volume::{bucket_for, capacity_fits, volume_context, Params, Spec, VolumeId};
+use crate::volume::{bucket_for, capacity_fits, volume_context, Layout, Params, Spec, VolumeId};
 use std::collections::HashMap;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -80,6 +81,7 @@ pub async fn create(b: &Backends, req: CreateRequest<'_>) -> Result<(VolumeId, S
         params: req.params.clone(),
         created_unix: now,
         home_meta: b.home_meta.clone(),
+        member: (req.params.layout == Layout::Tree).then(|| uuid::Uuid::new_v4().to_string()),
     };
     let spec_json = spec.to_json();
     let databases = match b.databases {
@@ -98,7 +100,7 @@ pub async fn create(b: &Backends, req: CreateRequest<'_>) -> Result<(VolumeId, S
     };
     failpoint::hit("create:reserved");
     let spec: Spec = Spec::of(&record)?;
-    let id = VolumeId::new(record.db, &spec.uuid, &req.fs_name);
+    let id = spec.id(record.db, &req.fs_name);
     if record.state == VolumeState::Ready {
         return Ok((id, spec));
     }
@@ -212,12 +214,18 @@ async fn build(b: &Backends, id: &VolumeId, spec: &Spec, creds: &S3Credentials, 
         secret_key: creds.secret_key.clone(),
         block_size_kib: spec.params.block_size_kib,
         compression: spec.params.compression.clone(),
-        capacity_bytes: spec.capacity_bytes,
-        inodes: spec.params.inodes,
+        // A tree-layout volume's size is its directory's quota; the file system,
+        // which its snapshots and clones will share, has no limit of its own.
+        capacity_bytes: if id.member.is_some() { 0 } else { spec.capacity_bytes },
+        inodes: if id.member.is_some() { 0 } else { spec.params.inodes },
         trash_days: spec.params.trash_days,
     });
     juicefs::write_format(&b.meta, id.db, &setting, now).await?;
     failpoint::hit("create:formatted");
+    if let Some(path) = id.tree_path() {
+        b.meta.tree_with_quota(id.db, &path, spec.capacity_bytes, spec.params.inodes).await?;
+        failpoint::hit("create:tree");
+    }
     Ok(())
 }
 

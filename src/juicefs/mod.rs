@@ -112,6 +112,51 @@ async fn live_session_ids(
         .map_err(|e| meta.err(e).into())
 }
 
+/// What a volume uses and may use: bytes, files, and its size in bytes (0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub used_bytes: u64,
+    pub files: u64,
+    pub capacity_bytes: u64,
+}
+
+/// The usage of the volume in `db`: of its directory at `tree` (tree layout: the
+/// counters and limit of its directory quota, which juicefs keeps per directory), or
+/// of the whole file system (root layout: its counters and `Capacity`).
+pub async fn volume_usage(meta: &MetaServer, db: u32, tree: Option<&[&str]>) -> Result<Usage> {
+    let Some(path) = tree else {
+        let (used_bytes, files) = usage(meta, db).await?;
+        let capacity_bytes = read_setting(meta, db).await?.capacity;
+        return Ok(Usage { used_bytes, files, capacity_bytes });
+    };
+    let ino = meta.tree_inode(db, path).await?.ok_or(Error::Missing { db })?.to_string();
+    let mut c = meta.database(db).await?;
+    let (space, inodes, quota): (Option<i64>, Option<i64>, Option<Vec<u8>>) = redis::pipe()
+        .cmd("HGET")
+        .arg("dirQuotaUsedSpace")
+        .arg(&ino)
+        .cmd("HGET")
+        .arg("dirQuotaUsedInodes")
+        .arg(&ino)
+        .cmd("HGET")
+        .arg("dirQuota")
+        .arg(&ino)
+        .query_async(&mut c)
+        .await
+        .map_err(|e| meta.err(e))?;
+    // The quota record is the byte limit and the inode limit, 8 bytes each, big-endian.
+    let capacity_bytes = quota
+        .as_deref()
+        .and_then(|q| q.get(..8))
+        .map(|b| i64::from_be_bytes(b.try_into().expect("eight bytes")).max(0) as u64)
+        .unwrap_or(0);
+    Ok(Usage {
+        used_bytes: space.unwrap_or(0).max(0) as u64,
+        files: inodes.unwrap_or(0).max(0) as u64,
+        capacity_bytes,
+    })
+}
+
 /// Bytes and inodes the file system in `db` uses, from the counters its clients keep.
 pub async fn usage(meta: &MetaServer, db: u32) -> Result<(u64, u64)> {
     let mut c = meta.database(db).await?;

@@ -9,13 +9,13 @@ mod fence;
 mod generation;
 mod lease;
 mod registry;
-mod tree_copy;
+mod trees;
 mod url;
 
 pub use checks::{findings, Finding, MasterConfig};
 pub use generation::{Generation, Tail, COUNTER_JUMP};
 pub use registry::{NodeRecord, Reservation, VolumeRecord, VolumeState};
-pub use tree_copy::{Copied, Refusal};
+pub use trees::{Copied, Refusal};
 pub use url::MetaUrl;
 
 use redis::aio::{ConnectionManager, MultiplexedConnection};
@@ -40,8 +40,9 @@ pub enum Error {
     BadUrl { why: String },
     #[error("registry entry {key} is unreadable: {detail}")]
     Corrupt { key: String, detail: String },
-    #[error("cannot copy /{from} to /{to}: {why}")]
-    CopyRefused { from: String, to: String, why: Refusal },
+    /// A tree operation refused before it wrote anything; `what` names it.
+    #[error("{what}: {why}")]
+    TreeRefused { what: String, why: Refusal },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

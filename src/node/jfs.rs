@@ -61,6 +61,8 @@ pub struct MountSpec<'a> {
     pub fs_name: &'a str,
     pub meta: &'a MetaUrl,
     pub db: u32,
+    /// The tree-layout volume's directory (juicefs `--subdir`); `None` mounts the root.
+    pub subdir: Option<&'a str>,
     pub mount_point: &'a Path,
     pub read_only: bool,
     /// Per-volume override of the cache size (MiB).
@@ -116,6 +118,9 @@ impl JuicefsConfig {
             .arg("--metrics=127.0.0.1:0");
         if m.read_only {
             cmd.arg("--read-only");
+        }
+        if let Some(dir) = m.subdir {
+            cmd.arg(format!("--subdir={dir}"));
         }
         let keep = self.sole_writer_cache.as_secs();
         if m.sole_writer && keep > 0 {

@@ -183,10 +183,12 @@ impl NodeCore {
                 // Without a holder the mount still works; it just does not survive its daemon.
                 warn!(volume_id = %id, error = %e, "cannot start the FUSE holder; this mount will not outlive its juicefs");
             }
+            let subdir = id.subdir();
             let spec = MountSpec {
                 fs_name: &id.fs_name,
                 meta: server.url(),
                 db,
+                subdir: subdir.as_deref(),
                 mount_point: path,
                 read_only: req.read_only,
                 cache_size_mib: req.cache_size_mib,
@@ -328,10 +330,18 @@ impl NodeCore {
     }
 
     /// The volume's file system must exist in database `db` of `server` (and be the
-    /// right one).
+    /// right one), and so must a tree-layout volume's directory.
     pub(super) async fn check_exists(&self, server: &MetaServer, id: &VolumeId, db: u32) -> Result<()> {
         match juicefs::read_setting(server, db).await {
-            Ok(s) if s.name == id.fs_name && id.matches_uuid(&s.uuid) => Ok(()),
+            Ok(s) if s.name == id.fs_name && id.matches_uuid(&s.uuid) => match (id.tree_path(), id.subdir()) {
+                (Some(path), Some(dir)) if server.tree_inode(db, &path).await?.is_none() => {
+                    Err(Error::NotFound(format!(
+                        "volume {id} does not exist on metadata server {}: its file system has no directory {dir}",
+                        server.url()
+                    )))
+                }
+                _ => Ok(()),
+            },
             Ok(_) | Err(juicefs::Error::Missing { .. }) => Err(Error::NotFound(format!(
                 "volume {id} does not exist on metadata server {}",
                 server.url()

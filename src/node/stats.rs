@@ -43,7 +43,8 @@ impl NodeCore {
             Health::Alive { .. } => statfs(path).await,
             _ => None,
         };
-        // A full volume fails every write with ENOSPC while the mount is healthy.
+        // A full volume fails every write (ENOSPC at the root layout's capacity, EDQUOT
+        // at the tree layout's directory quota) while the mount is healthy.
         let condition = match &stat {
             Some(s) if !condition.abnormal && s.blocks() > 0 && s.blocks_available() == 0 => abnormal(format!(
                 "capacity exhausted: the volume is full ({} bytes); delete files or expand it (ControllerExpandVolume); {via}",

@@ -7,35 +7,64 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 const ID_PREFIX: &str = "kelp1";
 const TAG_LEN: usize = 8;
 
-/// The CSI volume id: `kelp1:<db>:<uuid tag>:<fs name>`. It carries all a node needs
-/// to mount (database number and file-system name) and stays valid across restarts.
-/// The tag (first 8 hex digits of the file system's UUID) tells incarnations apart: a
-/// volume deleted and created again under the same name may get the same database
-/// back, but never the same tag, so a stale id never reaches the new volume.
+/// The CSI volume id: `kelp1:<db>:<uuid tag>:<fs name>[:<member>]`. It carries all
+/// a node needs to mount (database number, file-system name and, for the tree layout,
+/// the volume's own directory) and stays valid across restarts. The tag (first 8 hex
+/// digits of the file system's UUID) tells incarnations apart: a volume deleted and
+/// created again under the same name may get the same database back, but never the
+/// same tag, so a stale id never reaches the new volume. Ids without a member are
+/// root-layout volumes, every volume made before the tree layout; they keep working.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VolumeId {
     pub db: u32,
     pub tag: String,
     pub fs_name: String,
+    /// The tree-layout volume's directory below `/.kelp/v/` (8 hex digits).
+    pub member: Option<String>,
 }
+
+/// Where tree-layout volumes' directories live, below the file system's root.
+pub const MEMBERS_DIR: [&str; 2] = [".kelp", "v"];
 
 impl VolumeId {
     pub fn new(db: u32, uuid: &str, fs_name: &str) -> VolumeId {
-        let tag: String = uuid.chars().filter(char::is_ascii_hexdigit).take(TAG_LEN).collect();
-        VolumeId { db, tag: tag.to_ascii_lowercase(), fs_name: fs_name.to_string() }
+        VolumeId { db, tag: tag_of(uuid), fs_name: fs_name.to_string(), member: None }
+    }
+
+    /// The id of a tree-layout volume whose directory is named after `member_uuid`.
+    pub fn with_member(self, member_uuid: Option<&str>) -> VolumeId {
+        VolumeId { member: member_uuid.map(tag_of), ..self }
     }
 
     pub fn parse(id: &str) -> Option<VolumeId> {
-        let mut parts = id.splitn(4, ':');
+        let mut parts = id.split(':');
         if parts.next()? != ID_PREFIX {
             return None;
         }
         let db: u32 = parts.next()?.parse().ok()?;
         let tag = parts.next()?.to_string();
         let fs_name = parts.next()?.to_string();
-        let tag_ok =
-            tag.len() == TAG_LEN && tag.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        (db > 0 && tag_ok && is_valid_fs_name(&fs_name)).then_some(VolumeId { db, tag, fs_name })
+        let member = parts.next().map(str::to_string);
+        if parts.next().is_some() || !member.as_deref().is_none_or(is_tag) {
+            return None;
+        }
+        (db > 0 && is_tag(&tag) && is_valid_fs_name(&fs_name)).then_some(VolumeId {
+            db,
+            tag,
+            fs_name,
+            member,
+        })
+    }
+
+    /// The path of the volume's directory as juicefs's `--subdir` takes it; `None`
+    /// for a root-layout volume.
+    pub fn subdir(&self) -> Option<String> {
+        self.member.as_ref().map(|m| format!("/{}/{}/{m}", MEMBERS_DIR[0], MEMBERS_DIR[1]))
+    }
+
+    /// The components of [`VolumeId::subdir`].
+    pub fn tree_path(&self) -> Option<[&str; 3]> {
+        self.member.as_deref().map(|m| [MEMBERS_DIR[0], MEMBERS_DIR[1], m])
     }
 
     /// The id of a request that needs an existing volume: empty is an argument error
@@ -56,9 +85,22 @@ impl VolumeId {
     }
 }
 
+fn tag_of(uuid: &str) -> String {
+    let tag: String = uuid.chars().filter(char::is_ascii_hexdigit).take(TAG_LEN).collect();
+    tag.to_ascii_lowercase()
+}
+
+fn is_tag(s: &str) -> bool {
+    s.len() == TAG_LEN && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 impl std::fmt::Display for VolumeId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{ID_PREFIX}:{}:{}:{}", self.db, self.tag, self.fs_name)
+        write!(f, "{ID_PREFIX}:{}:{}:{}", self.db, self.tag, self.fs_name)?;
+        match &self.member {
+            Some(m) => write!(f, ":{m}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -96,9 +138,23 @@ mod tests {
             "kelp1:1:0a1b2c3d:Bad_Name",
             "kelp1:1:media",
             "kelp1:1:xyz:media",
+            "kelp1:1:0a1b2c3d:media:",
+            "kelp1:1:0a1b2c3d:media:XYZ",
+            "kelp1:1:0a1b2c3d:media:0a1b2c3d:more",
         ] {
             assert_eq!(VolumeId::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn tree_layout_ids_carry_their_member() {
+        let id = VolumeId::new(7, "0a1b2c3d-9999", "media").with_member(Some("FEEDBEEF-0000"));
+        assert_eq!(id.to_string(), "kelp1:7:0a1b2c3d:media:feedbeef");
+        assert_eq!(VolumeId::parse(&id.to_string()), Some(id.clone()));
+        assert_eq!(id.subdir().as_deref(), Some("/.kelp/v/feedbeef"));
+        assert_eq!(id.tree_path(), Some([".kelp", "v", "feedbeef"]));
+        let old = VolumeId::parse("kelp1:7:0a1b2c3d:media").unwrap();
+        assert_eq!((old.member.clone(), old.subdir()), (None, None));
     }
 
     #[test]

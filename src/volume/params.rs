@@ -33,6 +33,9 @@ pub struct Params {
     /// Node-local cache directory for this volume (default: below the node's --cache-dir).
     #[serde(default)]
     pub cache_dir: Option<String>,
+    /// Where the volume's files live in its file system.
+    #[serde(default = "Layout::before_the_parameter")]
+    pub layout: Layout,
 }
 
 impl Default for Params {
@@ -49,7 +52,31 @@ impl Default for Params {
             cache_size_mib: None,
             cache_dir: None,
             durability: Durability::Strict,
+            layout: Layout::Tree,
         }
+    }
+}
+
+/// Where a volume's files live in its JuiceFS file system (docs/snapshots.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// In the volume's own directory `/.kelp/v/<member>`, mounted with juicefs's
+    /// `--subdir`, its size a directory quota: snapshots and clones can then live
+    /// beside it in the same file system and share its data.
+    Tree,
+    /// At the file system's root, its size the file system's capacity: how every
+    /// volume was made before the tree layout, and what a plain `juicefs mount` of
+    /// the whole file system shows as the volume.
+    Root,
+    /// Made before the parameter existed: at the root, and a repeated CreateVolume
+    /// may ask for either value.
+    Unrecorded,
+}
+
+impl Layout {
+    fn before_the_parameter() -> Layout {
+        Layout::Unrecorded
     }
 }
 
@@ -98,6 +125,7 @@ pub const PARAM_KEYS: &[(&str, &str)] = &[
     ("durability", "strict (default: SeaweedFS fsyncs every write before acknowledging it) or relaxed (no fsync: faster, a power loss can lose recent writes)"),
     ("cache-size", "node-local read cache for this volume, MiB (default: the node's --cache-size)"),
     ("cache-dir", "node-local cache directory for this volume, an absolute path (default: below the node's --cache-dir)"),
+    ("layout", "tree (default: the volume is a directory of its file system with a directory quota, ready for snapshots and clones; writes past the size fail with EDQUOT) or root (the volume is the whole file system, as before kelp had snapshots; writes past the size fail with ENOSPC)"),
 ];
 
 impl Params {
@@ -106,6 +134,9 @@ impl Params {
         let mut mine = self.clone();
         if mine.durability == Durability::Unrecorded {
             mine.durability = asked.durability;
+        }
+        if mine.layout == Layout::Unrecorded {
+            mine.layout = asked.layout;
         }
         mine == *asked
     }
@@ -162,6 +193,13 @@ impl Params {
                         "strict" => Durability::Strict,
                         "relaxed" => Durability::Relaxed,
                         _ => return Err(bad("expected strict or relaxed")),
+                    }
+                }
+                "layout" => {
+                    p.layout = match value {
+                        "tree" => Layout::Tree,
+                        "root" => Layout::Root,
+                        _ => return Err(bad("expected tree or root")),
                     }
                 }
                 "cache-size" => {
@@ -278,6 +316,20 @@ mod tests {
         stored["shared_writers_local"] = true.into();
         let p: Params = serde_json::from_value(stored).unwrap();
         assert_eq!(p, Params::default());
+    }
+
+    #[test]
+    fn layout_is_tree_unless_asked_and_old_volumes_keep_the_root() {
+        let raw = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(Params::parse(&raw(&[])).unwrap().layout, Layout::Tree);
+        assert_eq!(Params::parse(&raw(&[("layout", "root")])).unwrap().layout, Layout::Root);
+        assert!(Params::parse(&raw(&[("layout", "flat")])).is_err());
+        let mut old = serde_json::to_value(Params::default()).unwrap();
+        old.as_object_mut().unwrap().remove("layout");
+        let p: Params = serde_json::from_value(old).unwrap();
+        assert_eq!(p.layout, Layout::Unrecorded);
+        assert!(p.matches_request(&Params::default()), "a repeated CreateVolume still matches");
+        assert!(!Params::default().matches_request(&Params::parse(&raw(&[("layout", "root")])).unwrap()));
     }
 
     #[test]

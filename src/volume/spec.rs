@@ -16,6 +16,10 @@ pub struct Spec {
     /// The volume's home master (no password): where shared writers send metadata.
     #[serde(default)]
     pub home_meta: String,
+    /// The UUID naming a tree-layout volume's directory (`/.kelp/v/<first 8 hex>`);
+    /// `None` for root-layout volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 impl Spec {
@@ -23,6 +27,11 @@ impl Spec {
     pub fn of(record: &VolumeRecord) -> Result<Spec> {
         serde_json::from_str(&record.spec)
             .map_err(|e| Error::Internal(format!("registry entry of {} is unreadable: {e}", record.fs_name)))
+    }
+
+    /// The volume's id, given its database and file-system name.
+    pub fn id(&self, db: u32, fs_name: &str) -> super::VolumeId {
+        super::VolumeId::new(db, &self.uuid, fs_name).with_member(self.member.as_deref())
     }
 
     pub fn to_json(&self) -> String {

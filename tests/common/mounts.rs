@@ -17,6 +17,14 @@ pub fn juicefs_mount(redis: &Redis, db: u32, mount_point: &Path) {
     juicefs_mount_with(redis, db, mount_point, &[]);
 }
 
+/// `juicefs mount -d` of the volume with id `volume_id` as a node mounts it: its own
+/// directory (`--subdir`) for a tree-layout volume, the root for a root-layout one.
+pub fn juicefs_mount_volume(redis: &Redis, volume_id: &str, mount_point: &Path) {
+    let id = kelp::volume::VolumeId::parse(volume_id).expect("a kelp volume id");
+    let subdir: Vec<String> = id.subdir().map(|d| format!("--subdir={d}")).into_iter().collect();
+    juicefs_mount_with(redis, id.db, mount_point, &subdir.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
 /// [`juicefs_mount`] with more options (`--subdir`, `--cache-size=0`, ...).
 pub fn juicefs_mount_with(redis: &Redis, db: u32, mount_point: &Path, extra: &[&str]) {
     std::fs::create_dir_all(mount_point).unwrap();

@@ -1,5 +1,6 @@
-//! Point-in-time copies of a directory tree inside one JuiceFS file system: the
-//! mechanism under snapshots and clones (docs/snapshots.md).
+//! Directory trees inside one JuiceFS file system, written natively: a volume's own
+//! tree with its directory quota (tree layout), and point-in-time copies of a tree,
+//! the mechanism under snapshots and clones (docs/snapshots.md).
 //!
 //! The copy is one Lua script on the server that holds the file system's writes, so
 //! no commit can land half way through it: every write whose `fsync` returned before
@@ -11,7 +12,8 @@ use super::{Error, MetaServer, Result};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const SCRIPT: &str = include_str!("tree_copy.lua");
+const COPY: &str = concat!(include_str!("lua/records.lua"), include_str!("lua/tree_copy.lua"));
+const QUOTA: &str = concat!(include_str!("lua/records.lua"), include_str!("lua/tree_quota.lua"));
 
 /// A walk of this many entries is already seconds of a server doing nothing else; a
 /// copy gets that long to answer before the caller gives up waiting (the script
@@ -76,16 +78,18 @@ impl MetaServer {
     /// Refuses, writing nothing, when the source holds more than `max_entries`.
     pub async fn copy_tree(&self, db: u32, from: &[&str], to: &[&str], max_entries: u64) -> Result<Copied> {
         let mut c = self.database(db).await?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let script = redis::Script::new(SCRIPT);
+        let script = redis::Script::new(COPY);
         let mut invocation = script.prepare_invoke();
-        invocation.arg(max_entries).arg(now).arg(from.len()).arg(from).arg(to.len()).arg(to);
+        invocation.arg(max_entries).arg(now_secs()).arg(from.len()).arg(from).arg(to.len()).arg(to);
         let run = invocation.invoke_async::<(String, u64)>(&mut c);
         let (inode, entries) = match tokio::time::timeout(COPY_TIMEOUT, run).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 return Err(match refusal(&e.to_string()) {
-                    Some(why) => Error::CopyRefused { from: from.join("/"), to: to.join("/"), why },
+                    Some(why) => Error::TreeRefused {
+                        what: format!("cannot copy /{} to /{}", from.join("/"), to.join("/")),
+                        why,
+                    },
                     None => self.err(e),
                 });
             }
@@ -102,6 +106,64 @@ impl MetaServer {
         })?;
         Ok(Copied { inode, entries })
     }
+}
+
+impl MetaServer {
+    /// Makes the directory at `path` (and any missing parent) in the file system in
+    /// `db` and sets its quota (0: no limit); on an existing directory, sets only the
+    /// quota. Returns the directory's inode.
+    pub async fn tree_with_quota(
+        &self,
+        db: u32,
+        path: &[&str],
+        max_bytes: u64,
+        max_inodes: u64,
+    ) -> Result<u64> {
+        let mut c = self.database(db).await?;
+        let script = redis::Script::new(QUOTA);
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(now_secs()).arg(max_bytes).arg(max_inodes).arg(path.len()).arg(path);
+        let inode: String =
+            invocation.invoke_async(&mut c).await.map_err(|e| match refusal(&e.to_string()) {
+                Some(why) => Error::TreeRefused { what: format!("cannot make /{}", path.join("/")), why },
+                None => self.err(e),
+            })?;
+        inode.parse().map_err(|_| Error::Corrupt {
+            key: format!("d{}", path.join("/")),
+            detail: format!("the tree's inode reads {inode:?}"),
+        })
+    }
+}
+
+impl MetaServer {
+    /// The inode of the directory at `path` in the file system in `db`, if there is
+    /// one. A node asks before it mounts a tree-layout volume: `juicefs mount
+    /// --subdir` makes a missing directory, which would hide a volume that is gone
+    /// (or not yet replicated to this master) behind an empty one.
+    pub async fn tree_inode(&self, db: u32, path: &[&str]) -> Result<Option<u64>> {
+        let mut c = self.database(db).await?;
+        let mut ino = 1u64;
+        for name in path {
+            let entry: Option<Vec<u8>> = redis::cmd("HGET")
+                .arg(format!("d{ino}"))
+                .arg(name)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| self.err(e))?;
+            // An entry is the type (2: directory) and the inode, big-endian.
+            match entry.as_deref() {
+                Some([2, rest @ ..]) if rest.len() == 8 => {
+                    ino = u64::from_be_bytes(rest.try_into().expect("eight bytes"));
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(ino))
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

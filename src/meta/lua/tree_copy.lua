@@ -7,59 +7,6 @@
 --
 -- Every check is made before the first write: a script that fails half way keeps
 -- what it wrote, so the only errors after the first write would be the server's own.
---
--- Record layouts (juicefs pkg/meta): i<ino> attributes, 72 bytes, big-endian
--- (flags 1, type<<12|mode 2, uid 4, gid 4, three times of 8+4, nlink 4, length 8,
--- rdev 4, parent 8, then optional ACL ids and tier); d<ino> name -> type 1 + inode 8;
--- c<ino>_<n> lists of 24-byte slices (pos 4, id 8, size 4, off 4, len 4);
--- s<ino> symlink target; x<ino> xattrs; p<ino> parent -> links, for hard links.
-
-if redis.replicate_commands then redis.replicate_commands() end
-
-local CHUNK = 67108864
-local BATCH = 1000
-
-local function num(s)
-  return string.format('%.0f', s)
-end
-
-local function be_get(s, off, n)
-  local v = 0
-  for i = off, off + n - 1 do v = v * 256 + string.byte(s, i) end
-  return v
-end
-
-local function be_put(v, n)
-  local t = {}
-  for i = n, 1, -1 do
-    t[i] = string.char(v % 256)
-    v = math.floor(v / 256)
-  end
-  return table.concat(t)
-end
-
-local function kind(attr) return math.floor(string.byte(attr, 2) / 16) end
-local function nlink(attr) return be_get(attr, 48, 4) end
-local function length(attr) return be_get(attr, 52, 8) end
-local function with_links(attr, links, parent)
-  return string.sub(attr, 1, 47) .. be_put(links, 4) .. string.sub(attr, 52, 63) ..
-    be_put(parent, 8) .. string.sub(attr, 72)
-end
-local function align4k(len)
-  if len == 0 then return 4096 end
-  return (math.floor((len - 1) / 4096) + 1) * 4096
-end
-
-local function lookup(dir, name)
-  local e = redis.call('HGET', 'd' .. num(dir), name)
-  if not e then return nil end
-  return be_get(e, 2, 8)
-end
-
-local function is_dir(ino)
-  local a = redis.call('GET', 'i' .. num(ino))
-  return a and kind(a) == 2
-end
 
 -- Arguments.
 local max_entries = tonumber(ARGV[1])
@@ -117,49 +64,15 @@ while queue[head] do
   end
 end
 
--- Fresh inode numbers, above every batch a client has taken (juicefs: INCRBY
--- nextinode N returns v; the batch is v-N+1 .. v).
 local made = 0
 if make_from then made = m - make_from end
-local count = 1 + #order + made
-local last = redis.call('INCRBY', 'nextinode', count)
-local next_ino = last - count + 1
-local function take()
-  local v = next_ino
-  next_ino = next_ino + 1
-  return v
-end
-
-local used_space, inodes = 0, 0
-local function dir_stat_add(dir, space, len, nodes)
-  if redis.call('HEXISTS', 'dirUsedSpace', num(dir)) == 1 then
-    redis.call('HINCRBY', 'dirUsedSpace', num(dir), space)
-    redis.call('HINCRBY', 'dirDataLength', num(dir), len)
-    redis.call('HINCRBY', 'dirUsedInodes', num(dir), nodes)
-  end
-end
-local function add_subdir(parent, name, ino)
-  redis.call('HSET', 'd' .. num(parent), name, string.char(2) .. be_put(ino, 8))
-  local pa = redis.call('GET', 'i' .. num(parent))
-  local grand = be_get(pa, 64, 8)
-  redis.call('SET', 'i' .. num(parent), with_links(pa, nlink(pa) + 1, grand))
-  dir_stat_add(parent, 4096, 0, 1)
-end
+local take = take_inodes(1 + #order + made)
 
 -- Missing destination directories.
 if make_from then
   for i = make_from, m - 1 do
     local ino = take()
-    local times = (be_put(now, 8) .. be_put(0, 4)):rep(3)
-    local attr = string.char(0) .. be_put(2 * 4096 + 493, 2) .. be_put(0, 4) .. be_put(0, 4) ..
-      times .. be_put(2, 4) .. be_put(4096, 8) .. be_put(0, 4) .. be_put(dst, 8) .. string.char(0)
-    redis.call('SET', 'i' .. num(ino), attr)
-    for _, k in ipairs({ 'dirUsedSpace', 'dirDataLength', 'dirUsedInodes' }) do
-      redis.call('HSET', k, num(ino), '0')
-    end
-    add_subdir(dst, dst_path[i], ino)
-    used_space = used_space + 4096
-    inodes = inodes + 1
+    mkdir(dst, dst_path[i], ino, now)
     dst = ino
   end
 end
@@ -234,6 +147,5 @@ for ino, by in pairs(parents) do
   for dir, k in pairs(by) do redis.call('HINCRBY', 'p' .. num(new[ino]), num(dir), k) end
 end
 add_subdir(dst, new_name, new[src])
-redis.call('INCRBY', 'usedSpace', used_space)
-redis.call('INCRBY', 'totalInodes', inodes)
+account()
 return { num(new[src]), #entries }
