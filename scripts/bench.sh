@@ -6,7 +6,9 @@
 # it runs) prices appendfsync always against everysec.
 # `kelp bench datapath` (not part of `all` either) sets kelp beside a raw juicefs mount,
 # a `weed mount` and local disk, workload by workload.
-# Usage: scripts/bench.sh [COUNT] [provision|node|durability|datapath|all] [ARGS...]
+# `kelp bench snapshot` (not part of `all`) times the tree copy under snapshots and
+# clones against `juicefs sync` of the volume into a new one.
+# Usage: scripts/bench.sh [COUNT] [provision|node|durability|datapath|snapshot|all] [ARGS...]
 #   COUNT: volumes for provision (default 200); ARGS go to `kelp bench datapath`
 #   (e.g. --rounds=1 --seq-mib=128 for a quick look).
 # KELP_BENCH_SCRAPE_EVERY=1 prices the metrics endpoint scraped every second (default 15).
@@ -35,6 +37,7 @@ KELP_PIDS+=("$kelp_pid")
 for _ in $(seq 100); do [[ -S "$work/kelp.sock" ]] && break; sleep 0.1; done
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(juicefs version); weed $(weed version | awk '{print $3}')"
 if [[ $what == durability ]]; then "$kelp" bench --dir="$work/run" durability; exit; fi
+if [[ $what == snapshot ]]; then "$kelp" bench --dir="$work/run" snapshot "${@:3}"; exit; fi
 if [[ $what == datapath ]]; then
   "$kelp" bench --dir="$work/run" datapath --weed-filer="127.0.0.1:$FILER_PORT.$FILER_GRPC" \
     --metrics-addr="$metrics_addr" "${@:3}"

@@ -101,6 +101,19 @@ enum BenchWhat {
         #[arg(long)]
         metrics_addr: Option<String>,
     },
+    /// The point-in-time tree copy under snapshots and clones, with small files and
+    /// with a large file added, against `juicefs sync` of the volume into a new one.
+    Snapshot {
+        /// Files of 4 KiB in the volume.
+        #[arg(long, default_value_t = 10_000)]
+        files: usize,
+        /// MiB of the large file added before the second copy.
+        #[arg(long, default_value_t = 1024)]
+        data_mib: usize,
+        /// Copies per measurement (the median is shown).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// The cost of kelp's durable defaults (`appendfsync always`, SeaweedFS fsync)
     /// against `everysec` and `durability=relaxed`. Changes the server's appendfsync
     /// with CONFIG SET while it runs and puts the original back.
@@ -172,6 +185,9 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             node(&a, ch, kelp_pid, volumes, seq_mib, files, scraping).await
         }
         BenchWhat::Durability { rounds, files, seq_mib } => durability(&a, ch, rounds, files, seq_mib).await,
+        BenchWhat::Snapshot { files, data_mib, rounds } => {
+            super::snapbench::run(&a, ch, files, data_mib, rounds).await
+        }
         BenchWhat::Datapath { ref weed_filer, rounds, seq_mib, files, ref metrics_addr } => {
             super::datapath::run(&a, ch, weed_filer, rounds, seq_mib, files, metrics_addr.as_deref()).await
         }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod datapath;
 pub mod init;
 pub mod serve;
+pub mod snapbench;
 pub mod stack;
 
 /// Why a subcommand failed; printed as `kelp: <message>`.
