@@ -8,7 +8,7 @@
 //! time follows the number of files, not the bytes. The baseline syncs the same
 //! volume into a second one through both mounts.
 
-use super::bench::{publish_one, release_one, BenchArgs};
+use super::bench::{publish_one, release_one, BenchArgs, Published};
 use super::{Error, Result};
 use kelp::meta::{MetaServer, MetaUrl};
 use kelp::proto::csi::{controller_client::ControllerClient, node_client::NodeClient, DeleteVolumeRequest};
@@ -76,21 +76,44 @@ pub async fn run(a: &BenchArgs, ch: Channel, files: usize, data_mib: usize, roun
     let password = std::env::var("KELP_META_PASSWORD").ok();
     let meta = MetaServer::new(MetaUrl::parse(&a.meta_url)?.with_password(password.as_deref()));
     let src = publish_one(a, &mut ctl, &mut node, "bench-snap", &[]).await?;
+    let dst = publish_one(a, &mut ctl, &mut node, "bench-snap-copy", &[]).await;
+    let measured = match &dst {
+        Ok(dst) => measure(&meta, &src, dst, files, data_mib, rounds).await,
+        Err(_) => Ok(()),
+    };
+    // Both volumes go, whatever the measurement did.
+    for p in [Ok(src), dst].into_iter().flatten() {
+        let id = p.id.clone();
+        release_one(&mut ctl, &mut node, p).await?;
+        ctl.delete_volume(DeleteVolumeRequest { volume_id: id, secrets: Default::default() }).await?;
+    }
+    measured
+}
+
+async fn measure(
+    meta: &MetaServer,
+    src: &Published,
+    dst: &Published,
+    files: usize,
+    data_mib: usize,
+    rounds: usize,
+) -> Result<()> {
     let id = VolumeId::parse(&src.id).ok_or_else(|| Error::Refused(format!("unexpected volume id {}", src.id)))?;
     let tree = id.tree_path().ok_or_else(|| Error::Refused("the volume is not tree-layout".into()))?;
     let io = |what: &'static str| move |e: std::io::Error| Error::Refused(format!("{what}: {e}"));
     small_files(&src.target, files).map_err(io("filling the volume"))?;
 
-    let (small_entries, small_secs) = copies(&meta, id.db, &tree, "small", rounds).await?;
+    let (small_entries, small_secs) = copies(meta, id.db, &tree, "small", rounds).await?;
     large_file(&src.target.join("large.bin"), data_mib).map_err(io("writing the large file"))?;
-    let (all_entries, all_secs) = copies(&meta, id.db, &tree, "large", rounds).await?;
+    let (all_entries, all_secs) = copies(meta, id.db, &tree, "large", rounds).await?;
 
-    // The baseline: a second volume, and `juicefs sync` from one mount to the other.
-    let dst = publish_one(a, &mut ctl, &mut node, "bench-snap-copy", &[]).await?;
+    // The baseline: `juicefs sync` from one mount to the other, without the mount's
+    // virtual files (juicefs's own `.accesslog`, `.stats`, `.config` and friends).
     eprintln!("juicefs sync of the volume into a new one ...");
     let t = Instant::now();
     let synced = Command::new("juicefs")
         .args(["sync", "--threads=16"])
+        .args([".accesslog", ".stats", ".config", ".control", ".trash"].iter().flat_map(|f| ["--exclude", f]))
         .arg(format!("{}/", src.target.display()))
         .arg(format!("{}/", dst.target.display()))
         .output()
@@ -122,10 +145,5 @@ pub async fn run(a: &BenchArgs, ch: Channel, files: usize, data_mib: usize, roun
         all_secs * 1e6 / all_entries.max(1) as f64
     );
 
-    for p in [src, dst] {
-        let id = p.id.clone();
-        release_one(&mut ctl, &mut node, p).await?;
-        ctl.delete_volume(DeleteVolumeRequest { volume_id: id, secrets: Default::default() }).await?;
-    }
     Ok(())
 }
