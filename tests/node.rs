@@ -321,6 +321,50 @@ async fn a_stuck_juicefs_is_ended_and_a_new_one_resumes_the_mount() {
     assert!(mounts_under(&b.root).is_empty());
 }
 
+/// A volume unstaged while its juicefs is stuck (SIGSTOP) comes off the node, and the
+/// same volume staged again gets a healthy mount that the stuck-daemon watch leaves
+/// alone: the watch of the old daemon does not follow the volume to the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_volume_unstaged_while_stuck_stages_again_cleanly() {
+    let b = bed_with("node-stuck-unstage", &["--stuck-daemon-after=3".to_string()]);
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-stuck-unstage", GIB).await.unwrap();
+    let id = vol.volume_id.as_str();
+    let fs = vol.volume_context["fsName"].clone();
+    let (staging, t) = (b.root.join("st"), b.root.join("t"));
+    c.stage(id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
+    c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
+    std::fs::write(t.join("before.txt"), b"kept").unwrap();
+    let stopped = juicefs_pids(&fs);
+    for p in &stopped {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+    let released = tokio::time::timeout(Duration::from_secs(30), async {
+        c.unpublish(id, &s(&t)).await.unwrap();
+        c.unstage(id, &s(&staging)).await.unwrap();
+    })
+    .await;
+    assert!(released.is_ok(), "unpublish and unstage of a stuck mount did not return within 30 s");
+    assert!(mounts_under(&b.root).is_empty(), "mounts left: {:?}", mounts_under(&b.root));
+    for p in &stopped {
+        // Ended by the unstage, or still stopped: continue it so it can go.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGCONT);
+    }
+
+    c.stage(id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
+    c.publish(id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
+    assert_eq!(std::fs::read(t.join("before.txt")).unwrap(), b"kept");
+    let fresh = juicefs_pids(&fs);
+    // Longer than --stuck-daemon-after: a watch left over from the stuck daemon
+    // would end the healthy one now.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(juicefs_pids(&fs), fresh, "the healthy juicefs was left alone");
+    std::fs::write(t.join("after.txt"), b"new").unwrap();
+    assert_eq!(std::fs::read(t.join("after.txt")).unwrap(), b"new");
+    cleanup(&mut c, id, &staging, &[&t]).await;
+    assert!(mounts_under(&b.root).is_empty());
+}
+
 /// The metrics endpoint follows what happens: a publish counts, the volume shows
 /// healthy with its capacity and its juicefs's own metrics under its name; a killed
 /// juicefs shows unhealthy, then a remount and healthy again. No secret ever appears.
