@@ -98,7 +98,8 @@ async fn measure(
     data_mib: usize,
     rounds: usize,
 ) -> Result<()> {
-    let id = VolumeId::parse(&src.id).ok_or_else(|| Error::Refused(format!("unexpected volume id {}", src.id)))?;
+    let id =
+        VolumeId::parse(&src.id).ok_or_else(|| Error::Refused(format!("unexpected volume id {}", src.id)))?;
     let tree = id.tree_path().ok_or_else(|| Error::Refused("the volume is not tree-layout".into()))?;
     let io = |what: &'static str| move |e: std::io::Error| Error::Refused(format!("{what}: {e}"));
     small_files(&src.target, files).map_err(io("filling the volume"))?;
