@@ -40,4 +40,14 @@ PIN
   rm -rf "$dl"
   log "unpacked $(ls "$root"/usr/sbin/dockerd) ($("$root"/usr/sbin/dockerd --version))"
 fi
+# The distribution registry (Debian's docker-registry), unpacked beside the engine:
+# the Swarm test pushes the plugin to it and installs it from there, as operators do.
+# Unpacked rather than installed, so no service is started on the machine.
+if [[ ! -x $root/usr/bin/docker-registry ]]; then
+  dl=$(mktemp -d)
+  (cd "$dl" && apt-get download -qq -t bookworm docker-registry 2>/dev/null)
+  for deb in "$dl"/*.deb; do dpkg-deb -x "$deb" "$root"; done
+  rm -rf "$dl"
+  log "unpacked $("$root"/usr/bin/docker-registry --version 2>&1 | head -1)"
+fi
 echo "$root/usr/bin:$root/usr/sbin"

@@ -7,11 +7,22 @@
 # Usage: deploy/swarm/build-plugin.sh [NAME] [KEY=VALUE ...]
 #   NAME defaults to kelp; KEY=VALUE pairs go to `docker plugin set` (e.g.
 #   KELP_META_URL=redis://127.0.0.1:6379 state.source=/var/lib/kelp).
-# Run it on every manager and on every worker that runs tasks.
+#   Builds and enables the plugin on this engine only.
+# Or:    deploy/swarm/build-plugin.sh --push REGISTRY/REPO:TAG
+#   Builds once and pushes to a registry, leaving nothing installed here; every
+#   node then runs `docker plugin install --grant-all-permissions --alias kelp:latest
+#   REGISTRY/REPO:TAG KEY=VALUE ...` and needs no Rust (README, "Install").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-name=${1:-kelp}
-shift || true
+push=0
+if [[ ${1:-} == --push ]]; then
+  push=1
+  name=${2:?--push needs a reference, e.g. registry.example:5000/kelp:0.1.0}
+  shift 2
+else
+  name=${1:-kelp}
+  shift || true
+fi
 source scripts/env.sh
 
 echo "[plugin] building kelp (release)"
@@ -48,6 +59,13 @@ if docker plugin inspect "$name" >/dev/null 2>&1; then
   docker plugin rm -f "$name" >/dev/null
 fi
 docker plugin create "$name" "$build" >/dev/null
+if ((push)); then
+  echo "[plugin] pushing $name ($(du -sh "$rootfs" | cut -f1) rootfs)"
+  docker plugin push "$name" >/dev/null
+  docker plugin rm -f "$name" >/dev/null
+  echo "[plugin] pushed; on each node: docker plugin install --grant-all-permissions --alias kelp:latest $name KEY=VALUE ..."
+  exit 0
+fi
 if (($#)); then docker plugin set "$name" "$@"; fi
 docker plugin enable --timeout 60 "$name" >/dev/null
 echo "[plugin] $name enabled ($(du -sh "$rootfs" | cut -f1) rootfs)"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test in a real Docker Swarm on this machine: starts its own containerd
 # and dockerd (vfs storage, private data/exec roots and socket), a one-node swarm,
-# redis-server and SeaweedFS on loopback, builds and enables the kelp managed plugin,
+# redis-server and SeaweedFS on loopback, builds the kelp managed plugin once, pushes
+# it to a registry on loopback (Debian's docker-registry) and installs it from there,
 # then drives volumes and services through the docker CLI only. Stops everything it
 # started by pid. Skips (exit 0) only when this machine cannot run an engine.
 set -uo pipefail
@@ -91,13 +92,31 @@ check "swarm init" sh -c "docker swarm init --advertise-addr 127.0.0.1 >/dev/nul
 
 start_redis "$work/redis"
 start_weed "$work/weed"
-echo "== building and enabling the plugin"
+echo "== building the plugin once, pushing it to a registry, installing it from there"
+# Debian's distribution registry on loopback, as an operator's own registry.
+REGISTRY_PORT=$(free_port)
+cat >"$work/registry.yml" <<YML
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: 127.0.0.1:$REGISTRY_PORT
+YML
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+KELP_PIDS+=($!)
+wait_port "$REGISTRY_PORT" 10
+plugin_ref="127.0.0.1:$REGISTRY_PORT/kelp:test"
+check "plugin built and pushed to the registry" deploy/swarm/build-plugin.sh --push "$plugin_ref"
+check "nothing installed by the build" sh -c "! docker plugin inspect $plugin_ref >/dev/null 2>&1"
 export METRICS_PORT=$(free_port) # read by scrape() in the sh -c of its checks
-deploy/swarm/build-plugin.sh kelp KELP_META_URL="redis://127.0.0.1:$REDIS_PORT" \
-  KELP_FILER="127.0.0.1:$FILER_GRPC" KELP_S3_ENDPOINT="http://127.0.0.1:$S3_PORT" \
-  KELP_S3_ACCESS_KEY="$KELP_S3_ACCESS_KEY" KELP_S3_SECRET_KEY="$KELP_S3_SECRET_KEY" \
-  KELP_IDLE_RELEASE=5 KELP_METRICS_ADDR="127.0.0.1:$METRICS_PORT" state.source="$work/state"
+check "plugin installed from the registry" sh -c "docker plugin install --grant-all-permissions --alias kelp:latest \
+  $plugin_ref KELP_META_URL=redis://127.0.0.1:$REDIS_PORT KELP_FILER=127.0.0.1:$FILER_GRPC \
+  KELP_S3_ENDPOINT=http://127.0.0.1:$S3_PORT KELP_S3_ACCESS_KEY=$KELP_S3_ACCESS_KEY \
+  KELP_S3_SECRET_KEY=$KELP_S3_SECRET_KEY KELP_IDLE_RELEASE=5 KELP_METRICS_ADDR=127.0.0.1:$METRICS_PORT \
+  state.source=$work/state >/dev/null"
 check "plugin enabled" test "$(docker plugin inspect -f '{{.Enabled}}' kelp:latest)" = true
+check "plugin came from the registry" test "$(docker plugin inspect -f '{{.PluginReference}}' kelp:latest)" = "$plugin_ref"
 
 # A test image from busybox-static: no registry here.
 img="$work/img"
