@@ -488,8 +488,7 @@ async fn writes_past_capacity_fail_in_both_layouts() {
         assert_eq!(id.member.is_some(), layout == "tree", "{}", vol.volume_id);
         let db = db_of(&vol.volume_id);
         let mnt = base.join(layout);
-        let subdir: Vec<String> = id.subdir().map(|d| format!("--subdir={d}")).into_iter().collect();
-        juicefs_mount_with(redis, db, &mnt, &subdir.iter().map(String::as_str).collect::<Vec<_>>());
+        juicefs_mount_volume(redis, &vol.volume_id, &mnt);
         let df = run(Command::new("df").arg("-B1").arg("--output=size").arg(&mnt));
         assert_eq!(df.lines().nth(1).unwrap().trim(), (32u64 << 20).to_string(), "{layout}: df size");
         if let Some(dir) = id.subdir() {

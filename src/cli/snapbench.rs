@@ -62,12 +62,7 @@ async fn copies(meta: &MetaServer, db: u32, tree: &[&str], label: &str, rounds: 
         entries = meta.copy_tree(db, tree, &[".kelp", "s", &name], MAX_ENTRIES).await?.entries;
         secs.push(t.elapsed().as_secs_f64());
     }
-    Ok((entries, median(secs)))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+    Ok((entries, super::datapath::median(&secs)))
 }
 
 pub async fn run(a: &BenchArgs, ch: Channel, files: usize, data_mib: usize, rounds: usize) -> Result<()> {

@@ -85,13 +85,9 @@ impl MetaServer {
         let (inode, entries) = match tokio::time::timeout(COPY_TIMEOUT, run).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
-                return Err(match refusal(&e.to_string()) {
-                    Some(why) => Error::TreeRefused {
-                        what: format!("cannot copy /{} to /{}", from.join("/"), to.join("/")),
-                        why,
-                    },
-                    None => self.err(e),
-                });
+                return Err(
+                    self.script_err(e, || format!("cannot copy /{} to /{}", from.join("/"), to.join("/")))
+                )
             }
             Err(_) => {
                 return Err(Error::Command {
@@ -106,9 +102,7 @@ impl MetaServer {
         })?;
         Ok(Copied { inode, entries })
     }
-}
 
-impl MetaServer {
     /// Makes the directory at `path` (and any missing parent) in the file system in
     /// `db` and sets its quota (0: no limit); on an existing directory, sets only the
     /// quota. Returns the directory's inode.
@@ -123,19 +117,16 @@ impl MetaServer {
         let script = redis::Script::new(QUOTA);
         let mut invocation = script.prepare_invoke();
         invocation.arg(now_secs()).arg(max_bytes).arg(max_inodes).arg(path.len()).arg(path);
-        let inode: String =
-            invocation.invoke_async(&mut c).await.map_err(|e| match refusal(&e.to_string()) {
-                Some(why) => Error::TreeRefused { what: format!("cannot make /{}", path.join("/")), why },
-                None => self.err(e),
-            })?;
+        let inode: String = invocation
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| self.script_err(e, || format!("cannot make /{}", path.join("/"))))?;
         inode.parse().map_err(|_| Error::Corrupt {
             key: format!("d{}", path.join("/")),
             detail: format!("the tree's inode reads {inode:?}"),
         })
     }
-}
 
-impl MetaServer {
     /// The inode of the directory at `path` in the file system in `db`, if there is
     /// one. A node asks before it mounts a tree-layout volume: `juicefs mount
     /// --subdir` makes a missing directory, which would hide a volume that is gone
@@ -159,6 +150,15 @@ impl MetaServer {
             }
         }
         Ok(Some(ino))
+    }
+
+    /// A tree script's error: the refusal it names (`what` says which operation), or
+    /// the server's own failure.
+    fn script_err(&self, e: redis::RedisError, what: impl FnOnce() -> String) -> Error {
+        match refusal(&e.to_string()) {
+            Some(why) => Error::TreeRefused { what: what(), why },
+            None => self.err(e),
+        }
     }
 }
 

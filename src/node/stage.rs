@@ -333,13 +333,12 @@ impl NodeCore {
     /// right one), and so must a tree-layout volume's directory.
     pub(super) async fn check_exists(&self, server: &MetaServer, id: &VolumeId, db: u32) -> Result<()> {
         match juicefs::read_setting(server, db).await {
-            Ok(s) if s.name == id.fs_name && id.matches_uuid(&s.uuid) => match (id.tree_path(), id.subdir()) {
-                (Some(path), Some(dir)) if server.tree_inode(db, &path).await?.is_none() => {
-                    Err(Error::NotFound(format!(
-                        "volume {id} does not exist on metadata server {}: its file system has no directory {dir}",
-                        server.url()
-                    )))
-                }
+            Ok(s) if s.name == id.fs_name && id.matches_uuid(&s.uuid) => match id.tree_path() {
+                Some(path) if server.tree_inode(db, &path).await?.is_none() => Err(Error::NotFound(format!(
+                    "volume {id} does not exist on metadata server {}: its file system has no directory /{}",
+                    server.url(),
+                    path.join("/")
+                ))),
                 _ => Ok(()),
             },
             Ok(_) | Err(juicefs::Error::Missing { .. }) => Err(Error::NotFound(format!(

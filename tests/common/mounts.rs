@@ -52,9 +52,7 @@ pub fn umount(path: &Path) {
 /// first) and kills, by pid, the juicefs daemons a kelp with `state_dir` started
 /// (their command line names their log under `<state_dir>/logs/`).
 pub fn force_cleanup(root: &Path, state_dir: &Path) {
-    for m in mounts_under(root) {
-        let _ = Command::new("umount").arg("-l").arg(&m.mount_point).status();
-    }
+    unmount_all_under(root);
     kill_pids(&juicefs_pids_with(&format!("{}/logs/", state_dir.display())));
     // The FUSE holders of that kelp: without them no hung mount is left behind.
     kill_pids(&pids_with_cmdline(&format!("hold-fuse --socket {}/fuse/", state_dir.display())));
@@ -66,11 +64,15 @@ pub struct MountsBelow(pub PathBuf);
 
 impl Drop for MountsBelow {
     fn drop(&mut self) {
-        let mut mounts = mounts_under(&self.0);
-        mounts.sort_by(|a, b| b.mount_point.cmp(&a.mount_point));
-        for m in mounts {
-            let _ = Command::new("umount").arg("-l").arg(&m.mount_point).status();
-        }
+        unmount_all_under(&self.0);
         kill_pids(&juicefs_pids_with(&self.0.display().to_string()));
+    }
+}
+
+/// Lazily unmounts everything below `root`, newest (and so deepest) first, as
+/// [`mounts_under`] lists them.
+fn unmount_all_under(root: &Path) {
+    for m in mounts_under(root) {
+        let _ = Command::new("umount").arg("-l").arg(&m.mount_point).status();
     }
 }

@@ -88,6 +88,31 @@ local function mkdir(parent, name, ino, now)
   inodes = inodes + 1
 end
 
+-- Follows `path[1..count]` from the root: the deepest directory that exists and the
+-- index of the first component that does not (nil when all do), or nil and the
+-- error code when a component is not a directory.
+local function walk(path, count)
+  local dir = 1
+  for i = 1, count do
+    local child = lookup(dir, path[i])
+    if not child then return dir, i end
+    if not is_dir(child) then return nil, 'KELP_NOT_A_DIRECTORY' end
+    dir = child
+  end
+  return dir, nil
+end
+
+-- Makes `path[from..to]` below `dir` with inode numbers from `take`; returns the
+-- last one made.
+local function make_dirs(dir, path, from, to, take, now)
+  for i = from, to do
+    local ino = take()
+    mkdir(dir, path[i], ino, now)
+    dir = ino
+  end
+  return dir
+end
+
 -- Fresh inode numbers, above every batch a client has taken (juicefs: INCRBY
 -- nextinode N returns v; the batch is v-N+1 .. v). A new file system has no counter
 -- yet, so its first batch starts at 1, the root's number, which juicefs skips too.

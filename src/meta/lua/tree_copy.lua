@@ -28,14 +28,8 @@ end
 if not is_dir(src) then return redis.error_reply('KELP_NOT_A_DIRECTORY') end
 
 -- The destination: existing directories, then ones to make, then a free name.
-local dst = 1
-local make_from = nil
-for i = 1, m - 1 do
-  local child = lookup(dst, dst_path[i])
-  if not child then make_from = i break end
-  if not is_dir(child) then return redis.error_reply('KELP_NOT_A_DIRECTORY') end
-  dst = child
-end
+local dst, make_from = walk(dst_path, m - 1)
+if not dst then return redis.error_reply(make_from) end
 local new_name = dst_path[m]
 if not make_from and lookup(dst, new_name) then return redis.error_reply('KELP_EXISTS') end
 
@@ -69,13 +63,7 @@ if make_from then made = m - make_from end
 local take = take_inodes(1 + #order + made)
 
 -- Missing destination directories.
-if make_from then
-  for i = make_from, m - 1 do
-    local ino = take()
-    mkdir(dst, dst_path[i], ino, now)
-    dst = ino
-  end
-end
+if make_from then dst = make_dirs(dst, dst_path, make_from, m - 1, take, now) end
 
 -- The copies.
 local new = {}

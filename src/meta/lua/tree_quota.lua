@@ -11,21 +11,13 @@ local max_space = tonumber(ARGV[2])
 local max_inodes = tonumber(ARGV[3])
 local m = tonumber(ARGV[4])
 if m < 1 then return redis.error_reply('KELP_BAD_DESTINATION') end
+local path = {}
+for i = 1, m do path[i] = ARGV[4 + i] end
 
-local dir, first_missing = 1, nil
-for i = 1, m do
-  local child = lookup(dir, ARGV[4 + i])
-  if not child then first_missing = i break end
-  if not is_dir(child) then return redis.error_reply('KELP_NOT_A_DIRECTORY') end
-  dir = child
-end
+local dir, first_missing = walk(path, m)
+if not dir then return redis.error_reply(first_missing) end
 if first_missing then
-  local take = take_inodes(m - first_missing + 1)
-  for i = first_missing, m do
-    local ino = take()
-    mkdir(dir, ARGV[4 + i], ino, now)
-    dir = ino
-  end
+  dir = make_dirs(dir, path, first_missing, m, take_inodes(m - first_missing + 1), now)
   account()
 end
 redis.call('HSET', 'dirQuota', num(dir), be_put(max_space, 8) .. be_put(max_inodes, 8))
