@@ -20,6 +20,9 @@ if [[ -d .kelp-test ]]; then
 fi
 rm -rf .kelp-test
 
+# What a failure report needs to know about the machine.
+echo "== machine: $(nproc) cores, $(awk '/MemAvailable/ {printf "%.1f", $2/1048576}' /proc/meminfo) GiB available," \
+  "$(df -h --output=avail . | tail -1 | tr -d ' ') free here, ephemeral ports $(tr '\t' - </proc/sys/net/ipv4/ip_local_port_range)"
 status=0
 # Two test threads: every integration test starts real servers, and the machine has two cores.
 # Metadata on redis-server; the multi-node bed runs KeyDB multi-master when keydb-server exists.

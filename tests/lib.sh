@@ -6,10 +6,37 @@ KELP_PIDS=()
 KELP_S3_ACCESS_KEY=${KELP_S3_ACCESS_KEY:-kelpdemoaccess}
 KELP_S3_SECRET_KEY=${KELP_S3_SECRET_KEY:-kelp-demo-secret-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')}
 
+# A free loopback port below the kernel's ephemeral range: a port from bind(0) may be
+# taken by any outgoing connection before the server binds it (tests/common/servers.rs
+# says more). Ports handed out by this shell are remembered, so two calls made before
+# either server binds never return the same one.
+KELP_PORTS_FILE=${KELP_PORTS_FILE:-${TMPDIR:-/tmp}/kelp-ports.$$}
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  python3 - "$KELP_PORTS_FILE" <<'PY'
+import random, socket, sys
+issued = set()
+try:
+    issued = {int(p) for p in open(sys.argv[1]).read().split()}
+except FileNotFoundError:
+    pass
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for port in random.sample(range(10000, max(low, 11000)), 500):
+    if port in issued:
+        continue
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    with open(sys.argv[1], "a") as f:
+        f.write(f"{port}\n")
+    print(port)
+    break
+else:
+    raise SystemExit("no free loopback port below the ephemeral range")
+PY
 }
-
 wait_port() { # port seconds
   local i
   for ((i = 0; i < $2 * 10; i++)); do
@@ -86,4 +113,5 @@ kelp_stop_all() {
     wait "$pid" 2>/dev/null || true
   done
   KELP_PIDS=()
+  rm -f "$KELP_PORTS_FILE"
 }

@@ -34,6 +34,22 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The status's message and the innermost error below it: tonic says only "tcp connect
+/// error", while what an operator needs is "Connection refused", "timed out" or
+/// "Cannot assign requested address".
+fn with_cause(s: &tonic::Status) -> String {
+    let mut cause = std::error::Error::source(s);
+    let mut innermost = None;
+    while let Some(e) = cause {
+        innermost = Some(e.to_string());
+        cause = e.source();
+    }
+    match innermost {
+        Some(c) if !s.message().contains(&c) => format!("{}: {c}", s.message()),
+        _ => s.message().to_string(),
+    }
+}
+
 /// Cluster-wide space as the filer reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClusterSpace {
@@ -72,7 +88,7 @@ impl Filer {
     fn status(&self, op: &'static str, s: tonic::Status) -> Error {
         match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                Error::Unreachable { filer: self.addr.clone(), detail: s.message().to_string() }
+                Error::Unreachable { filer: self.addr.clone(), detail: with_cause(&s) }
             }
             _ => Error::Refused { filer: self.addr.clone(), op, detail: s.message().to_string() },
         }

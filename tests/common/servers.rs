@@ -15,8 +15,37 @@ use std::time::Duration;
 /// uses the same number.
 pub const DATABASES: u32 = 1024;
 
+/// A loopback port nothing listens on, chosen *below* the kernel's ephemeral range.
+///
+/// A port from `bind(0)` lies inside that range, so between the moment it is released
+/// here and the moment a server binds it, any outgoing connection on the machine may
+/// take it as its source port. Then the server cannot start (`weed server` exits on
+/// any port it fails to bind, long after the test saw its first port answer), or a
+/// redis-server restarted on its old port finds it taken. Below the range only
+/// explicit binds compete, and those go through this sequence.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = ephemeral_low().max(LOW + 1000);
+    let span = high - LOW;
+    // Binaries started at the same time (a developer's two terminals) start apart.
+    let seed = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = (LOW + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{high}");
+}
+
+/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 pub fn wait_port(port: u16, within: Duration) -> bool {
@@ -191,6 +220,22 @@ impl Weed {
         self.wait_writable();
     }
 
+    /// Panics, with the end of its log, when this SeaweedFS has exited: every test of
+    /// a binary shares one, and without this each would fail later as "filer
+    /// unreachable" with no word of why.
+    pub fn assert_running(&self) {
+        let Some(p) = &self.proc else { return };
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid())).unwrap_or_default();
+        // The state follows the parenthesised command name; an exited child is a zombie.
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        if matches!(state, None | Some('Z')) {
+            let log = std::fs::read_to_string(self.dir.join("weed.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!("the shared SeaweedFS (pid {}) has exited; its log ends:\n{}", p.pid(), tail.join("\n"));
+        }
+    }
+
     /// Waits until a volume server has joined the master, so data can be written.
     fn wait_writable(&self) {
         let assign = format!("http://{}:{}/dir/assign", self.ip, self.master_port);
@@ -247,9 +292,11 @@ pub fn shared_redis() -> &'static Redis {
 /// The SeaweedFS shared by every test in a binary.
 pub fn shared_weed() -> &'static Weed {
     static W: OnceLock<Weed> = OnceLock::new();
-    W.get_or_init(|| {
+    let w = W.get_or_init(|| {
         let w = Weed::start();
         register_shared(w.proc.as_ref().unwrap().pid());
         w
-    })
+    });
+    w.assert_running();
+    w
 }
