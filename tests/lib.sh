@@ -38,12 +38,16 @@ else:
 PY
 }
 wait_port() { # port seconds
+  wait_addr 127.0.0.1 "$1" "$2"
+}
+
+wait_addr() { # host port seconds
   local i
-  for ((i = 0; i < $2 * 10; i++)); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+  for ((i = 0; i < $3 * 10; i++)); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "nothing listens on 127.0.0.1:$1 after $2 s" >&2
+  echo "nothing listens on $1:$2 after $3 s" >&2
   return 1
 }
 
@@ -72,26 +76,28 @@ start_redis() {
   wait_port "$REDIS_PORT" 10
 }
 
-# start_weed DIR -> sets FILER_GRPC, S3_PORT, FILER_PORT, MASTER_PORT
+# start_weed DIR [IP] -> sets WEED_IP (default 127.0.0.1), FILER_GRPC, S3_PORT,
+# FILER_PORT, MASTER_PORT
 start_weed() {
   local dir=$1
+  WEED_IP=${2:-127.0.0.1}
   MASTER_PORT=$(free_port) FILER_PORT=$(free_port) FILER_GRPC=$(free_port) S3_PORT=$(free_port)
   mkdir -p "$dir/data"
   cat >"$dir/s3.json" <<JSON
 {"identities":[{"name":"kelp","credentials":[{"accessKey":"$KELP_S3_ACCESS_KEY","secretKey":"$KELP_S3_SECRET_KEY"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
 JSON
-  weed server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+  weed server -dir="$dir/data" -ip="$WEED_IP" -ip.bind="$WEED_IP" \
     -master.port="$MASTER_PORT" -master.port.grpc="$(free_port)" \
     -volume.port="$(free_port)" -volume.port.grpc="$(free_port)" -volume.max=0 -master.volumeSizeLimitMB=32 \
     -filer -filer.port="$FILER_PORT" -filer.port.grpc="$FILER_GRPC" \
     -s3 -s3.port="$S3_PORT" -s3.port.grpc="$(free_port)" -s3.port.iceberg=0 -s3.port.lance=0 \
     -s3.config="$dir/s3.json" >"$dir/weed.log" 2>&1 &
   KELP_PIDS+=($!)
-  wait_port "$FILER_GRPC" 60
-  wait_port "$S3_PORT" 60
+  wait_addr "$WEED_IP" "$FILER_GRPC" 60
+  wait_addr "$WEED_IP" "$S3_PORT" 60
   local i
   for ((i = 0; i < 300; i++)); do
-    [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$MASTER_PORT/dir/assign")" == 200 ]] && return 0
+    [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://$WEED_IP:$MASTER_PORT/dir/assign")" == 200 ]] && return 0
     sleep 0.2
   done
   echo "SeaweedFS never became writable; see $dir/weed.log" >&2
@@ -100,14 +106,31 @@ JSON
 
 # Buckets kelp made (filer listing).
 kelp_buckets() {
-  curl -s -H 'Accept: application/json' "http://127.0.0.1:$FILER_PORT/buckets/?limit=10000" |
+  curl -s -H 'Accept: application/json' "http://$WEED_IP:$FILER_PORT/buckets/?limit=10000" |
     python3 -c 'import json,sys; d=json.load(sys.stdin); [print(e["FullPath"].rsplit("/",1)[1]) for e in (d.get("Entries") or []) if "/kelp-" in e["FullPath"]]'
 }
 
-kelp_stop_all() {
+kelp_any_running() {
   local pid
   for pid in "${KELP_PIDS[@]}"; do
+    kill -0 "$pid" 2>/dev/null && return 0
+  done
+  return 1
+}
+
+# Ends every server this shell started: SIGTERM, then SIGKILL for any still running
+# after 10 s (weed 4.48 can hang in its shutdown, retrying a filer it already closed).
+kelp_stop_all() {
+  local pid i
+  for pid in "${KELP_PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
+  done
+  for ((i = 0; i < 100; i++)); do
+    kelp_any_running || break
+    sleep 0.1
+  done
+  for pid in "${KELP_PIDS[@]}"; do
+    kill -9 "$pid" 2>/dev/null || true
   done
   for pid in "${KELP_PIDS[@]}"; do
     wait "$pid" 2>/dev/null || true

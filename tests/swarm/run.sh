@@ -9,25 +9,9 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/env.sh
 source tests/lib.sh
+source tests/swarm/engine.sh
 
 work="$(pwd)/.kelp-test/swarm"
-passed=0
-failed=0
-ok() { echo "ok   $*"; passed=$((passed + 1)); }
-bad() { echo "FAIL $*"; failed=$((failed + 1)); }
-check() { # description, command...
-  local what=$1
-  shift
-  if "$@"; then ok "$what"; else bad "$what"; fi
-}
-retry() { # seconds, command... (until it succeeds)
-  local until=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < until)) || return 1
-    sleep 1
-  done
-}
 
 if ! dockerpath=$(scripts/install-docker.sh); then
   echo "SKIP: this machine cannot run a Docker engine (scripts/install-docker.sh failed)"
@@ -37,11 +21,9 @@ fi
 export PATH="$dockerpath:$PATH"
 
 rm -rf "$work"
-mkdir -p "$work"/{run,data,exec,state}
+mkdir -p "$work/state"
 export DOCKER_HOST="unix://$work/run/docker.sock"
-DOCKERD_PID= CONTAINERD_PID=
-# dockerd runs with --iptables=false: its rules (FORWARD policy DROP) would outlive it
-# and cut the other tests' network namespaces off each other.
+ENGINE_DOCKERD= ENGINE_CONTAINERD=
 
 # dockerd makes these bridges and leaves them behind; remove only ones this run made.
 bridges_before=$(ip -o link show | awk -F': ' '{print $2}')
@@ -51,21 +33,7 @@ cleanup() {
   sleep 3
   docker plugin disable -f kelp:latest >/dev/null 2>&1
   docker swarm leave -f >/dev/null 2>&1
-  [[ -n $DOCKERD_PID ]] && kill "$DOCKERD_PID" 2>/dev/null && wait "$DOCKERD_PID" 2>/dev/null
-  [[ -n $CONTAINERD_PID ]] && kill "$CONTAINERD_PID" 2>/dev/null && wait "$CONTAINERD_PID" 2>/dev/null
-  # Shims of this containerd outlive it, and so can the plugin's and the tasks'
-  # processes: end every process whose root directory lies under this test's engine.
-  # They are found by pid through /proc, never by a pattern handed to pkill.
-  local p
-  for p in /proc/[0-9]*; do
-    [[ $(tr '\0' ' ' 2>/dev/null <"$p/cmdline") == *containerd-shim-runc-v2*"-address $work/run/containerd.sock"* ]] &&
-      kill "${p#/proc/}" 2>/dev/null
-  done
-  for p in /proc/[0-9]*; do
-    [[ $(readlink "$p/root" 2>/dev/null) == "$work"/* ]] && kill "${p#/proc/}" 2>/dev/null
-  done
-  # The engine's own mounts (netns files, plugin rootfs), deepest first.
-  grep " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+  stop_engine "$work" "$ENGINE_DOCKERD" "$ENGINE_CONTAINERD"
   kelp_stop_all
   local br
   for br in docker0 docker_gwbridge; do
@@ -74,15 +42,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-containerd --address "$work/run/containerd.sock" --root "$work/data/containerd" \
-  --state "$work/run/containerd-state" >"$work/containerd.log" 2>&1 &
-CONTAINERD_PID=$!
-for _ in $(seq 100); do [[ -S $work/run/containerd.sock ]] && break; sleep 0.1; done
-dockerd --host "$DOCKER_HOST" --data-root "$work/data/docker" --exec-root "$work/exec" \
-  --pidfile "$work/run/docker.pid" --containerd "$work/run/containerd.sock" \
-  --storage-driver vfs --iptables=false --ip6tables=false >"$work/dockerd.log" 2>&1 &
-DOCKERD_PID=$!
-if ! retry 60 docker version; then
+if ! start_engine "$work" "" ""; then
   echo "SKIP: dockerd did not start here; see $work/dockerd.log"
   echo "swarm: 0 passed, 0 failed"
   exit 0
@@ -93,19 +53,7 @@ check "swarm init" sh -c "docker swarm init --advertise-addr 127.0.0.1 >/dev/nul
 start_redis "$work/redis"
 start_weed "$work/weed"
 echo "== building the plugin once, pushing it to a registry, installing it from there"
-# Debian's distribution registry on loopback, as an operator's own registry.
-REGISTRY_PORT=$(free_port)
-cat >"$work/registry.yml" <<YML
-version: 0.1
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: 127.0.0.1:$REGISTRY_PORT
-YML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-KELP_PIDS+=($!)
-wait_port "$REGISTRY_PORT" 10
+start_registry "$work/registry" 127.0.0.1
 plugin_ref="127.0.0.1:$REGISTRY_PORT/kelp:test"
 check "plugin built and pushed to the registry" deploy/swarm/build-plugin.sh --push "$plugin_ref"
 check "nothing installed by the build" sh -c "! docker plugin inspect $plugin_ref >/dev/null 2>&1"
@@ -118,13 +66,8 @@ check "plugin installed from the registry" sh -c "docker plugin install --grant-
 check "plugin enabled" test "$(docker plugin inspect -f '{{.Enabled}}' kelp:latest)" = true
 check "plugin came from the registry" test "$(docker plugin inspect -f '{{.PluginReference}}' kelp:latest)" = "$plugin_ref"
 
-# A test image from busybox-static: no registry here.
-img="$work/img"
-mkdir -p "$img/bin" "$img/tmp"
-cp "$(command -v busybox)" "$img/bin/busybox"
-for c in sh cat ls df echo sleep mkdir touch hostname grep wc printf dd; do ln -sf busybox "$img/bin/$c"; done
 # Services name the image by its ID: the swarm agent then never tries a registry.
-app_image=$(tar -C "$img" -c . | docker import - kelp-test-app:latest)
+app_image=$(import_app_image "$work")
 
 vol_created() { [[ $(docker volume ls --cluster | awk -v n="$1" '$1 == n {print $NF}') == created ]]; }
 task_container() { docker ps -q -f "label=com.docker.swarm.service.name=$1" | head -1; }
