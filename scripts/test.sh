@@ -38,6 +38,7 @@ echo "== on Valkey: $(valkey-server --version | cut -d' ' -f1-3)"
 KELP_META_SERVER=valkey cargo test --locked --test provision --test node -- --test-threads=2 || status=1
 KELP_META_SERVER=valkey tests/csi-sanity/run.sh || status=1
 tests/swarm/run.sh || status=1
+tests/swarm/cluster.sh || status=1
 
 left=$(grep -c "$(pwd)/.kelp-test" /proc/self/mountinfo || true)
 if [[ "$left" != 0 ]]; then
