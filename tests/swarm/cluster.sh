@@ -261,8 +261,27 @@ for i in "${nodes[@]}"; do
 done
 dk 1 service rm readers >/dev/null
 
+echo "== a stack across the nodes: kelp stack, then docker stack deploy of deploy/swarm/app.yml"
+# The stack's image serves files from the volume's mount point, as nginx would.
+web="$registry/kelp-test-web:1"
+tar -C "$work/n1/img" -c . | dk 1 import --change 'CMD ["sleep", "3600"]' - "$web" >/dev/null
+dk 1 push -q "$web" >/dev/null
+check "kelp stack creates the stack's cluster volume" sh -c "DOCKER_HOST=unix://$work/n1/run/docker.sock \
+  $kelp stack -c deploy/swarm/app.yml | grep -q 'media: created'"
+check "volume media created" retry 30 vol_created media
+WEB_IMAGE=$web dk 1 stack deploy --resolve-image never -c deploy/swarm/app.yml media >/dev/null 2>&1
+check_running media_web 2 "both replicas of the stack's web service run"
+web_nodes=($(task_nodes media_web))
+echo "media_web runs on nodes ${web_nodes[*]}"
+w1=$(dk "${web_nodes[0]}" ps -q -f label=com.docker.swarm.service.name=media_web | head -1)
+w2=$(dk "${web_nodes[1]}" ps -q -f label=com.docker.swarm.service.name=media_web | tail -1)
+dk "${web_nodes[0]}" exec "$w1" sh -c 'echo hello > /usr/share/nginx/html/index.html'
+served() { dk "${web_nodes[1]}" exec "$w2" cat /usr/share/nginx/html/index.html 2>/dev/null | grep -qx hello; }
+check "a page written by one replica is served by the other" retry 20 served
+dk 1 stack rm media >/dev/null
+
 echo "== service rm and volume rm leave nothing on any node"
-for v in c-move c-shared c-read; do
+for v in c-move c-shared c-read media; do
   check "volume rm $v" retry 120 dk 1 volume rm "$v"
 done
 registry_empty() { [[ $(redis-cli -h "$(node_ip 1)" zcard kelp:volumes) == 0 ]]; }
