@@ -66,6 +66,11 @@ stop_engine() {
   done
   # The engine's own mounts (netns files, plugin rootfs), deepest first.
   grep " $dir" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+  # A killed dockerd leaves its plugins' socket directories in /run/docker/plugins
+  # (outside its roots); remove those of this engine's plugins only.
+  for p in "$dir"/data/docker/plugins/*; do
+    [[ $(basename "$p") =~ ^[0-9a-f]{64}$ ]] && rm -rf "/run/docker/plugins/$(basename "$p")"
+  done
 }
 
 # start_registry DIR IP -> sets REGISTRY_PORT: Debian's distribution registry, as an
