@@ -70,7 +70,25 @@ buckets=$(kelp_buckets | wc -l)
 volumes=$(redis-cli -p "$REDIS_PORT" zcard kelp:volumes)
 dbs=$(redis-cli -p "$REDIS_PORT" scard kelp:dbs)
 mounts=$(grep -c " $work" /proc/self/mountinfo || true)
-echo "after the runs: buckets=$buckets registered-volumes=$volumes databases-in-use=$dbs mounts=$mounts"
+# FUSE holders of unstaged volumes should have exited with their connection. Once in
+# five runs some outlived their volumes (no mount left); until the cause is found
+# they are reported with their logs and ended here, not counted as a failure.
+holders=()
+for p in /proc/[0-9]*; do
+  if [[ $(tr '\0' ' ' 2>/dev/null <"$p/cmdline") == *"hold-fuse --socket $work/"* ]]; then
+    holders+=("${p#/proc/}")
+  fi
+done
+echo "after the runs: buckets=$buckets registered-volumes=$volumes databases-in-use=$dbs mounts=$mounts holders=${#holders[@]}"
+if ((${#holders[@]})); then
+  echo "WARNING: FUSE holders outlived their volumes: ${holders[*]}; ending them" >&2
+  for p in "${holders[@]}"; do
+    { tr '\0' ' ' <"/proc/$p/cmdline"; } >&2 2>/dev/null || true
+    echo >&2
+  done
+  tail -n 5 "$work"/kelp/logs/*.holder.log >&2 2>/dev/null || true
+  kill "${holders[@]}" 2>/dev/null || true
+fi
 if [[ "$buckets$volumes$dbs$mounts" != 0000 ]]; then
   echo "FAIL: csi-sanity runs left state behind" >&2
   leaks=1
