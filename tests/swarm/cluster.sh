@@ -94,6 +94,20 @@ done
 start_weed "$work/weed" "$net.1"
 start_registry "$work/registry" "$net.1"
 registry="$net.1:$REGISTRY_PORT"
+# KELP_CLUSTER_BENCH=ROUNDS: instead of the checks, measure metadata work through
+# the node's own master against a master 10 ms away (one way). Node 1 then
+# advertises its master through a delay proxy, so shared-writer volumes, which
+# mount through that home master, cross the delayed link from every node.
+bench=${KELP_CLUSTER_BENCH:-}
+if [[ -n $bench ]]; then
+  PROXY_PORT=$(free_port)
+  python3 tests/swarm/delay_proxy.py "$net.1" "$PROXY_PORT" "$(node_ip 1)" 6379 10 &
+  KELP_PIDS+=($!)
+  wait_addr "$net.1" "$PROXY_PORT" 10
+fi
+advertise() { # node: its master as the other nodes reach it
+  if [[ -n $bench && $1 == 1 ]]; then echo "redis://$net.1:$PROXY_PORT"; else echo "redis://$(node_ip "$1"):6379"; fi
+}
 
 for i in "${nodes[@]}"; do
   mkdir -p "$work/n$i/keydb" "$work/n$i/state"
@@ -140,7 +154,7 @@ check "plugin built and pushed" env DOCKER_HOST="unix://$work/n1/run/docker.sock
 for i in "${nodes[@]}"; do
   check "node $i installs the plugin from the registry" sh -c "DOCKER_HOST=unix://$work/n$i/run/docker.sock \
     docker plugin install --grant-all-permissions --alias kelp:latest $plugin_ref \
-    KELP_META_URL=redis://127.0.0.1:6379 KELP_META_ADVERTISE=redis://$(node_ip "$i"):6379 \
+    KELP_META_URL=redis://127.0.0.1:6379 KELP_META_ADVERTISE=$(advertise "$i") \
     KELP_REGISTRY_URL=redis://$(node_ip 1):6379 KELP_NODE_ID=kelp-n$i \
     KELP_FILER=$net.1:$FILER_GRPC KELP_S3_ENDPOINT=http://$net.1:$S3_PORT \
     KELP_S3_ACCESS_KEY=$KELP_S3_ACCESS_KEY KELP_S3_SECRET_KEY=$KELP_S3_SECRET_KEY \
@@ -178,6 +192,11 @@ mounted_with() { # node, volume, master (local|home): the node serves the volume
   metrics "$1" | grep -E '^kelp_volume_mount_healthy\{.*\} 1(\.0)?$' | grep "volume=\"$2\"" | grep -q "master=\"$3\""
 }
 plugin_log() { grep -aq "$2" "$work/n$1/dockerd.log"; }
+
+if [[ -n $bench ]]; then
+  source tests/swarm/cluster_bench.sh
+  exit 0
+fi
 
 echo "== a single-writer volume follows its task to another node when the node is drained"
 create_volume c-move --scope single --sharing none

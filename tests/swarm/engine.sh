@@ -98,7 +98,7 @@ import_app_image() {
   mkdir -p "$img/bin" "$img/tmp"
   cp "$(command -v busybox)" "$img/bin/busybox"
   local c
-  for c in sh cat ls df echo sleep mkdir touch hostname grep wc printf dd head md5sum rm; do
+  for c in sh cat ls df echo sleep mkdir touch hostname grep wc printf dd head md5sum rm time; do
     ln -sf busybox "$img/bin/$c"
   done
   tar -C "$img" -c . | docker import - "${2:-kelp-test-app:latest}"
