@@ -45,6 +45,7 @@ dk() { # node, docker arguments...
   shift
   DOCKER_HOST="unix://$work/n$i/run/docker.sock" docker "$@"
 }
+quietly() { "$@" >/dev/null; }
 in_node() { # node, command...
   local i=$1
   shift
@@ -137,12 +138,12 @@ for i in "${nodes[@]}"; do
   check "node $i's KeyDB master replicates from both peers" retry 30 replicating "$i"
 done
 
-check "swarm init on node 1" sh -c "DOCKER_HOST=unix://$work/n1/run/docker.sock docker swarm init \
-  --advertise-addr $(node_ip 1) --listen-addr $(node_ip 1):2377 >/dev/null"
+check "swarm init on node 1" quietly dk 1 swarm init \
+  --advertise-addr "$(node_ip 1)" --listen-addr "$(node_ip 1):2377"
 token=$(dk 1 swarm join-token -q worker)
 for i in 2 3; do
-  check "node $i joins as a worker" sh -c "DOCKER_HOST=unix://$work/n$i/run/docker.sock docker swarm join \
-    --token $token --advertise-addr $(node_ip "$i") $(node_ip 1):2377 >/dev/null"
+  check "node $i joins as a worker" quietly dk "$i" swarm join \
+    --token "$token" --advertise-addr "$(node_ip "$i")" "$(node_ip 1):2377"
 done
 ready() { [[ $(dk 1 node ls --format '{{.Status}}' | grep -c '^Ready$') == 3 ]]; }
 check "three nodes ready" retry 60 ready
@@ -152,17 +153,17 @@ plugin_ref="$registry/kelp:test"
 check "plugin built and pushed" env DOCKER_HOST="unix://$work/n1/run/docker.sock" \
   deploy/swarm/build-plugin.sh --push "$plugin_ref"
 for i in "${nodes[@]}"; do
-  check "node $i installs the plugin from the registry" sh -c "DOCKER_HOST=unix://$work/n$i/run/docker.sock \
-    docker plugin install --grant-all-permissions --alias kelp:latest $plugin_ref \
-    KELP_META_URL=redis://127.0.0.1:6379 KELP_META_ADVERTISE=$(advertise "$i") \
-    KELP_REGISTRY_URL=redis://$(node_ip 1):6379 KELP_NODE_ID=kelp-n$i \
-    KELP_FILER=$net.1:$FILER_GRPC KELP_S3_ENDPOINT=http://$net.1:$S3_PORT \
-    KELP_S3_ACCESS_KEY=$KELP_S3_ACCESS_KEY KELP_S3_SECRET_KEY=$KELP_S3_SECRET_KEY \
-    KELP_IDLE_RELEASE=5 KELP_METRICS_ADDR=127.0.0.1:9469 state.source=$work/n$i/state >/dev/null"
+  check "node $i installs the plugin from the registry" quietly dk "$i" plugin install \
+    --grant-all-permissions --alias kelp:latest "$plugin_ref" \
+    KELP_META_URL=redis://127.0.0.1:6379 "KELP_META_ADVERTISE=$(advertise "$i")" \
+    "KELP_REGISTRY_URL=redis://$(node_ip 1):6379" "KELP_NODE_ID=kelp-n$i" \
+    "KELP_FILER=$net.1:$FILER_GRPC" "KELP_S3_ENDPOINT=http://$net.1:$S3_PORT" \
+    "KELP_S3_ACCESS_KEY=$KELP_S3_ACCESS_KEY" "KELP_S3_SECRET_KEY=$KELP_S3_SECRET_KEY" \
+    KELP_IDLE_RELEASE=5 KELP_METRICS_ADDR=127.0.0.1:9469 "state.source=$work/n$i/state"
 done
 app="$registry/kelp-test-app:1"
 DOCKER_HOST="unix://$work/n1/run/docker.sock" import_app_image "$work/n1" "$app" >/dev/null
-check "the tasks' image is in the registry" sh -c "DOCKER_HOST=unix://$work/n1/run/docker.sock docker push -q $app >/dev/null"
+check "the tasks' image is in the registry" quietly dk 1 push -q "$app"
 
 kelp="${CARGO_TARGET_DIR:-target}/release/kelp"
 admin() { "$kelp" admin --meta-url "redis://$(node_ip 1):6379" "$@"; }
@@ -192,6 +193,9 @@ mounted_with() { # node, volume, master (local|home): the node serves the volume
   metrics "$1" | grep -E '^kelp_volume_mount_healthy\{.*\} 1(\.0)?$' | grep "volume=\"$2\"" | grep -q "master=\"$3\""
 }
 plugin_log() { grep -aq "$2" "$work/n$1/dockerd.log"; }
+sums_match() { # node, container, checksum file: every file has its recorded checksum
+  [[ -n $2 ]] && dk "$1" exec -i "$2" md5sum -c - <"$3" >/dev/null
+}
 
 if [[ -n $bench ]]; then
   source tests/swarm/cluster_bench.sh
@@ -221,8 +225,7 @@ check "drained: the task runs on another node" retry 180 moved
 to=$(task_nodes mover | head -1)
 echo "moved from node $from to node $to in $((SECONDS - t0)) s"
 c=$(task_container "$to" mover)
-check "node $to sees every file with its checksum" sh -c "DOCKER_HOST=unix://$work/n$to/run/docker.sock \
-  docker exec -i $c md5sum -c - <$work/sums >/dev/null"
+check "node $to sees every file with its checksum" sums_match "$to" "$c" "$work/sums"
 check "node $to mounts c-move against its own master" retry 20 mounted_with "$to" c-move local
 check "node $from wrote its fence when it let go" retry 20 plugin_log "$from" "fence written for the next writer"
 check "node $to waited for that fence before mounting" plugin_log "$to" "fence replicated; mounting"
@@ -236,8 +239,7 @@ moved_again() { local n; n=$(task_nodes mover); [[ -n $n && $n != "$to" ]]; }
 check "drained again: the task moves on" retry 180 moved_again
 last=$(task_nodes mover | head -1)
 c=$(task_container "$last" mover)
-check "node $last sees all 30 files with their checksums" sh -c "DOCKER_HOST=unix://$work/n$last/run/docker.sock \
-  docker exec -i $c md5sum -c - <$work/sums >/dev/null"
+check "node $last sees all 30 files with their checksums" sums_match "$last" "$c" "$work/sums"
 dk 1 node update --availability active "kelp-n$to" >/dev/null
 dk 1 service rm mover >/dev/null
 
@@ -267,15 +269,15 @@ dk 1 service rm sharers >/dev/null
 # (docs/notes.md, "Swarm: global services on a new cluster volume").
 echo "== a read-only volume: readers on every node, each against its own master"
 create_volume c-read --scope multi --sharing readonly
+reads() { [[ -n $2 ]] && dk "$1" exec "$2" ls /data >/dev/null; }         # node, container
+refuses_writes() { [[ -n $2 ]] && ! dk "$1" exec "$2" touch /data/x 2>/dev/null; } # node, container
 dk 1 service create -d -q --no-resolve-image --name readers --replicas 3 --replicas-max-per-node 1 \
   --mount type=cluster,src=c-read,dst=/data,readonly "$app" sh -c 'sleep 3600' >/dev/null
 check_running readers 3 "a reader on each of the three nodes"
 for i in "${nodes[@]}"; do
   rc=$(task_container "$i" readers)
-  check "node $i reads c-read" sh -c "[ -n '$rc' ] && DOCKER_HOST=unix://$work/n$i/run/docker.sock \
-    docker exec $rc ls /data >/dev/null"
-  check "node $i may not write c-read" sh -c "[ -n '$rc' ] && ! DOCKER_HOST=unix://$work/n$i/run/docker.sock \
-    docker exec $rc touch /data/x 2>/dev/null"
+  check "node $i reads c-read" reads "$i" "$rc"
+  check "node $i may not write c-read" refuses_writes "$i" "$rc"
   check "node $i mounts c-read against its own master" retry 20 mounted_with "$i" c-read local
 done
 dk 1 service rm readers >/dev/null
@@ -285,8 +287,8 @@ echo "== a stack across the nodes: kelp stack, then docker stack deploy of deplo
 web="$registry/kelp-test-web:1"
 tar -C "$work/n1/img" -c . | dk 1 import --change 'CMD ["sleep", "3600"]' - "$web" >/dev/null
 dk 1 push -q "$web" >/dev/null
-check "kelp stack creates the stack's cluster volume" sh -c "DOCKER_HOST=unix://$work/n1/run/docker.sock \
-  $kelp stack -c deploy/swarm/app.yml | grep -q 'media: created'"
+stack_creates() { DOCKER_HOST="unix://$work/n1/run/docker.sock" "$kelp" stack -c deploy/swarm/app.yml | grep -q 'media: created'; }
+check "kelp stack creates the stack's cluster volume" stack_creates
 check "volume media created" retry 30 vol_created media
 WEB_IMAGE=$web dk 1 stack deploy --resolve-image never -c deploy/swarm/app.yml media >/dev/null 2>&1
 check_running media_web 2 "both replicas of the stack's web service run"
@@ -337,20 +339,16 @@ kill_node() {
   local i=$1 p netns
   netns=$(stat -L -c %i "/run/netns/$(ns "$i")")
   for p in /proc/[0-9]*; do
-    if [[ $(stat -L -c %i "$p/ns/net" 2>/dev/null) == "$netns" ]] ||
-      [[ $(readlink "$p/root" 2>/dev/null) == "$work/n$i"/* ]] ||
-      [[ $(tr '\0' ' ' 2>/dev/null <"$p/cmdline") == *containerd-shim-runc-v2*"-address $work/n$i/run/containerd.sock"* ]]; then
-      kill -9 "${p#/proc/}" 2>/dev/null
-    fi
+    [[ $(stat -L -c %i "$p/ns/net" 2>/dev/null) == "$netns" ]] && kill -9 "${p#/proc/}" 2>/dev/null
   done
+  engine_processes "$work/n$i" | xargs -r kill -9 2>/dev/null
 }
 kill_node 2
 lost_at=$SECONDS
 # While a node is only Down, Swarm keeps its tasks' volumes on it and schedules
 # nothing that needs them (docs/notes.md). The operator declares the node gone,
 # at once here, so kelp alone decides when the volume may move.
-check "the operator removes node 2 (docker node rm --force)" sh -c "DOCKER_HOST=unix://$work/n1/run/docker.sock \
-  docker node rm --force kelp-n2 >/dev/null"
+check "the operator removes node 2 (docker node rm --force)" quietly dk 1 node rm --force kelp-n2
 on_node3() { [[ $(task_nodes "$1") == 3 ]]; }
 check "Swarm moves the task on c-lost to node 3, and kelp lets it take the volume over" retry 180 on_node3 s-lost
 took=$((SECONDS - lost_at))
@@ -359,8 +357,7 @@ check "not before takeover-after: $took s >= 10 s" test "$took" -ge 10
 check "until then the controller refused, naming the holder" plugin_log 1 'c-lost.*which has not released it'
 check "node 3 took c-lost over in a new metadata generation" plugin_log 3 "took over: new metadata generation"
 c=$(task_container 3 s-lost)
-check "node 3 sees every file node 2 acknowledged on c-lost" sh -c "DOCKER_HOST=unix://$work/n3/run/docker.sock \
-  docker exec -i $c md5sum -c - <$work/sums-lost >/dev/null"
+check "node 3 sees every file node 2 acknowledged on c-lost" sums_match "3" "$c" "$work/sums-lost"
 no_task() { ! task_nodes "$1" | grep -q .; }
 check "c-kept (takeover-after=never) is not taken over" no_task s-kept
 check "and the controller says why" plugin_log 1 'c-kept.*takeover-after=never'

@@ -49,21 +49,27 @@ start_engine() {
   DOCKER_HOST="unix://$dir/run/docker.sock" retry 60 docker version
 }
 
+# engine_processes DIR: pids of the containerd shims of the engine in DIR and of every
+# process whose root directory lies under DIR (its plugins and tasks), found through
+# /proc, never by a pattern handed to pkill.
+engine_processes() {
+  local dir=$1 p
+  for p in /proc/[0-9]*; do
+    if [[ $(tr '\0' ' ' 2>/dev/null <"$p/cmdline") == *containerd-shim-runc-v2*"-address $dir/run/containerd.sock"* ]] ||
+      [[ $(readlink "$p/root" 2>/dev/null) == "$dir"/* ]]; then
+      echo "${p#/proc/}"
+    fi
+  done
+}
+
 # stop_engine DIR DOCKERD_PID CONTAINERD_PID: ends the engine and everything it ran.
 stop_engine() {
   local dir=$1 dockerd=$2 containerd=$3 p
   [[ -n $dockerd ]] && kill "$dockerd" 2>/dev/null && wait "$dockerd" 2>/dev/null
   [[ -n $containerd ]] && kill "$containerd" 2>/dev/null && wait "$containerd" 2>/dev/null
   # Shims of this containerd outlive it, and so can the plugin's and the tasks'
-  # processes: end every process whose root directory lies under this engine.
-  # They are found by pid through /proc, never by a pattern handed to pkill.
-  for p in /proc/[0-9]*; do
-    [[ $(tr '\0' ' ' 2>/dev/null <"$p/cmdline") == *containerd-shim-runc-v2*"-address $dir/run/containerd.sock"* ]] &&
-      kill "${p#/proc/}" 2>/dev/null
-  done
-  for p in /proc/[0-9]*; do
-    [[ $(readlink "$p/root" 2>/dev/null) == "$dir"/* ]] && kill "${p#/proc/}" 2>/dev/null
-  done
+  # processes.
+  engine_processes "$dir" | xargs -r kill 2>/dev/null
   # The engine's own mounts (netns files, plugin rootfs), deepest first.
   grep " $dir" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
   # A killed dockerd leaves its plugins' socket directories in /run/docker/plugins
