@@ -190,6 +190,10 @@ async fn stage_publish_twice_read_only_and_clean_unmount() {
 
     c.stage(id, &s(&staging), Mode::MultiNodeMultiWriter).await.unwrap();
     c.stage(id, &s(&staging), Mode::MultiNodeMultiWriter).await.unwrap(); // idempotent
+
+    // The count a master's stop hook waits on (deploy/swarm/keydb.yml).
+    let local_mounts = || b.redis.cli(0, &["GET", &kelp::meta::local_mounts_key("test-node")]);
+    assert_eq!(local_mounts(), "1");
     c.publish(id, &s(&staging), &s(&t1), Mode::MultiNodeMultiWriter, false).await.unwrap();
     c.publish(id, &s(&staging), &s(&t1), Mode::MultiNodeMultiWriter, false).await.unwrap(); // idempotent
     c.publish(id, &s(&staging), &s(&t2), Mode::MultiNodeMultiWriter, false).await.unwrap();
@@ -235,6 +239,7 @@ async fn stage_publish_twice_read_only_and_clean_unmount() {
 
     cleanup(&mut c, id, &staging, &[&t1, &t2, &ro]).await;
     assert!(mounts_under(&b.root).is_empty(), "mounts left: {:?}", mounts_under(&b.root));
+    assert_eq!(local_mounts(), "0", "the released volume is no longer counted");
     // Unknown targets and volumes unpublish/unstage fine.
     c.unpublish(id, &s(&t1)).await.unwrap();
     c.unstage(id, &s(&staging)).await.unwrap();

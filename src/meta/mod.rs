@@ -8,12 +8,14 @@ mod checks;
 mod fence;
 mod generation;
 mod lease;
+mod mounts;
 mod registry;
 mod trees;
 mod url;
 
 pub use checks::{findings, Finding, MasterConfig};
 pub use generation::{Generation, Tail, COUNTER_JUMP};
+pub use mounts::local_mounts_key;
 pub use registry::{NodeRecord, Reservation, VolumeRecord, VolumeState};
 pub use trees::{Copied, Refusal};
 pub use url::MetaUrl;

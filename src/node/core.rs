@@ -95,6 +95,18 @@ impl NodeCore {
         Ok(found)
     }
 
+    /// Tells this node's master how many volumes are mounted against it, so that a
+    /// master stopped with its node (a drain) can wait for their release
+    /// (`meta::mounts`). A failure is only logged: the count is written again after
+    /// every stage and release and on every repair pass.
+    pub async fn report_local_mounts(&self) {
+        let count =
+            self.state.lock().expect("node state").volumes.values().filter(|v| v.home.is_none()).count();
+        if let Err(e) = self.meta.set_local_mounts(&self.cfg.node_id, count).await {
+            tracing::debug!(error = %e, count, "cannot record this node's local mounts in its master");
+        }
+    }
+
     /// The master a volume is mounted against: its home when given, else the local one.
     pub fn server_for(&self, home: Option<&str>) -> Result<MetaServer> {
         match home {

@@ -273,6 +273,7 @@ pub async fn run(core: Arc<NodeCore>) {
             }
         }
         tick(&core, &mut retries).await;
+        core.report_local_mounts().await;
         tokio::select! {
             _ = tokio::time::sleep(core.cfg.repair_interval) => {}
             _ = core.daemon_ended.notified() => {

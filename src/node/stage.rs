@@ -244,7 +244,9 @@ impl NodeCore {
             v.epoch = v.epoch.max(req.epoch);
             v.created.extend(created);
         })
-        .await
+        .await?;
+        self.report_local_mounts().await;
+        Ok(())
     }
 
     /// Unmounts the staged volume (and any target still bound to it) if this node
@@ -278,7 +280,9 @@ impl NodeCore {
         self.update(|s| {
             s.volumes.remove(id);
         })
-        .await
+        .await?;
+        self.report_local_mounts().await;
+        Ok(())
     }
 
     /// The socket of the volume's FUSE holder.
@@ -371,7 +375,11 @@ impl NodeCore {
         m.fence_waits.get_or_create(&labels).inc();
         let got = crate::wait::poll_until(self.cfg.fence_wait, Duration::from_millis(100), || async move {
             match meta.fence(db).await {
-                Ok(have) if have >= want => Some(Ok(have)),
+                Ok(have) if have >= want => match meta.settled().await {
+                    Ok(true) => Some(Ok(have)),
+                    Ok(false) => None,
+                    Err(e) => Some(Err(e)),
+                },
                 Ok(_) => None,
                 Err(e) => Some(Err(e)),
             }
@@ -387,9 +395,10 @@ impl NodeCore {
             }
             Some(Err(e)) => Err(e.into()),
             None => Err(Error::FailedPrecondition(format!(
-                "volume {id} was last written on another node (writer epoch {want}), and this node's metadata master {} has replicated only up to {} after {} s; check replication between the masters (the CO retries this)",
+                "volume {id} was last written on another node (writer epoch {want}), and this node's metadata master {} has replicated only up to {}{} after {} s; check replication between the masters (the CO retries this)",
                 meta.url(),
                 meta.fence(db).await.unwrap_or(0),
+                if meta.settled().await.unwrap_or(true) { "" } else { " and is still loading or taking a full copy from a peer" },
                 self.cfg.fence_wait.as_secs()
             ))),
         }
