@@ -28,11 +28,55 @@ impl MetaServer {
         Ok(())
     }
 
+    /// Whether a fence read here proves the writes before it: the server is not
+    /// loading its own data and takes no full copy from a peer. A fence arrives in
+    /// order after the writes before it over any one replication link, but a full copy
+    /// is loaded key by key in no such order, and a KeyDB restarted from its
+    /// append-only file (a drained node coming back) takes one from every peer while
+    /// it already answers. In a three-node Swarm a fence read then let a task mount
+    /// without the files written just before it. Links that are down do not matter:
+    /// the fence came over one that is up.
+    pub async fn settled(&self) -> Result<bool> {
+        let info: String =
+            self.registry(|mut c| async move { redis::cmd("INFO").query_async(&mut c).await }).await?;
+        Ok(settled_info(&info))
+    }
+
     /// The fence this server holds for the volume in `db` (0 when none).
     pub async fn fence(&self, db: u32) -> Result<u64> {
         let mut c = self.database(db).await?;
         let v: Option<u64> =
             redis::cmd("GET").arg(FENCE_KEY).query_async(&mut c).await.map_err(|e| self.err(e))?;
         Ok(v.unwrap_or(0))
+    }
+}
+
+/// [`MetaServer::settled`] from `INFO` output. KeyDB names a multi-master's links
+/// `master_sync_in_progress`, `master_1_sync_in_progress`, ...
+fn settled_info(info: &str) -> bool {
+    info.lines().filter_map(|l| l.trim().split_once(':')).all(|(k, v)| match k {
+        "loading" | "async_loading" => v == "0",
+        _ if k.starts_with("master") && k.ends_with("sync_in_progress") => v == "0",
+        _ => true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settled_info;
+
+    #[test]
+    fn a_master_is_settled_once_loaded_with_no_full_copy_coming_in() {
+        let plain = "# Persistence\r\nloading:0\r\n# Replication\r\nrole:master\r\nconnected_slaves:0\r\n";
+        assert!(settled_info(plain));
+        assert!(!settled_info("loading:1\r\nrole:master\r\n"));
+        let two = |l1: &str, s1: &str| {
+            format!(
+                "loading:0\r\nrole:active-replica\r\nmaster_global_link_status:{l1}\r\nmaster_link_status:up\r\nmaster_sync_in_progress:0\r\nmaster_1_link_status:{l1}\r\nmaster_1_sync_in_progress:{s1}\r\n"
+            )
+        };
+        assert!(settled_info(&two("up", "0")));
+        assert!(settled_info(&two("down", "0")), "a peer it cannot reach does not matter");
+        assert!(!settled_info(&two("up", "1")), "a full copy still coming in");
     }
 }
