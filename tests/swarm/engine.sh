@@ -97,15 +97,43 @@ YML
   wait_addr "$2" "$REGISTRY_PORT" 10
 }
 
-# An image for test tasks from busybox-static (no base image from outside), imported
-# into the engine at DOCKER_HOST; prints its ID.
+# busybox_rootfs DIR APPLET...: DIR holds busybox-static as /bin/busybox and each
+# APPLET as a link to it (no base image from outside).
+busybox_rootfs() {
+  local dir=$1 c
+  shift
+  mkdir -p "$dir/bin" "$dir/tmp"
+  cp "$(command -v busybox)" "$dir/bin/busybox"
+  for c in "$@"; do ln -sf busybox "$dir/bin/$c"; done
+}
+
+# An image for test tasks from busybox-static, imported into the engine at
+# DOCKER_HOST; prints its ID.
 import_app_image() {
   local img=$1/img
-  mkdir -p "$img/bin" "$img/tmp"
-  cp "$(command -v busybox)" "$img/bin/busybox"
-  local c
-  for c in sh cat ls df echo sleep mkdir touch hostname grep wc printf dd head md5sum rm time; do
-    ln -sf busybox "$img/bin/$c"
-  done
+  busybox_rootfs "$img" sh cat ls df echo sleep mkdir touch hostname grep wc printf dd head md5sum rm time
   tar -C "$img" -c . | docker import - "${2:-kelp-test-app:latest}"
+}
+
+# import_server_image DIR REF ENTRYPOINT PROGRAM...: an image holding each PROGRAM in
+# /usr/bin with the libraries ldd lists for it, and busybox's sh, cat, sleep, grep, sed and tr for
+# the stack files' scripts; ENTRYPOINT is a JSON array or "" (none). Imported into the
+# engine at DOCKER_HOST as REF.
+import_server_image() {
+  local dir=$1 ref=$2 entry=$3 p lib
+  shift 3
+  rm -rf "$dir"
+  busybox_rootfs "$dir" sh cat sleep grep sed tr
+  mkdir -p "$dir/usr/bin" "$dir/etc"
+  echo "root:x:0:0:root:/:/bin/sh" >"$dir/etc/passwd"
+  for p in "$@"; do
+    cp -L "$p" "$dir/usr/bin/"
+    for lib in $({ ldd "$p" 2>/dev/null || true; } | grep -oE '/[^ ]+\.so[^ ]*'); do
+      mkdir -p "$dir$(dirname "$lib")"
+      cp -L "$lib" "$dir$lib"
+    done
+  done
+  local change=(--change 'ENV PATH=/usr/bin:/bin')
+  [[ -n $entry ]] && change+=(--change "ENTRYPOINT $entry")
+  tar -C "$dir" -c . | docker import "${change[@]}" - "$ref" >/dev/null
 }
