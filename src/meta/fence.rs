@@ -28,14 +28,14 @@ impl MetaServer {
         Ok(())
     }
 
-    /// Whether a fence read here proves the writes before it: the server is not
+    /// Whether a fence read here can prove the writes before it: the server is not
     /// loading its own data and takes no full copy from a peer. A fence arrives in
-    /// order after the writes before it over any one replication link, but a full copy
-    /// is loaded key by key in no such order, and a KeyDB restarted from its
-    /// append-only file (a drained node coming back) takes one from every peer while
-    /// it already answers. In a three-node Swarm a fence read then let a task mount
-    /// without the files written just before it. Links that are down do not matter:
-    /// the fence came over one that is up.
+    /// order after the writes before it over any one replication link, but a full
+    /// copy is loaded key by key, and a restarted KeyDB takes one from every peer
+    /// while it already answers. Links that are down do not matter: the fence came
+    /// over one that is up. This does not catch a restarted master that merged its
+    /// own older copy over newer writes (docs/notes.md): the fence key itself is new
+    /// then; deploy/swarm/keydb.yml keeps that from happening after a clean stop.
     pub async fn settled(&self) -> Result<bool> {
         let info: String =
             self.registry(|mut c| async move { redis::cmd("INFO").query_async(&mut c).await }).await?;
