@@ -57,6 +57,9 @@ pub struct NodeCore {
     pub(super) daemon_ended: std::sync::Arc<tokio::sync::Notify>,
     /// Since when each volume's juicefs has not answered its own files (repair).
     pub(super) stuck: Mutex<std::collections::HashMap<VolumeId, std::time::Instant>>,
+    /// Serialises reports of the local mount count, so an older count never lands
+    /// after a newer one.
+    mounts_report: tokio::sync::Mutex<()>,
 }
 
 impl NodeCore {
@@ -75,6 +78,7 @@ impl NodeCore {
             announced: Default::default(),
             daemon_ended: Default::default(),
             stuck: Default::default(),
+            mounts_report: Default::default(),
         })
     }
 
@@ -100,6 +104,7 @@ impl NodeCore {
     /// (`meta::mounts`). A failure is only logged: the count is written again after
     /// every stage and release and on every repair pass.
     pub async fn report_local_mounts(&self) {
+        let _one_at_a_time = self.mounts_report.lock().await;
         let count =
             self.state.lock().expect("node state").volumes.values().filter(|v| v.home.is_none()).count();
         if let Err(e) = self.meta.set_local_mounts(&self.cfg.node_id, count).await {
