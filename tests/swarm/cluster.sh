@@ -157,15 +157,15 @@ hosts_file() { # stack file's service names...
 hosts_file keydb >"$work/keydb-hosts.yml"
 hosts_file master volume filer >"$work/seaweedfs-hosts.yml"
 meta_pw=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
-check "the metadata password is a Swarm secret" quietly sh -c \
-  "printf %s '$meta_pw' | DOCKER_HOST='unix://$work/n1/run/docker.sock' docker secret create keydb_password -"
+password_secret() { printf %s "$meta_pw" | dk 1 secret create keydb_password - >/dev/null; }
+check "the metadata password is a Swarm secret" password_secret
 check "docker stack deploy keydb (deploy/swarm/keydb.yml)" quietly env KEYDB_IMAGE="$keydb_image" \
   KEYDB_PEERS="kelp-n1 kelp-n2 kelp-n3" KEYDB_RELEASE_WAIT=60 DOCKER_HOST="unix://$work/n1/run/docker.sock" \
   docker stack deploy --detach=true --resolve-image never -c deploy/swarm/keydb.yml -c "$work/keydb-hosts.yml" keydb
 rcli() { # node, redis-cli arguments...: against that node's master
   local i=$1
   shift
-  redis-cli -h "$(node_ip "$i")" -a "$meta_pw" --no-auth-warning "$@"
+  REDISCLI_AUTH=$meta_pw redis-cli -h "$(node_ip "$i")" "$@"
 }
 replicating() { # node: its master has a link up to both peers
   # KeyDB names its links master_link_status, master_1_link_status, ...
@@ -477,6 +477,20 @@ for v in c-lost c-kept; do
 done
 # Node 2's dead mounts go with the node; nodes 1 and 3 must have let go of everything.
 nothing_left 1 3
+
+echo "== the metadata password stayed secret"
+in_no_log() {
+  ! grep -aqsF "$meta_pw" "$work"/n*/dockerd.log "$work"/n*/containerd.log "$work"/n*/data/docker/containers/*/*-json.log
+}
+check "no engine, plugin or task log holds the metadata password" in_no_log
+in_no_command_line() {
+  local p
+  for p in /proc/[0-9]*; do
+    grep -aqF "$meta_pw" "$p/cmdline" 2>/dev/null && return 1
+  done
+  return 0
+}
+check "no command line on this machine holds it" in_no_command_line
 
 echo "cluster: $passed passed, $failed failed"
 ((failed == 0))
