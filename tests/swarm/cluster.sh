@@ -133,15 +133,14 @@ ready() { [[ $(dk 1 node ls --format '{{.Status}}' | grep -c '^Ready$') == 3 ]];
 check "three nodes ready" retry 60 ready
 
 echo "== the servers: images pushed to the registry, deployed with the stack files"
-export DOCKER_HOST="unix://$work/n1/run/docker.sock"
 weed_image="$registry/kelp-test-seaweedfs:1"
 keydb_image="$registry/kelp-test-keydb:1"
-import_server_image "$work/img-weed" "$weed_image" '["/usr/bin/weed", "-logtostderr=true"]' \
-  "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/weed"
-import_server_image "$work/img-keydb" "$keydb_image" "" "$(command -v keydb-server)" "$(command -v keydb-cli)"
-check "the SeaweedFS and KeyDB images are in the registry" sh -c \
-  "docker push -q '$weed_image' >/dev/null && docker push -q '$keydb_image' >/dev/null"
-unset DOCKER_HOST
+DOCKER_HOST="unix://$work/n1/run/docker.sock" import_server_image "$work/img-weed" "$weed_image" \
+  '["/usr/bin/weed", "-logtostderr=true"]' "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/weed"
+DOCKER_HOST="unix://$work/n1/run/docker.sock" import_server_image "$work/img-keydb" "$keydb_image" "" \
+  "$(command -v keydb-server)" "$(command -v keydb-cli)"
+images_pushed() { dk 1 push -q "$weed_image" >/dev/null && dk 1 push -q "$keydb_image" >/dev/null; }
+check "the SeaweedFS and KeyDB images are in the registry" images_pushed
 # The nodes' host names resolve nowhere else, so the stacks' tasks are told them,
 # as an operator without DNS for them would (a second compose file per stack).
 hosts_file() { # stack file's service names...
@@ -159,9 +158,13 @@ hosts_file master volume filer >"$work/seaweedfs-hosts.yml"
 meta_pw=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 password_secret() { printf %s "$meta_pw" | dk 1 secret create keydb_password - >/dev/null; }
 check "the metadata password is a Swarm secret" password_secret
-check "docker stack deploy keydb (deploy/swarm/keydb.yml)" quietly env KEYDB_IMAGE="$keydb_image" \
-  KEYDB_PEERS="kelp-n1 kelp-n2 kelp-n3" KEYDB_RELEASE_WAIT=60 DOCKER_HOST="unix://$work/n1/run/docker.sock" \
-  docker stack deploy --detach=true --resolve-image never -c deploy/swarm/keydb.yml -c "$work/keydb-hosts.yml" keydb
+stack_deploy() { # name: deploy/swarm/NAME.yml with its hosts file, from node 1
+  dk 1 stack deploy --detach=true --resolve-image never -c "deploy/swarm/$1.yml" -c "$work/$1-hosts.yml" "$1" >/dev/null
+}
+deploy_keydb() {
+  KEYDB_IMAGE=$keydb_image KEYDB_PEERS="kelp-n1 kelp-n2 kelp-n3" KEYDB_RELEASE_WAIT=60 stack_deploy keydb
+}
+check "docker stack deploy keydb (deploy/swarm/keydb.yml)" deploy_keydb
 rcli() { # node, redis-cli arguments...: against that node's master
   local i=$1
   shift
@@ -184,9 +187,10 @@ back_again() { # node, run id before: a new KeyDB runs there, linked to both pee
 sed "s/CHANGE-ME-ACCESS-KEY/$KELP_S3_ACCESS_KEY/; s/CHANGE-ME-SECRET-KEY/$KELP_S3_SECRET_KEY/" \
   deploy/swarm/s3.json.example >"$work/s3.json"
 quietly dk 1 node update --label-add seaweedfs.filer=true kelp-n1
-check "docker stack deploy seaweedfs (deploy/swarm/seaweedfs.yml)" quietly env SEAWEEDFS_IMAGE="$weed_image" \
-  SEAWEEDFS_MASTER=kelp-n1 SEAWEEDFS_S3_CONFIG="$work/s3.json" DOCKER_HOST="unix://$work/n1/run/docker.sock" \
-  docker stack deploy --detach=true --resolve-image never -c deploy/swarm/seaweedfs.yml -c "$work/seaweedfs-hosts.yml" seaweedfs
+deploy_seaweedfs() {
+  SEAWEEDFS_IMAGE=$weed_image SEAWEEDFS_MASTER=kelp-n1 SEAWEEDFS_S3_CONFIG="$work/s3.json" stack_deploy seaweedfs
+}
+check "docker stack deploy seaweedfs (deploy/swarm/seaweedfs.yml)" deploy_seaweedfs
 # For kelp_buckets (tests/lib.sh): the filer on node 1.
 WEED_IP=$(node_ip 1) FILER_PORT=8888 FILER_GRPC=18888 S3_PORT=8333
 volume_servers() { [[ $(curl -s "http://$WEED_IP:9333/dir/status" | grep -o '"Url"' | wc -l) -ge 3 ]]; }

@@ -2,6 +2,8 @@
 # counters, and Docker engines with private roots started and stopped by pid.
 # Source it after tests/lib.sh.
 
+source deploy/swarm/rootfs.sh
+
 passed=0
 failed=0
 ok() { echo "ok   $*"; passed=$((passed + 1)); }
@@ -120,19 +122,13 @@ import_app_image() {
 # the stack files' scripts; ENTRYPOINT is a JSON array or "" (none). Imported into the
 # engine at DOCKER_HOST as REF.
 import_server_image() {
-  local dir=$1 ref=$2 entry=$3 p lib
+  local dir=$1 ref=$2 entry=$3 p
   shift 3
   rm -rf "$dir"
   busybox_rootfs "$dir" sh cat sleep grep sed tr
-  mkdir -p "$dir/usr/bin" "$dir/etc"
+  mkdir -p "$dir/etc"
   echo "root:x:0:0:root:/:/bin/sh" >"$dir/etc/passwd"
-  for p in "$@"; do
-    cp -L "$p" "$dir/usr/bin/"
-    for lib in $({ ldd "$p" 2>/dev/null || true; } | grep -oE '/[^ ]+\.so[^ ]*'); do
-      mkdir -p "$dir$(dirname "$lib")"
-      cp -L "$lib" "$dir$lib"
-    done
-  done
+  for p in "$@"; do copy_with_libs "$dir" "$p" "/usr/bin/$(basename "$p")"; done
   local change=(--change 'ENV PATH=/usr/bin:/bin')
   [[ -n $entry ]] && change+=(--change "ENTRYPOINT $entry")
   tar -C "$dir" -c . | docker import "${change[@]}" - "$ref" >/dev/null
