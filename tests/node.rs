@@ -889,3 +889,89 @@ fn serve_pids(kelp: &Kelp) -> Vec<i32> {
         .filter(|&p| cmdline(p).is_some_and(|c| !c.contains(" init ")))
         .collect()
 }
+
+/// The members of a family (a volume and its clone) share one file system, so one
+/// fence: a node that still has a task writing one member leaves no fence when the
+/// other's task goes (the next node would mount while this one still writes), and
+/// the last member's release leaves the highest epoch the node was given.
+#[tokio::test(flavor = "multi_thread")]
+async fn family_members_on_one_node_leave_one_fence_when_both_are_done() {
+    use csi::volume_content_source::{Type, VolumeSource};
+    let b = bed("node-family");
+    let _leftovers = Leftovers { root: b.root.clone(), state_dir: b.kelp.state_dir.clone() };
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-family", GIB).await.unwrap();
+    let mut req = csi::create_req("node-family-clone", GIB);
+    req.volume_capabilities = vec![csi::mount_cap(Mode::SingleNodeWriter)];
+    req.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(Type::Volume(VolumeSource { volume_id: vol.volume_id.clone() })),
+    });
+    let clone = c.ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
+    let db = db_of(&vol.volume_id);
+    let fence = || b.redis.cli(db, &["get", "kelp:fence"]).trim().parse::<u64>().unwrap_or(0);
+
+    let mut epochs = Vec::new();
+    for (i, id) in [&vol.volume_id, &clone.volume_id].iter().enumerate() {
+        let ctx = c
+            .ctl
+            .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                volume_id: id.to_string(),
+                node_id: "test-node".into(),
+                volume_capability: Some(csi::mount_cap(Mode::SingleNodeWriter)),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .publish_context;
+        epochs.push(ctx["kelp/epoch"].parse::<u64>().unwrap());
+        let (staging, target) = (b.root.join(format!("st{i}")), b.root.join(format!("t{i}")));
+        c.node
+            .node_stage_volume(csi::NodeStageVolumeRequest {
+                volume_id: id.to_string(),
+                staging_target_path: s(&staging),
+                volume_capability: Some(csi::mount_cap(Mode::SingleNodeWriter)),
+                publish_context: ctx.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        c.node
+            .node_publish_volume(csi::NodePublishVolumeRequest {
+                volume_id: id.to_string(),
+                staging_target_path: s(&staging),
+                target_path: s(&target),
+                volume_capability: Some(csi::mount_cap(Mode::SingleNodeWriter)),
+                publish_context: ctx,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        std::fs::write(target.join("f"), format!("member {i}")).unwrap();
+    }
+    assert!(epochs[1] > epochs[0], "{epochs:?}");
+    // Both members are mounted side by side, each its own tree and its own daemon.
+    assert_eq!(std::fs::read_to_string(b.root.join("t0/f")).unwrap(), "member 0");
+    assert_eq!(std::fs::read_to_string(b.root.join("t1/f")).unwrap(), "member 1");
+
+    c.unpublish(&clone.volume_id, &s(&b.root.join("t1"))).await.unwrap();
+    assert_eq!(fence(), 0, "the volume's task still writes here: no fence yet");
+    c.unpublish(&vol.volume_id, &s(&b.root.join("t0"))).await.unwrap();
+    assert_eq!(fence(), epochs[1], "the last release leaves the highest epoch");
+
+    for (i, id) in [&vol.volume_id, &clone.volume_id].iter().enumerate() {
+        c.unstage(id, &s(&b.root.join(format!("st{i}")))).await.unwrap();
+        c.ctl
+            .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+                volume_id: id.to_string(),
+                node_id: "test-node".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    assert!(mounts_under(&b.root).is_empty(), "mounts left: {:?}", mounts_under(&b.root));
+    for id in [&clone.volume_id, &vol.volume_id] {
+        c.delete(id).await.unwrap();
+    }
+}

@@ -606,27 +606,6 @@ async fn durability_is_a_bucket_fsync_rule() {
     assert!(rule_of(&strict).is_none(), "DeleteVolume removes the rule");
 }
 
-/// Data objects (not directories) below a filer path, by the filer's JSON listing.
-fn objects_under(weed: &Weed, path: &str) -> usize {
-    let out = run(Command::new("curl")
-        .args(["-s", "-H", "Accept: application/json"])
-        .arg(format!("http://127.0.0.1:{}{path}/?limit=100000", weed.filer_port)));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    let entries = v["Entries"].as_array().cloned().unwrap_or_default();
-    entries
-        .iter()
-        .map(|e| {
-            let full = e["FullPath"].as_str().unwrap_or_default();
-            let is_dir = e["Mode"].as_u64().unwrap_or(0) & (1 << 31) != 0;
-            if is_dir {
-                objects_under(weed, full)
-            } else {
-                1
-            }
-        })
-        .sum()
-}
-
 /// The copy under snapshots and clones (docs/snapshots.md), on a real file system:
 /// taken while a writer fsyncs files, it holds every file acknowledged before the
 /// call; it keeps hard links, symlinks, extended attributes and times; changing or

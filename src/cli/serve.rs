@@ -68,6 +68,11 @@ pub struct ServeArgs {
     /// Logical databases to allocate volumes from (default: the server's `databases`).
     #[arg(long, env = "KELP_DATABASES")]
     databases: Option<u32>,
+    /// Largest tree (files and directories) a snapshot or clone copies: the copy is
+    /// one script its metadata server runs alone, about 30 us per entry, so the
+    /// default (about 3 s) bounds how long every mount on that server waits.
+    #[arg(long, env = "KELP_SNAPSHOT_MAX_ENTRIES", default_value_t = 100_000)]
+    snapshot_max_entries: u64,
     /// SeaweedFS filer gRPC address, host:port (the filer's HTTP port + 10000).
     #[arg(long, env = "KELP_FILER", default_value = "127.0.0.1:18888")]
     filer: String,
@@ -204,6 +209,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
             s3_secret_key: a.s3_secret_key.clone(),
             databases: a.databases,
             home_meta: advertise.public_url(),
+            snapshot_max_entries: a.snapshot_max_entries,
         };
         tokio::spawn(kelp::controller::generations::watch(backends.clone()));
         sources.push(kelp::controller::generations::metrics_source(backends.clone()));

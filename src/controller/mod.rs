@@ -1,19 +1,23 @@
 //! The CSI Controller service: every controller RPC is in this file, in the order of
 //! the spec. Each handler validates its arguments first (csi-sanity checks codes in
 //! that order), takes the volume's operation guard, and delegates to the named
-//! operation beside it: `provision` (create, delete, lookup), `publish`, `list`,
+//! operation beside it: `provision` (create, delete, lookup), `family` (clones,
+//! restores and the end of a shared file system), `snapshot`, `publish`, `list`,
 //! `expand`.
 
 mod expand;
+mod family;
 pub mod generations;
 mod list;
 mod provision;
 mod publish;
+mod snapshot;
 
 use crate::error::{require, Error};
 use crate::locks::VolumeLocks;
 use crate::meta::MetaServer;
 use crate::pinning;
+use crate::proto::csi::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 use crate::proto::csi::{
     controller_server::Controller, controller_service_capability,
     validate_volume_capabilities_response::Confirmed, ControllerExpandVolumeRequest,
@@ -25,12 +29,14 @@ use crate::proto::csi::{
     DeleteSnapshotRequest, DeleteSnapshotResponse, DeleteVolumeRequest, DeleteVolumeResponse,
     GetCapacityRequest, GetCapacityResponse, GetSnapshotRequest, GetSnapshotResponse, ListSnapshotsRequest,
     ListSnapshotsResponse, ListVolumesRequest, ListVolumesResponse, ValidateVolumeCapabilitiesRequest,
-    ValidateVolumeCapabilitiesResponse,
+    ValidateVolumeCapabilitiesResponse, VolumeContentSource,
 };
 use crate::seaweedfs::Filer;
 use crate::server::record_volume;
-use crate::volume::{self, Params, VolumeId};
+use crate::volume::{self, Params, SnapshotId, VolumeId};
+use family::{CloneRequest, Source};
 use provision::{csi_volume, CreateRequest, S3Credentials};
+use std::collections::HashMap;
 use tonic::{Request, Response, Status};
 
 type RpcResult<T> = std::result::Result<Response<T>, Status>;
@@ -49,6 +55,8 @@ pub struct Backends {
     pub databases: Option<u32>,
     /// This controller's master as nodes reach it (no password): new volumes' home.
     pub home_meta: String,
+    /// Largest tree a snapshot or clone copies (`--snapshot-max-entries`).
+    pub snapshot_max_entries: u64,
 }
 
 pub struct ControllerService {
@@ -71,19 +79,36 @@ impl Controller for ControllerService {
         if let Some(why) = volume::unsupported_capability(&r.volume_capabilities) {
             return Err(Error::InvalidArgument(why).into());
         }
-        if r.volume_content_source.is_some() {
-            return Err(Error::InvalidArgument(
-                "kelp does not create volumes from snapshots or clones".into(),
-            )
-            .into());
-        }
-        let params = Params::parse(&r.parameters)?;
+        let mut raw = r.parameters.clone();
+        let source = content_source(r.volume_content_source.as_ref(), &mut raw, &self.backends).await?;
+        let params = Params::parse(&raw)?;
         let capacity = volume::capacity_for(r.capacity_range.as_ref())?;
         volume::check_capacity_for_blocks(capacity, params.block_size_kib)?;
         let credentials = S3Credentials::from_secrets(&r.secrets, &self.backends)?;
         let fs_name = volume::fs_name_for(&r.name);
         record_volume(&fs_name);
         let _guard = self.locks.lock_rpc(&fs_name).await?;
+        if let Some(source) = source {
+            let family = match &source {
+                Source::Volume(v) => v.fs_name.clone(),
+                Source::Snapshot(s) => s.family.fs_name.clone(),
+            };
+            let _family = match family == fs_name {
+                true => None,
+                false => Some(self.locks.lock_rpc(&family).await?),
+            };
+            let clone = CloneRequest {
+                name: &r.name,
+                fs_name,
+                range: r.capacity_range.as_ref(),
+                params: (!raw.is_empty()).then_some(params),
+                source: source.clone(),
+            };
+            let (id, spec) = family::create(&self.backends, clone).await?;
+            let mut volume = csi_volume(&id, &spec);
+            volume.content_source = Some(csi_source(&source));
+            return Ok(Response::new(CreateVolumeResponse { volume: Some(volume) }));
+        }
         let create = CreateRequest {
             name: &r.name,
             fs_name,
@@ -203,6 +228,10 @@ impl Controller for ControllerService {
             Type::GetCapacity,
             Type::ExpandVolume,
             Type::SingleNodeMultiWriter,
+            Type::CreateDeleteSnapshot,
+            Type::ListSnapshots,
+            Type::CloneVolume,
+            Type::GetSnapshot,
         ]
         .into_iter()
         .map(|t| ControllerServiceCapability { r#type: Some(CapType::Rpc(Rpc { r#type: t as i32 })) })
@@ -212,24 +241,60 @@ impl Controller for ControllerService {
 
     async fn create_snapshot(
         &self,
-        _req: Request<CreateSnapshotRequest>,
+        req: Request<CreateSnapshotRequest>,
     ) -> RpcResult<CreateSnapshotResponse> {
-        Err(no_snapshots())
+        let r = req.into_inner();
+        require(!r.name.is_empty(), "name is required")?;
+        require(!r.source_volume_id.is_empty(), "source_volume_id is required")?;
+        require(r.name.len() <= 128, "name is longer than 128 bytes")?;
+        if let Some(key) = r.parameters.keys().next() {
+            return Err(
+                Error::InvalidArgument(format!("snapshots take no parameters; {key:?} is unknown")).into()
+            );
+        }
+        let source = VolumeId::from_request(&r.source_volume_id)?;
+        record_volume(&source);
+        let _guard = self.locks.lock_rpc(&source.fs_name).await?;
+        let record = snapshot::create(&self.backends, &r.name, &source).await?;
+        Ok(Response::new(CreateSnapshotResponse { snapshot: Some(snapshot::csi_snapshot(&record)) }))
     }
 
     async fn delete_snapshot(
         &self,
-        _req: Request<DeleteSnapshotRequest>,
+        req: Request<DeleteSnapshotRequest>,
     ) -> RpcResult<DeleteSnapshotResponse> {
-        Err(no_snapshots())
+        let r = req.into_inner();
+        require(!r.snapshot_id.is_empty(), "snapshot_id is required")?;
+        // An id kelp could never have issued names no snapshot: deleting it succeeds.
+        if let Some(id) = SnapshotId::parse(&r.snapshot_id) {
+            record_volume(&id.family);
+            let _guard = self.locks.lock_rpc(&id.family.fs_name).await?;
+            snapshot::delete(&self.backends, &id).await?;
+        }
+        Ok(Response::new(DeleteSnapshotResponse {}))
     }
 
-    async fn list_snapshots(&self, _req: Request<ListSnapshotsRequest>) -> RpcResult<ListSnapshotsResponse> {
-        Err(no_snapshots())
+    async fn list_snapshots(&self, req: Request<ListSnapshotsRequest>) -> RpcResult<ListSnapshotsResponse> {
+        let r = req.into_inner();
+        let page = snapshot::page(
+            &self.backends,
+            r.max_entries,
+            &r.starting_token,
+            &r.snapshot_id,
+            &r.source_volume_id,
+        )
+        .await?;
+        Ok(Response::new(page))
     }
 
-    async fn get_snapshot(&self, _req: Request<GetSnapshotRequest>) -> RpcResult<GetSnapshotResponse> {
-        Err(no_snapshots())
+    async fn get_snapshot(&self, req: Request<GetSnapshotRequest>) -> RpcResult<GetSnapshotResponse> {
+        let r = req.into_inner();
+        require(!r.snapshot_id.is_empty(), "snapshot_id is required")?;
+        let missing = || Error::NotFound(format!("snapshot {:?} does not exist", r.snapshot_id));
+        let id = SnapshotId::parse(&r.snapshot_id).ok_or_else(missing)?;
+        record_volume(&id.family);
+        let record = family::snapshot(&self.backends, &id).await?.filter(|s| s.ready).ok_or_else(missing)?;
+        Ok(Response::new(GetSnapshotResponse { snapshot: Some(snapshot::csi_snapshot(&record)) }))
     }
 
     async fn controller_expand_volume(
@@ -266,6 +331,77 @@ impl Controller for ControllerService {
     }
 }
 
-fn no_snapshots() -> Status {
-    Error::Unimplemented("snapshots are not offered".into()).into()
+/// The parameters a Swarm user names a source with (`--opt clone-of=<volume name>`,
+/// `--opt from-snapshot=<snapshot name or id>`): Swarm passes no content source.
+pub const CLONE_OF: &str = "clone-of";
+pub const FROM_SNAPSHOT: &str = "from-snapshot";
+
+/// The new volume's source: the request's content source, or one of the two
+/// parameters above (taken out of `params`), never both.
+async fn content_source(
+    given: Option<&VolumeContentSource>,
+    params: &mut HashMap<String, String>,
+    b: &Backends,
+) -> Result<Option<Source>, Status> {
+    let clone_of = params.remove(CLONE_OF);
+    let from_snapshot = params.remove(FROM_SNAPSHOT);
+    let from_params = match (clone_of, from_snapshot) {
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidArgument(format!("give {CLONE_OF} or {FROM_SNAPSHOT}, not both")).into())
+        }
+        (Some(name), None) => {
+            let fs = volume::fs_name_for(&name);
+            let rec = b.meta.volume(&fs).await.map_err(Error::from)?;
+            let id = match rec.filter(|r| r.state == crate::meta::VolumeState::Ready) {
+                Some(r) => {
+                    let spec = volume::Spec::of(&r)?;
+                    (spec.name == name).then(|| spec.id(r.db, &fs))
+                }
+                None => None,
+            };
+            let id = id.ok_or_else(|| Error::NotFound(format!("{CLONE_OF}: no volume is named {name:?}")))?;
+            Some(Source::Volume(id))
+        }
+        (None, Some(snap)) => {
+            let id = match SnapshotId::parse(&snap) {
+                Some(id) => id,
+                None => {
+                    let rec = b.meta.snapshot_by_name(&snap).await.map_err(Error::from)?;
+                    let id = rec.and_then(|r| SnapshotId::parse(&r.id));
+                    id.ok_or_else(|| {
+                        Error::NotFound(format!("{FROM_SNAPSHOT}: no snapshot is named {snap:?}"))
+                    })?
+                }
+            };
+            Some(Source::Snapshot(id))
+        }
+        (None, None) => None,
+    };
+    let from_request = match given.and_then(|s| s.r#type.as_ref()) {
+        None => None,
+        Some(SourceType::Volume(v)) => Some(Source::Volume(
+            VolumeId::parse(&v.volume_id)
+                .ok_or_else(|| Error::NotFound(format!("source volume {:?} does not exist", v.volume_id)))?,
+        )),
+        Some(SourceType::Snapshot(s)) => {
+            Some(Source::Snapshot(SnapshotId::parse(&s.snapshot_id).ok_or_else(|| {
+                Error::NotFound(format!("source snapshot {:?} does not exist", s.snapshot_id))
+            })?))
+        }
+    };
+    match (from_request, from_params) {
+        (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+            "the request has a content source; {CLONE_OF} and {FROM_SNAPSHOT} are for a CO that cannot send one"
+        ))
+        .into()),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+fn csi_source(source: &Source) -> VolumeContentSource {
+    let t = match source {
+        Source::Volume(v) => SourceType::Volume(VolumeSource { volume_id: v.to_string() }),
+        Source::Snapshot(s) => SourceType::Snapshot(SnapshotSource { snapshot_id: s.to_string() }),
+    };
+    VolumeContentSource { r#type: Some(t) }
 }

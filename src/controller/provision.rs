@@ -82,6 +82,8 @@ pub async fn create(b: &Backends, req: CreateRequest<'_>) -> Result<(VolumeId, S
         created_unix: now,
         home_meta: b.home_meta.clone(),
         member: (req.params.layout == Layout::Tree).then(|| uuid::Uuid::new_v4().to_string()),
+        family: None,
+        source: None,
     };
     let spec_json = spec.to_json();
     let databases = match b.databases {
@@ -177,6 +179,18 @@ fn check_compatible(existing: &VolumeRecord, req: &CreateRequest<'_>) -> Result<
             req.name, existing.fs_name, spec.name
         )));
     }
+    if let Some(source) = &spec.source {
+        return Err(Error::AlreadyExists(format!(
+            "volume {:?} already exists as a copy of {source}; choose another name",
+            req.name
+        )));
+    }
+    if existing.state == VolumeState::Retired {
+        return Err(Error::AlreadyExists(format!(
+            "volume {:?} was deleted, but its file system lives on in its clones or snapshots and keeps the name until they go; choose another name",
+            req.name
+        )));
+    }
     if existing.state == VolumeState::Deleting {
         return Err(Error::Aborted(format!(
             "volume {:?} is being deleted; retry once that finishes",
@@ -229,11 +243,17 @@ async fn build(b: &Backends, id: &VolumeId, spec: &Spec, creds: &S3Credentials, 
     Ok(())
 }
 
-/// Deletes the volume with all its data. Unknown volumes and stale ids succeed.
+/// Deletes the volume with all its data. Unknown volumes and stale ids succeed. A
+/// volume whose file system its clones or snapshots still use leaves it to them
+/// (`family`).
 pub async fn delete(b: &Backends, id: &VolumeId) -> Result<()> {
-    let Some(record) = b.meta.volume(&id.fs_name).await? else { return Ok(()) };
-    if record.db != id.db || !id.matches_uuid(&Spec::of(&record)?.uuid) {
-        // The name now belongs to a newer volume; this id's volume is long gone.
+    let record = match record_of(b, id).await? {
+        Some(r) if Spec::of(&r)?.id(r.db, &r.fs_name) == *id && r.state != VolumeState::Retired => r,
+        // Unknown, or the name now belongs to a newer volume: this id's volume is
+        // gone, but a crash may have kept it from ending its family.
+        _ => return super::family::collect(b, &id.fs_name).await,
+    };
+    if super::family::delete_member(b, id, &record).await?.is_some() {
         return Ok(());
     }
     let live = live_db(b, id).await?;
@@ -269,7 +289,7 @@ async fn refuse_while_mounted(b: &Backends, id: &VolumeId, db: u32) -> Result<()
     }
 }
 
-async fn destroy(b: &Backends, id: &VolumeId) -> Result<()> {
+pub(super) async fn destroy(b: &Backends, id: &VolumeId) -> Result<()> {
     b.meta.set_volume_state(&id.fs_name, VolumeState::Deleting).await?;
     failpoint::hit("delete:marked");
     b.filer.delete_bucket(&bucket_for(&id.fs_name)).await?;
@@ -292,16 +312,17 @@ async fn destroy(b: &Backends, id: &VolumeId) -> Result<()> {
         b.meta.free_database(live).await?;
     }
     b.meta.drop_holder(&id.fs_name).await?;
+    b.meta.forget_family(&id.fs_name).await?;
     b.meta.release_volume(&id.fs_name, id.db).await?;
     Ok(())
 }
 
 /// Looks up a ready volume by id; `NotFound` for unknown, stale or unfinished ones.
 pub async fn lookup(b: &Backends, id: &VolumeId) -> Result<(VolumeRecord, Spec)> {
-    match b.meta.volume(&id.fs_name).await? {
-        Some(r) if r.db == id.db && r.state == VolumeState::Ready => {
+    match record_of(b, id).await? {
+        Some(r) if r.state == VolumeState::Ready => {
             let spec = Spec::of(&r)?;
-            if !id.matches_uuid(&spec.uuid) {
+            if spec.id(r.db, &r.fs_name) != *id {
                 return Err(Error::NotFound(format!(
                     "volume {id} does not exist (its name now belongs to a newer volume)"
                 )));
@@ -310,6 +331,17 @@ pub async fn lookup(b: &Backends, id: &VolumeId) -> Result<(VolumeRecord, Spec)>
         }
         _ => Err(Error::NotFound(format!("volume {id} does not exist"))),
     }
+}
+
+/// The registry record of the volume `id` names: a clone's is kept under its own
+/// name and found through its family; every other volume's under the id's name.
+pub async fn record_of(b: &Backends, id: &VolumeId) -> Result<Option<VolumeRecord>> {
+    if let Some(tag) = &id.member {
+        if let Some(name) = b.meta.member(&id.fs_name, tag).await? {
+            return Ok(b.meta.volume(&name).await?);
+        }
+    }
+    Ok(b.meta.volume(&id.fs_name).await?)
 }
 
 /// The database of the volume's live metadata generation.

@@ -19,6 +19,8 @@ pub async fn publish(
     node: &str,
     role: Role,
 ) -> Result<PublishContext> {
+    let member = id.member.as_deref().unwrap_or("root");
+    check_family(b, id, member, role).await?;
     let mut ctx = PublishContext::default();
     if pinning::master_for(role) == Master::Home && !spec.home_meta.is_empty() {
         ctx.home = Some(spec.home_meta.clone());
@@ -40,7 +42,50 @@ pub async fn publish(
     if ctx.db == id.db {
         ctx.db = 0;
     }
+    b.meta.record_publication(&id.fs_name, member, node, role_name(role)).await?;
     Ok(ctx)
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Reader => "reader",
+        Role::SingleNodeWriter => "single",
+        Role::SharedWriter => "shared",
+    }
+}
+
+/// The members of a family (a volume and its clones and restores) share one file
+/// system, so the one-writer rule holds for the family: its single-node writers share
+/// one holder (the family's, in the record named after its file system), and writers
+/// on several nodes, who go through the home master, cannot be mixed with writers
+/// through a node's own master. So a family with clones is written by one node at a
+/// time.
+async fn check_family(b: &Backends, id: &VolumeId, member: &str, role: Role) -> Result<()> {
+    let others: Vec<_> = b
+        .meta
+        .publications(&id.fs_name)
+        .await?
+        .into_iter()
+        .filter(|(m, _, r)| m != member && r != "reader")
+        .collect();
+    match role {
+        Role::Reader => Ok(()),
+        Role::SharedWriter => {
+            let (clones, _) = b.meta.family_dependants(&id.fs_name).await?;
+            if clones == 0 {
+                return Ok(());
+            }
+            Err(Error::FailedPrecondition(format!(
+                "volume {id} shares its file system with clones or restores, which only one node at a time may write; publish it to one node (single-node access mode)"
+            )))
+        }
+        Role::SingleNodeWriter => match others.iter().find(|(_, _, r)| r == "shared") {
+            None => Ok(()),
+            Some((m, n, _)) => Err(Error::FailedPrecondition(format!(
+                "volume {id} shares its file system with member {m}, which writers on several nodes use through the home master (published on {n}); stop those tasks first"
+            ))),
+        },
+    }
 }
 
 /// Records `node` as the holder of a single-node-writer volume, or says why not.
@@ -122,9 +167,11 @@ fn refusal(id: &VolumeId, spec: &Spec, holder: &str, lease: Lease) -> String {
     )
 }
 
-/// Withdraws `node`'s publication: a single-node writer's hold becomes released, so the
-/// next node waits for its fence instead of being refused. Idempotent.
+/// Withdraws `node`'s publication: once the node publishes no member of the family as
+/// a single-node writer, the family's hold becomes released, so the next node waits
+/// for its fence instead of being refused. Idempotent.
 pub async fn unpublish(b: &Backends, id: &VolumeId, node: &str) -> Result<()> {
-    b.meta.release_holder(&id.fs_name, node).await?;
+    let member = id.member.as_deref().unwrap_or("root");
+    b.meta.withdraw_publication(&id.fs_name, member, node).await?;
     Ok(())
 }

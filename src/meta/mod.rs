@@ -5,6 +5,7 @@
 //! of its own, so destroying a volume is one `FLUSHDB` and nothing else is touched.
 
 mod checks;
+mod family;
 mod fence;
 mod generation;
 mod lease;
@@ -14,6 +15,7 @@ mod trees;
 mod url;
 
 pub use checks::{findings, Finding, MasterConfig};
+pub use family::{Claim, SnapshotRecord};
 pub use generation::{Generation, Tail, COUNTER_JUMP};
 pub use mounts::local_mounts_key;
 pub use registry::{NodeRecord, Reservation, VolumeRecord, VolumeState};

@@ -8,7 +8,7 @@ use super::{Error, MetaServer, Result};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-const VOLUMES: &str = "kelp:volumes";
+pub(super) const VOLUMES: &str = "kelp:volumes";
 pub(super) const DATABASES: &str = "kelp:dbs";
 const NODES: &str = "kelp:nodes";
 /// Databases held back from reuse while a JuiceFS client still writes to them.
@@ -20,11 +20,11 @@ pub(super) fn generations_key(fs_name: &str) -> String {
     format!("kelp:gens:{fs_name}")
 }
 
-fn holder_key(fs_name: &str) -> String {
+pub(super) fn holder_key(fs_name: &str) -> String {
     format!("kelp:holder:{fs_name}")
 }
 
-fn volume_key(fs_name: &str) -> String {
+pub(super) fn volume_key(fs_name: &str) -> String {
     format!("kelp:vol:{fs_name}")
 }
 
@@ -36,6 +36,9 @@ pub enum VolumeState {
     Creating,
     Ready,
     Deleting,
+    /// Deleted by its user while clones or snapshots still live in its file system:
+    /// no longer a volume, but its name keeps the family's bucket until they go.
+    Retired,
 }
 
 impl VolumeState {
@@ -44,6 +47,7 @@ impl VolumeState {
             VolumeState::Creating => "creating",
             VolumeState::Ready => "ready",
             VolumeState::Deleting => "deleting",
+            VolumeState::Retired => "retired",
         }
     }
     fn parse(s: &str) -> Option<VolumeState> {
@@ -51,6 +55,7 @@ impl VolumeState {
             "creating" => Some(VolumeState::Creating),
             "ready" => Some(VolumeState::Ready),
             "deleting" => Some(VolumeState::Deleting),
+            "retired" => Some(VolumeState::Retired),
             _ => None,
         }
     }
@@ -156,15 +161,6 @@ redis.call('HSET', KEYS[1], 'node', ARGV[2], 'epoch', ARGV[3], 'released', ARGV[
 return db
 "#;
 
-// Mark the holder released if it is still `node`. KEYS: holder key. ARGV: node.
-const RELEASE_HOLDER: &str = r#"
-if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'released', 1)
-  return 1
-end
-return 0
-"#;
-
 impl MetaServer {
     /// Every field of the registry hash `key` (none when it does not exist).
     async fn hash(&self, key: &str) -> Result<Vec<(String, String)>> {
@@ -236,20 +232,6 @@ impl MetaServer {
             -2 => Err(Error::NoFreeDatabase { server: self.url().to_string(), databases }),
             db => Ok(Some(Holder { db: db as u32, ..next.clone() })),
         }
-    }
-
-    /// Marks `node`'s hold released (its publication was withdrawn). Idempotent.
-    pub async fn release_holder(&self, fs_name: &str, node: &str) -> Result<()> {
-        let key = holder_key(fs_name);
-        let script = redis::Script::new(RELEASE_HOLDER);
-        let _: i64 = self
-            .registry(|mut c| {
-                let mut inv = script.key(&key);
-                inv.arg(node);
-                async move { inv.invoke_async(&mut c).await }
-            })
-            .await?;
-        Ok(())
     }
 
     pub async fn drop_holder(&self, fs_name: &str) -> Result<()> {
@@ -401,7 +383,7 @@ impl MetaServer {
     }
 }
 
-fn record_from_fields(fs_name: &str, fields: Vec<(String, String)>) -> Result<VolumeRecord> {
+pub(super) fn record_from_fields(fs_name: &str, fields: Vec<(String, String)>) -> Result<VolumeRecord> {
     let key = volume_key(fs_name);
     let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let db = get("db").and_then(|d| d.parse().ok());

@@ -58,7 +58,9 @@ pub fn io_retries_for(wait: Duration) -> u64 {
 
 /// One mount to make.
 pub struct MountSpec<'a> {
-    pub fs_name: &'a str,
+    /// The volume's mount name ([`crate::volume::VolumeId::mount_name`]): names its
+    /// log, default cache directory and daemon.
+    pub name: &'a str,
     pub meta: &'a MetaUrl,
     pub db: u32,
     /// The tree-layout volume's directory (juicefs `--subdir`); `None` mounts the root.
@@ -67,7 +69,7 @@ pub struct MountSpec<'a> {
     pub read_only: bool,
     /// Per-volume override of the cache size (MiB).
     pub cache_size_mib: Option<u64>,
-    /// Per-volume cache directory (default: `<cache_dir>/<fs name>`).
+    /// Per-volume cache directory (default: `<cache_dir>/<mount name>`).
     pub cache_dir: Option<&'a Path>,
     /// The FUSE holder's socket (see `fuse_fd`): juicefs hands it the connection, and
     /// resumes the held one when started again on a mount whose daemon died.
@@ -94,7 +96,7 @@ impl JuicefsConfig {
     /// `JFS_SUPERVISOR` makes juicefs serve the mount itself, and `_FUSE_FD_COMM`
     /// points the FUSE library at the holder, the socket its supervisor would serve.
     pub async fn mount(&self, m: &MountSpec<'_>) -> Result<Daemon> {
-        let log = self.log_path(m.fs_name);
+        let log = self.log_path(m.name);
         std::fs::create_dir_all(&self.log_dir).map_err(mount::io("create", &self.log_dir))?;
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -102,7 +104,7 @@ impl JuicefsConfig {
             .open(&log)
             .map_err(mount::io("open", &log))?;
         let log_err = log_file.try_clone().map_err(mount::io("open", &log))?;
-        let cache = m.cache_dir.map(Path::to_path_buf).unwrap_or_else(|| self.cache_dir.join(m.fs_name));
+        let cache = m.cache_dir.map(Path::to_path_buf).unwrap_or_else(|| self.cache_dir.join(m.name));
         let mut cmd = Command::new(&self.binary);
         cmd.arg("mount")
             .arg("--no-usage-report")
@@ -171,7 +173,7 @@ impl JuicefsConfig {
         }
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(mount::io("run juicefs", &self.binary))?;
-        let log_tail = || self.log_tail(m.fs_name);
+        let log_tail = || self.log_tail(m.name);
         // Fast at first: a healthy mount answers in about 200 ms.
         let ready = crate::wait::poll_until(self.ready_timeout, Duration::from_millis(100), || {
             let exited = child.try_wait();
@@ -189,14 +191,14 @@ impl JuicefsConfig {
         match ready {
             Some(Ok(())) => {
                 tracing::debug!(
-                    volume = m.fs_name,
+                    volume = m.name,
                     ms = started.elapsed().as_millis() as u64,
                     "juicefs mount answers"
                 );
                 Ok(Daemon { child })
             }
             Some(Err(status)) => Err(Error::Juicefs {
-                volume: m.fs_name.into(),
+                volume: m.name.into(),
                 path: m.mount_point.display().to_string(),
                 status,
                 log_tail: log_tail(),
@@ -207,7 +209,7 @@ impl JuicefsConfig {
                 let _ = child.wait().await;
                 let _ = mount::unmount(m.mount_point);
                 Err(Error::Timeout {
-                    volume: m.fs_name.into(),
+                    volume: m.name.into(),
                     path: m.mount_point.display().to_string(),
                     secs: self.ready_timeout.as_secs(),
                     log_tail: log_tail(),

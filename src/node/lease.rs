@@ -116,7 +116,7 @@ impl NodeCore {
             }
             // Stopped again on every pass: a juicefs started since (a stage racing
             // this) is caught too.
-            let stopped = super::procs::signal(&self.cfg.juicefs.daemons(&id.fs_name), Signal::SIGSTOP);
+            let stopped = super::procs::signal(&self.cfg.juicefs.daemons(&id.mount_name()), Signal::SIGSTOP);
             if v.fenced.is_none() {
                 self.count_fence(&id, "lease_lapsed");
                 error!(volume_id = %id, lease_ms = v.lease_ms, since_renewal_ms = age.map(|a| a.as_millis() as u64),
@@ -152,7 +152,7 @@ impl NodeCore {
             if ours {
                 // Also after a fence by the FUSE holder while this process was down,
                 // which the state does not record.
-                let n = super::procs::signal(&self.cfg.juicefs.daemons(&id.fs_name), Signal::SIGCONT);
+                let n = super::procs::signal(&self.cfg.juicefs.daemons(&id.mount_name()), Signal::SIGCONT);
                 if v.fenced.is_some() {
                     info!(volume_id = %id, processes = n, "lease renewed and this node still holds the volume: its I/O continues");
                     let _ = self
@@ -202,7 +202,7 @@ impl NodeCore {
     /// task fails with ENOTCONN; nothing is unmounted under the CO's feet.
     async fn cut_off(&self, id: &VolumeId, by: &str) {
         self.count_fence(id, "taken_over");
-        let juicefs = super::procs::signal(&self.cfg.juicefs.daemons(&id.fs_name), Signal::SIGKILL);
+        let juicefs = super::procs::signal(&self.cfg.juicefs.daemons(&id.mount_name()), Signal::SIGKILL);
         let holders = super::procs::signal(&super::fuse_fd::holders(&self.fuse_socket(id)), Signal::SIGKILL);
         error!(volume_id = %id, taken_over_by = %by, juicefs, holders,
             "the volume was taken over by another node while this node could not renew its lease; its mount here is cut off (the task gets errors); what this node's master accepted after the lease lapsed stays in the retired metadata generation (kelp admin generations)");

@@ -56,8 +56,8 @@ impl NodeCore {
                     inodes.get_or_create(&labels).set(s.files().saturating_sub(s.files_free()) as f64);
                 }
             }
-            if let Some(addr) = self.cfg.juicefs.metrics_addr(&id.fs_name) {
-                if let Some(f) = metrics::juicefs_metrics(addr, &id.fs_name, JUICEFS_SCRAPE).await {
+            if let Some(addr) = self.cfg.juicefs.metrics_addr(&id.mount_name()) {
+                if let Some(f) = metrics::juicefs_metrics(addr, &id.mount_name(), JUICEFS_SCRAPE).await {
                     juicefs.push(f);
                 }
             }

@@ -97,6 +97,7 @@ impl NodeCore {
         self.release_path(id, &v, target).await?;
         // The task is gone, so every file it wrote is closed and committed: the last
         // target going is the release a next writer waits for.
+        let family = self.family_lock(id).await?;
         if v.targets.keys().all(|t| t == target) {
             self.leave_fence(id, &v).await?;
         }
@@ -109,6 +110,7 @@ impl NodeCore {
             }
         })
         .await?;
+        drop(family);
         info!(volume_id = %id, target = ?target, "unpublished");
         Ok(())
     }

@@ -62,7 +62,7 @@ impl NodeCore {
             return Ok(false);
         }
         let mut acted = false;
-        let daemon = self.cfg.juicefs.daemon_running(&id.fs_name);
+        let daemon = self.cfg.juicefs.daemon_running(&id.mount_name());
         let held = fuse_fd::holder_running(&self.fuse_socket(id));
         // Without a daemon a held mount does not answer; probing it would only wait.
         let health = if !daemon && held && mount::mount_at(&v.staging_path).is_some() {
@@ -72,7 +72,8 @@ impl NodeCore {
         };
         if health == Health::Hung && daemon {
             if self.daemon_stuck(id, &v.staging_path).await {
-                let ended = super::procs::signal(&self.cfg.juicefs.daemons(&id.fs_name), Signal::SIGKILL);
+                let ended =
+                    super::procs::signal(&self.cfg.juicefs.daemons(&id.mount_name()), Signal::SIGKILL);
                 error!(
                     volume_id = %id,
                     path = ?v.staging_path,

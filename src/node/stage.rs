@@ -139,7 +139,7 @@ impl NodeCore {
         // mount is known without probing it (a probe would only hang until the
         // timeout: requests wait for a daemon).
         let resume = mount::mount_at(path).is_some_and(|m| m.is_juicefs_of(&id.fs_name))
-            && !self.cfg.juicefs.daemon_running(&id.fs_name)
+            && !self.cfg.juicefs.daemon_running(&id.mount_name())
             && fuse_fd::holder_running(&socket);
         let health = if resume { Health::Hung } else { self.juicefs_health(id, path).await };
         if health != (Health::Alive { root: true }) {
@@ -158,7 +158,7 @@ impl NodeCore {
                 dir.seal(true);
                 created = dir.created.clone();
             }
-            let holder_log = self.cfg.juicefs.log_dir.join(format!("{}.holder.log", id.fs_name));
+            let holder_log = self.cfg.juicefs.log_dir.join(format!("{}.holder.log", id.mount_name()));
             let start = {
                 let (socket, log) = (socket.clone(), holder_log.clone());
                 tokio::task::spawn_blocking(move || fuse_fd::ensure_holder(&socket, &log))
@@ -166,7 +166,7 @@ impl NodeCore {
             let spec_file = fuse_fd::lease_spec_file(&socket);
             let leased = req.lease_ms > 0 && !req.read_only && req.home.is_none();
             let lease_spec = if leased {
-                let needle = format!("--log={}", self.cfg.juicefs.log_path(&id.fs_name).display());
+                let needle = format!("--log={}", self.cfg.juicefs.log_path(&id.mount_name()).display());
                 fuse_fd::write_atomic(&spec_file, &format!("{} {needle}", req.lease_ms))
             } else {
                 std::fs::remove_file(&spec_file).or_else(|e| {
@@ -184,8 +184,9 @@ impl NodeCore {
                 warn!(volume_id = %id, error = %e, "cannot start the FUSE holder; this mount will not outlive its juicefs");
             }
             let subdir = id.subdir();
+            let mount_name = id.mount_name();
             let spec = MountSpec {
-                fs_name: &id.fs_name,
+                name: &mount_name,
                 meta: server.url(),
                 db,
                 subdir: subdir.as_deref(),
@@ -272,6 +273,7 @@ impl NodeCore {
             self.release_path(id, v, t).await?;
         }
         self.release_path(id, v, &v.staging_path).await?;
+        let _family = self.family_lock(id).await?;
         if fence {
             self.leave_fence(id, v).await?;
         }
@@ -281,13 +283,19 @@ impl NodeCore {
             s.volumes.remove(id);
         })
         .await?;
+        drop(_family);
         self.report_local_mounts().await;
         Ok(())
     }
 
     /// The socket of the volume's FUSE holder.
     pub(super) fn fuse_socket(&self, id: &VolumeId) -> PathBuf {
-        fuse_fd::socket_path(&self.cfg.state_dir, id.db, &id.tag)
+        // Members of one family share db and tag; each has its own holder.
+        let key = match &id.member {
+            Some(m) => format!("{}-{m}", id.tag),
+            None => id.tag.clone(),
+        };
+        fuse_fd::socket_path(&self.cfg.state_dir, id.db, &key)
     }
 
     /// Lets go of one path of a volume: unmounts the volume there (never another
@@ -407,12 +415,47 @@ impl NodeCore {
     /// Leaves this node's fence for the next writer, through its own master.
     /// Not for a fenced mount: it is no longer known to hold everything it committed
     /// (its juicefs was stopped or killed), and a volume taken over waits for no fence.
+    ///
+    /// The members of a family (a volume, its clones and restores) share one file
+    /// system and so one holder and one fence: while another member still has a task
+    /// writing here, the fence would tell the next node that this node is done when it
+    /// is not. The epoch then passes to that member, which leaves the fence when its
+    /// own last task goes. The caller holds [`NodeCore::family_lock`].
     pub(super) async fn leave_fence(&self, id: &VolumeId, v: &StagedVolume) -> Result<()> {
-        if v.fenced.is_none() && v.home.is_none() && v.epoch > 0 && !v.read_only {
-            self.meta.raise_fence(v.live_db(id), v.epoch).await?;
-            info!(volume_id = %id, fence = v.epoch, "released: fence written for the next writer");
+        if !(v.fenced.is_none() && v.home.is_none() && v.epoch > 0 && !v.read_only) {
+            return Ok(());
         }
+        let writing_sibling = |sid: &VolumeId, s: &StagedVolume| {
+            sid != id
+                && sid.db == id.db
+                && sid.tag == id.tag
+                && sid.fs_name == id.fs_name
+                && !s.targets.is_empty()
+                && s.fenced.is_none()
+                && s.home.is_none()
+                && !s.read_only
+        };
+        let sibling =
+            self.snapshot().volumes.into_iter().find(|(sid, s)| writing_sibling(sid, s)).map(|(sid, _)| sid);
+        if let Some(sibling) = sibling {
+            let epoch = v.epoch;
+            self.update(|s| {
+                if let Some(sv) = s.volumes.get_mut(&sibling) {
+                    sv.epoch = sv.epoch.max(epoch);
+                }
+            })
+            .await?;
+            info!(volume_id = %id, sibling = %sibling, fence = epoch, "released; the fence waits for another member of this file system still written here");
+            return Ok(());
+        }
+        self.meta.raise_fence(v.live_db(id), v.epoch).await?;
+        info!(volume_id = %id, fence = v.epoch, "released: fence written for the next writer");
         Ok(())
+    }
+
+    /// Serialises fence decisions between the members of one family on this node.
+    pub(super) async fn family_lock(&self, id: &VolumeId) -> Result<crate::locks::Guard> {
+        self.locks.lock_rpc(&format!("family:{}:{}:{}", id.db, id.tag, id.fs_name)).await
     }
 }
 

@@ -62,6 +62,18 @@ impl VolumeId {
         self.member.as_ref().map(|m| format!("/{}/{}/{m}", MEMBERS_DIR[0], MEMBERS_DIR[1]))
     }
 
+    /// The name this volume's mount goes by on a node (its juicefs log, cache and
+    /// daemon): the file-system name for a root-layout volume, and the file system
+    /// plus the member for a tree-layout one, since the members of one family (a
+    /// volume, its clones and restores) share the file system and may be mounted on
+    /// one node at once.
+    pub fn mount_name(&self) -> String {
+        match &self.member {
+            Some(m) => format!("{}.{m}", self.fs_name),
+            None => self.fs_name.clone(),
+        }
+    }
+
     /// The components of [`VolumeId::subdir`].
     pub fn tree_path(&self) -> Option<[&str; 3]> {
         self.member.as_deref().map(|m| [MEMBERS_DIR[0], MEMBERS_DIR[1], m])
@@ -170,5 +182,79 @@ mod tests {
         assert_eq!(json, r#"{"kelp1:3:0a1b2c3d:abc":1}"#);
         let back: std::collections::BTreeMap<VolumeId, i32> = serde_json::from_str(&json).unwrap();
         assert_eq!(back.keys().next(), Some(&id));
+    }
+}
+
+const SNAPSHOT_PREFIX: &str = "kelp-snap1";
+
+/// Where snapshots' trees live, below the family's root.
+pub const SNAPSHOTS_DIR: [&str; 2] = [".kelp", "s"];
+
+/// The CSI snapshot id: `kelp-snap1:<db>:<family tag>:<family fs name>:<snapshot tag>`.
+/// It names the family its tree lives in, so a restore finds the file system from
+/// the id alone; the tag names the tree, `/.kelp/s/<tag>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotId {
+    pub family: VolumeId,
+    pub tag: String,
+}
+
+impl SnapshotId {
+    /// The snapshot of a tree-layout volume's family, named after `uuid`.
+    pub fn new(source: &VolumeId, uuid: &str) -> SnapshotId {
+        SnapshotId { family: VolumeId { member: None, ..source.clone() }, tag: tag_of(uuid) }
+    }
+
+    pub fn parse(id: &str) -> Option<SnapshotId> {
+        let rest = id.strip_prefix(SNAPSHOT_PREFIX)?.strip_prefix(':')?;
+        let (family, tag) = rest.rsplit_once(':')?;
+        let family = VolumeId::parse(&format!("{ID_PREFIX}:{family}"))?;
+        (family.member.is_none() && is_tag(tag)).then(|| SnapshotId { family, tag: tag.to_string() })
+    }
+
+    /// The components of the snapshot's tree below the family's root.
+    pub fn tree_path(&self) -> [&str; 3] {
+        [SNAPSHOTS_DIR[0], SNAPSHOTS_DIR[1], &self.tag]
+    }
+}
+
+impl std::fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = &self.family;
+        write!(f, "{SNAPSHOT_PREFIX}:{}:{}:{}:{}", v.db, v.tag, v.fs_name, self.tag)
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_ids_round_trip_and_name_their_family() {
+        let vol = VolumeId::parse("kelp1:3:0a1b2c3d:data:11223344").unwrap();
+        let snap = SnapshotId::new(&vol, "aabbccdd-0000");
+        let text = snap.to_string();
+        assert_eq!(text, "kelp-snap1:3:0a1b2c3d:data:aabbccdd");
+        let back = SnapshotId::parse(&text).unwrap();
+        assert_eq!(back, snap);
+        assert_eq!(back.family.member, None);
+        assert_eq!(back.tree_path(), [".kelp", "s", "aabbccdd"]);
+        for bad in [
+            "",
+            "kelp-snap1:3:0a1b2c3d:data",
+            "kelp1:3:0a1b2c3d:data:aabbccdd",
+            "kelp-snap1:3:0a1b2c3d:data:zz",
+        ] {
+            assert_eq!(SnapshotId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn members_of_one_family_have_their_own_mount_names() {
+        let a = VolumeId::parse("kelp1:3:0a1b2c3d:data:11223344").unwrap();
+        let b = VolumeId::parse("kelp1:3:0a1b2c3d:data:55667788").unwrap();
+        let root = VolumeId::parse("kelp1:3:0a1b2c3d:data").unwrap();
+        assert_ne!(a.mount_name(), b.mount_name());
+        assert_eq!(root.mount_name(), "data");
     }
 }

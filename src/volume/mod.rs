@@ -16,7 +16,7 @@ pub use capability::{
 };
 pub use capacity::{capacity_fits, capacity_for, check_capacity_for_blocks};
 pub use context::{context_keys, publish_keys, volume_context, PublishContext};
-pub use id::{VolumeId, MEMBERS_DIR};
+pub use id::{SnapshotId, VolumeId, MEMBERS_DIR};
 pub use names::{bucket_for, fs_name_for, is_valid_fs_name, validate_name, BUCKET_PREFIX};
 pub use params::{Layout, Params, PARAM_KEYS};
 pub use spec::Spec;

@@ -20,6 +20,14 @@ pub struct Spec {
     /// `None` for root-layout volumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+    /// A clone's or restore's family: the file system it shares with its source
+    /// (`None`: the volume founded its own). Its id names that file system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    /// What a clone or restore was made from (`volume:<id>` or `snapshot:<id>`), so a
+    /// repeated CreateVolume with another source is told apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl Spec {
@@ -29,9 +37,11 @@ impl Spec {
             .map_err(|e| Error::Internal(format!("registry entry of {} is unreadable: {e}", record.fs_name)))
     }
 
-    /// The volume's id, given its database and file-system name.
+    /// The volume's id, given its database and the name its record is kept under
+    /// (a clone's id names its family's file system instead).
     pub fn id(&self, db: u32, fs_name: &str) -> super::VolumeId {
-        super::VolumeId::new(db, &self.uuid, fs_name).with_member(self.member.as_deref())
+        let fs = self.family.as_deref().unwrap_or(fs_name);
+        super::VolumeId::new(db, &self.uuid, fs).with_member(self.member.as_deref())
     }
 
     pub fn to_json(&self) -> String {

@@ -58,3 +58,24 @@ pub fn run(cmd: &mut Command) -> String {
 pub fn db_of(volume_id: &str) -> u32 {
     volume_id.split(':').nth(1).unwrap().parse().unwrap()
 }
+
+/// Data objects (not directories) below a filer path, by the filer's JSON listing.
+pub fn objects_under(weed: &Weed, path: &str) -> usize {
+    let out = run(Command::new("curl")
+        .args(["-s", "-H", "Accept: application/json"])
+        .arg(format!("http://127.0.0.1:{}{path}/?limit=100000", weed.filer_port)));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let entries = v["Entries"].as_array().cloned().unwrap_or_default();
+    entries
+        .iter()
+        .map(|e| {
+            let full = e["FullPath"].as_str().unwrap_or_default();
+            let is_dir = e["Mode"].as_u64().unwrap_or(0) & (1 << 31) != 0;
+            if is_dir {
+                objects_under(weed, full)
+            } else {
+                1
+            }
+        })
+        .sum()
+}

@@ -136,4 +136,13 @@ for ino, by in pairs(parents) do
 end
 add_subdir(dst, new_name, new[src])
 account()
+-- A copy of a tree with a directory quota (a volume, or a snapshot of one) gets the
+-- same quota, counting what it holds from the start: a clone's capacity then counts
+-- the data it began with, and a restore from a snapshot finds the usage there.
+local quota = redis.call('HGET', 'dirQuota', num(src))
+if quota then
+  redis.call('HSET', 'dirQuota', num(new[src]), quota)
+  redis.call('HSET', 'dirQuotaUsedSpace', num(new[src]), used_space - align4k(4096))
+  redis.call('HSET', 'dirQuotaUsedInodes', num(new[src]), inodes - 1)
+end
 return { num(new[src]), #entries }

@@ -1,0 +1,303 @@
+//! Clones and restores: new volumes made inside an existing volume's file system (its
+//! family) as a point-in-time copy of a member's tree or of a snapshot's, and the
+//! end of a family once its last volume and snapshot are gone (docs/snapshots.md).
+//!
+//! create: reserve name in the family (state creating) -> copy the source tree to
+//!         `/.kelp/v/<member>` on the writer's master -> its quota -> state ready
+//! delete: forget the clone (a founder with dependants is retired instead) -> if the
+//!         family has nothing left, destroy it as a volume is destroyed
+//!
+//! A deleted member's tree stays in the file system until the family goes: its
+//! objects may be shared with the others, and freeing them needs juicefs's own
+//! deletion path (docs/snapshots.md, "Left out").
+
+use super::provision::{destroy, lookup};
+use super::Backends;
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::meta::{Claim, MetaServer, MetaUrl, Refusal, SnapshotRecord, VolumeRecord, VolumeState};
+use crate::proto::csi::CapacityRange;
+use crate::volume::{Params, SnapshotId, Spec, VolumeId};
+use tracing::{info, warn};
+
+/// What a new volume's first content is copied from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Volume(VolumeId),
+    Snapshot(SnapshotId),
+}
+
+impl Source {
+    /// How the source is remembered in the new volume's spec.
+    fn describe(&self) -> String {
+        match self {
+            Source::Volume(v) => format!("volume:{v}"),
+            Source::Snapshot(s) => format!("snapshot:{s}"),
+        }
+    }
+}
+
+pub struct CloneRequest<'a> {
+    pub name: &'a str,
+    /// The new volume's own name key (`kelp:vol:<fs_name>`).
+    pub fs_name: String,
+    pub range: Option<&'a CapacityRange>,
+    /// Parameters the request set, if any: they must be the family's.
+    pub params: Option<Params>,
+    pub source: Source,
+}
+
+/// The family a source belongs to: its founder's id and spec, the tree to copy and
+/// the capacity a copy of it needs at least.
+struct Origin {
+    family: VolumeId,
+    spec: Spec,
+    tree: Vec<String>,
+    capacity: u64,
+}
+
+async fn origin(b: &Backends, source: &Source) -> Result<Origin> {
+    let (family, tree, capacity) = match source {
+        Source::Volume(v) => {
+            let (_, spec) = lookup(b, v).await?;
+            let Some(path) = v.tree_path() else {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {v} has the root layout (made before kelp 0.3 or with layout=root), whose file system has no room for copies; copy its files into a new volume instead"
+                )));
+            };
+            (VolumeId { member: None, ..v.clone() }, path.map(String::from).to_vec(), spec.capacity_bytes)
+        }
+        Source::Snapshot(s) => {
+            let rec = snapshot(b, s)
+                .await?
+                .filter(|r| r.ready)
+                .ok_or_else(|| Error::NotFound(format!("snapshot {s} does not exist")))?;
+            (s.family.clone(), s.tree_path().map(String::from).to_vec(), rec.size_bytes)
+        }
+    };
+    let founder = b.meta.volume(&family.fs_name).await?.ok_or_else(|| {
+        Error::NotFound(format!("the file system of {} no longer exists", source.describe()))
+    })?;
+    let spec = Spec::of(&founder)?;
+    if founder.db != family.db || !family.matches_uuid(&spec.uuid) {
+        return Err(Error::NotFound(format!("the file system of {} no longer exists", source.describe())));
+    }
+    Ok(Origin { family, spec, tree, capacity })
+}
+
+/// The snapshot with id `id`, if kelp has a record of it.
+pub async fn snapshot(b: &Backends, id: &SnapshotId) -> Result<Option<SnapshotRecord>> {
+    let text = id.to_string();
+    Ok(b.meta.snapshots().await?.into_iter().find(|r| r.id == text))
+}
+
+/// Creates a clone or restore, or finishes one a crash interrupted. The caller holds
+/// the guards of the new name and of the family.
+pub async fn create(b: &Backends, req: CloneRequest<'_>) -> Result<(VolumeId, Spec)> {
+    let origin = origin(b, &req.source).await?;
+    let family = &origin.family;
+    if let Some(asked) = &req.params {
+        if !origin.spec.params.matches_request(asked) {
+            return Err(Error::InvalidArgument(format!(
+                "a copy of {} shares its file system and so its settings; leave out the parameters or give the source's own",
+                req.source.describe()
+            )));
+        }
+    }
+    let capacity = capacity_for_copy(req.range, origin.capacity)?;
+    let source = req.source.describe();
+    let fresh = Spec {
+        name: req.name.to_string(),
+        uuid: origin.spec.uuid.clone(),
+        capacity_bytes: capacity,
+        params: origin.spec.params.clone(),
+        created_unix: crate::unix_now(),
+        home_meta: origin.spec.home_meta.clone(),
+        member: Some(uuid::Uuid::new_v4().to_string()),
+        family: Some(family.fs_name.clone()),
+        source: Some(source.clone()),
+    };
+    let tag = fresh.id(family.db, &req.fs_name).member.expect("a clone has a member");
+    let spec = match b
+        .meta
+        .reserve_member(&family.fs_name, &req.fs_name, family.db, &tag, &fresh.to_json())
+        .await?
+    {
+        Claim::New => fresh,
+        Claim::Existing(r) => {
+            let spec = compatible(&r, &req, &source, capacity)?;
+            if r.state == VolumeState::Ready {
+                return Ok((spec.id(r.db, &r.fs_name), spec));
+            }
+            spec
+        }
+    };
+    failpoint::hit("clone:reserved");
+    let id = spec.id(family.db, &req.fs_name);
+    if let Err(e) = copy(b, family, &origin.tree, &id, &spec).await {
+        warn!(volume_id = %id, error = %e, "clone failed; forgetting it");
+        if let Some(tag) = &id.member {
+            if let Err(cleanup) = b.meta.forget_member(&family.fs_name, &req.fs_name, tag).await {
+                warn!(volume_id = %id, error = %cleanup, "cannot forget the failed clone; DeleteVolume of its id does");
+            }
+        }
+        return Err(e);
+    }
+    b.meta.set_volume_state(&req.fs_name, VolumeState::Ready).await?;
+    info!(volume_id = %id, source = %source, capacity, "clone ready");
+    Ok((id, spec))
+}
+
+/// A copy's capacity: what was asked, but never less than the source's.
+fn capacity_for_copy(range: Option<&CapacityRange>, source: u64) -> Result<u64> {
+    let asked = crate::volume::capacity_for(range)?;
+    if asked >= source || (asked == 0 && range.is_none_or(|r| r.limit_bytes == 0)) {
+        return Ok(asked.max(source));
+    }
+    match range {
+        Some(r) if r.limit_bytes > 0 && (r.limit_bytes as u64) < source => Err(Error::OutOfRange(format!(
+            "the source holds up to {source} bytes, above the requested limit_bytes {}; ask for at least that much",
+            r.limit_bytes
+        ))),
+        _ => Ok(source),
+    }
+}
+
+fn compatible(r: &VolumeRecord, req: &CloneRequest<'_>, source: &str, capacity: u64) -> Result<Spec> {
+    let spec = Spec::of(r)?;
+    if spec.name != req.name || spec.source.as_deref() != Some(source) {
+        return Err(Error::AlreadyExists(format!(
+            "volume {:?} already exists with other content (made from {}); choose another name",
+            req.name,
+            spec.source.as_deref().unwrap_or("nothing")
+        )));
+    }
+    if r.state == VolumeState::Deleting || r.state == VolumeState::Retired {
+        return Err(Error::Aborted(format!(
+            "volume {:?} is being deleted; retry once that finishes",
+            req.name
+        )));
+    }
+    if spec.capacity_bytes != capacity {
+        return Err(Error::AlreadyExists(format!(
+            "volume {:?} exists with capacity {} bytes, not {capacity}",
+            req.name, spec.capacity_bytes
+        )));
+    }
+    Ok(spec)
+}
+
+/// The copy itself, on the master that holds the family's writes; a repeated call
+/// after a crash finds the tree made and only sets its quota.
+async fn copy(b: &Backends, family: &VolumeId, from: &[String], id: &VolumeId, spec: &Spec) -> Result<()> {
+    let (server, db) = writer_master(b, family).await?;
+    let from: Vec<&str> = from.iter().map(String::as_str).collect();
+    let to = id.tree_path().expect("a clone has a member");
+    match server.copy_tree(db, &from, &to, b.snapshot_max_entries).await {
+        Ok(c) => {
+            info!(volume_id = %id, entries = c.entries, server = %server.url(), "copied the source tree")
+        }
+        Err(crate::meta::Error::TreeRefused { why: Refusal::Exists, .. }) => {}
+        Err(e) => return Err(copy_error(e)),
+    }
+    failpoint::hit("clone:copied");
+    server.tree_with_quota(db, &to, spec.capacity_bytes, spec.params.inodes).await?;
+    Ok(())
+}
+
+/// A refused copy is the caller's to fix; the rest are the server's.
+pub fn copy_error(e: crate::meta::Error) -> Error {
+    match e {
+        crate::meta::Error::TreeRefused { why: Refusal::TooMany(_), .. } => {
+            Error::ResourceExhausted(e.to_string())
+        }
+        crate::meta::Error::TreeRefused { .. } => Error::FailedPrecondition(e.to_string()),
+        e => e.into(),
+    }
+}
+
+/// The master that holds the family's writes and the database of its live
+/// generation: a copy made anywhere else could miss writes its writer has had
+/// acknowledged but that have not replicated yet. That is the holder's own master
+/// while a node holds the family (held or just released: it has everything the
+/// holder committed), the home master while shared writers write, else this
+/// controller's.
+pub async fn writer_master(b: &Backends, family: &VolumeId) -> Result<(MetaServer, u32)> {
+    let holder = b.meta.holder(&family.fs_name).await?;
+    let db = holder.as_ref().map(|h| h.db).filter(|&d| d != 0).unwrap_or(family.db);
+    let shared = b.meta.publications(&family.fs_name).await?.iter().any(|(_, _, role)| role == "shared");
+    let url = if shared {
+        let founder = b.meta.volume(&family.fs_name).await?;
+        founder.map(|r| Spec::of(&r)).transpose()?.map(|s| s.home_meta)
+    } else {
+        match holder {
+            Some(h) => b.meta.node(&h.node).await?.map(|n| n.local_meta),
+            None => None,
+        }
+    };
+    match url.filter(|u| !u.is_empty() && *u != b.meta.url().public_url()) {
+        None => Ok((b.meta.clone(), db)),
+        Some(u) => {
+            let url = MetaUrl::parse(&u)
+                .map_err(|e| Error::Internal(format!("the registry names master {u:?}: {e}")))?;
+            Ok((MetaServer::new(url.with_password(b.meta.url().password())), db))
+        }
+    }
+}
+
+/// Deletes a member of a family that has others: a clone is forgotten, a founder
+/// retired; the family goes when nothing is left. `None`: `id` is the family's
+/// only volume, which the caller destroys as a volume is destroyed.
+pub async fn delete_member(b: &Backends, id: &VolumeId, record: &VolumeRecord) -> Result<Option<()>> {
+    let clone = record.fs_name != id.fs_name;
+    if !clone {
+        let (clones, snapshots) = b.meta.family_dependants(&id.fs_name).await?;
+        if clones + snapshots == 0 {
+            return Ok(None);
+        }
+    }
+    let member = id.member.as_deref().unwrap_or("root");
+    let nodes: Vec<String> = b
+        .meta
+        .publications(&id.fs_name)
+        .await?
+        .into_iter()
+        .filter(|(m, _, _)| m == member)
+        .map(|(_, n, _)| n)
+        .collect();
+    if !nodes.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "volume {id} is still published on [{}]; stop the tasks using it and retry",
+            nodes.join(", ")
+        )));
+    }
+    if clone {
+        b.meta.forget_member(&id.fs_name, &record.fs_name, member).await?;
+        info!(volume_id = %id, "clone deleted; its tree stays in the family's file system until the family goes");
+    } else {
+        b.meta.set_volume_state(&id.fs_name, VolumeState::Retired).await?;
+        info!(volume_id = %id, "volume deleted; its file system stays while its clones or snapshots live");
+    }
+    failpoint::hit("delete:member");
+    collect(b, &id.fs_name).await?;
+    Ok(Some(()))
+}
+
+/// Destroys the family of `fs` once its founder is deleted and no clone or snapshot
+/// is left. Idempotent: every delete of a member ends here, so a crash between
+/// forgetting the last member and destroying the family is finished by any retry.
+pub async fn collect(b: &Backends, fs: &str) -> Result<()> {
+    let Some(founder) = b.meta.volume(fs).await? else { return Ok(()) };
+    if !matches!(founder.state, VolumeState::Retired | VolumeState::Deleting) {
+        return Ok(());
+    }
+    let (clones, snapshots) = b.meta.family_dependants(fs).await?;
+    if clones + snapshots > 0 {
+        return Ok(());
+    }
+    let spec = Spec::of(&founder)?;
+    let id = spec.id(founder.db, fs);
+    destroy(b, &id).await?;
+    info!(volume_id = %id, "the family's last volume or snapshot is gone: file system deleted");
+    Ok(())
+}
