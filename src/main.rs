@@ -36,6 +36,10 @@ enum Command {
     Client(cli::client::ClientArgs),
     /// Create the kelp cluster volumes a stack file describes (`docker stack deploy` does not).
     Stack(cli::stack::StackArgs),
+    /// Snapshots over CSI, on a manager: create, list, delete (Swarm has no snapshot command).
+    Snapshot(cli::snapshot::SnapshotArgs),
+    /// Make a new Swarm volume from a snapshot, with its source volume's settings.
+    Restore(cli::snapshot::RestoreArgs),
     /// Read kelp's registry from a metadata server (volumes, writers, fences).
     Admin(cli::admin::AdminArgs),
     /// Measure a running driver against a by-hand juicefs baseline (see scripts/bench.sh).
@@ -72,6 +76,8 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => rt.block_on(cli::bench::run(args)),
         Command::Admin(args) => rt.block_on(cli::admin::run(args)),
         Command::Stack(args) => rt.block_on(cli::stack::run(args)),
+        Command::Snapshot(args) => rt.block_on(cli::snapshot::run(args)),
+        Command::Restore(args) => rt.block_on(cli::snapshot::restore(args)),
         Command::Init(_) | Command::HoldFuse { .. } => unreachable!("handled before the runtime starts"),
     };
     match result {

@@ -101,8 +101,8 @@ enum BenchWhat {
         #[arg(long)]
         metrics_addr: Option<String>,
     },
-    /// The point-in-time tree copy under snapshots and clones, with small files and
-    /// with a large file added, against `juicefs sync` of the volume into a new one.
+    /// CreateSnapshot and clones through CSI, with small files and with a large file
+    /// added, against `juicefs sync` of the volume into a new one.
     Snapshot {
         /// Files of 4 KiB in the volume.
         #[arg(long, default_value_t = 10_000)]
@@ -110,7 +110,7 @@ enum BenchWhat {
         /// MiB of the large file added before the second copy.
         #[arg(long, default_value_t = 1024)]
         data_mib: usize,
-        /// Copies per measurement (the median is shown).
+        /// Snapshots and clones per measurement (the median is shown).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },

@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod init;
 pub mod serve;
 pub mod snapbench;
+pub mod snapshot;
 pub mod stack;
 
 /// Why a subcommand failed; printed as `kelp: <message>`.

@@ -4,23 +4,24 @@
 //! metadata server, so its time is also how long that server answers nobody else.
 //!
 //! One volume is published as Swarm would, filled with small files in directories,
-//! copied; then a large file is added and it is copied again, to show that the copy's
-//! time follows the number of files, not the bytes. The baseline syncs the same
-//! volume into a second one through both mounts.
+//! snapshotted and cloned through CSI; then a large file is added and it is copied
+//! again, to show that the time follows the number of files, not the bytes. The
+//! baseline syncs the same volume into a second one through both mounts.
 
 use super::bench::{publish_one, release_one, BenchArgs, Published};
 use super::{Error, Result};
-use kelp::meta::{MetaServer, MetaUrl};
-use kelp::proto::csi::{controller_client::ControllerClient, node_client::NodeClient, DeleteVolumeRequest};
-use kelp::volume::VolumeId;
+use kelp::proto::csi::volume_capability::access_mode::Mode;
+use kelp::proto::csi::volume_content_source::{Type as SourceType, VolumeSource};
+use kelp::proto::csi::{
+    controller_client::ControllerClient, node_client::NodeClient, CreateSnapshotRequest,
+    DeleteSnapshotRequest, DeleteVolumeRequest, VolumeContentSource,
+};
+use kelp::volume::create_request;
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 use tonic::transport::Channel;
-
-/// Entries a snapshot may hold in this benchmark: above any volume it makes.
-const MAX_ENTRIES: u64 = 10_000_000;
 
 /// `files` files of 4 KiB, 100 to a directory, each written and closed (no fsync:
 /// the fill is setup, not the measurement).
@@ -51,32 +52,66 @@ fn large_file(path: &Path, mib: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `rounds` copies of the tree at `tree` into `/.kelp/s/<label>-<round>`: the entries
-/// copied and the median seconds.
-async fn copies(meta: &MetaServer, db: u32, tree: &[&str], label: &str, rounds: usize) -> Result<(u64, f64)> {
-    let mut secs = Vec::new();
-    let mut entries = 0;
+/// What the benchmark made through CSI, deleted at the end.
+#[derive(Default)]
+struct Made {
+    snapshots: Vec<String>,
+    volumes: Vec<String>,
+}
+
+/// `rounds` CreateSnapshot calls of `source` and as many clones (CreateVolume with
+/// the volume as content source): the median seconds of each.
+async fn copies(
+    ctl: &mut ControllerClient<Channel>,
+    source: &str,
+    label: &str,
+    rounds: usize,
+    made: &mut Made,
+) -> Result<(f64, f64)> {
+    let (mut snaps, mut clones) = (Vec::new(), Vec::new());
     for r in 0..rounds {
-        let name = format!("{label}-{r}");
         let t = Instant::now();
-        entries = meta.copy_tree(db, tree, &[".kelp", "s", &name], MAX_ENTRIES).await?.entries;
-        secs.push(t.elapsed().as_secs_f64());
+        let snap = ctl
+            .create_snapshot(CreateSnapshotRequest {
+                source_volume_id: source.into(),
+                name: format!("bench-{label}-{r}"),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .snapshot
+            .unwrap_or_default();
+        snaps.push(t.elapsed().as_secs_f64());
+        made.snapshots.push(snap.snapshot_id);
+        let mut req = create_request(&format!("bench-{label}-clone-{r}"), 0, Mode::SingleNodeWriter);
+        req.volume_content_source = Some(VolumeContentSource {
+            r#type: Some(SourceType::Volume(VolumeSource { volume_id: source.into() })),
+        });
+        let t = Instant::now();
+        let vol = ctl.create_volume(req).await?.into_inner().volume.unwrap_or_default();
+        clones.push(t.elapsed().as_secs_f64());
+        made.volumes.push(vol.volume_id);
     }
-    Ok((entries, super::datapath::median(&secs)))
+    Ok((super::datapath::median(&snaps), super::datapath::median(&clones)))
 }
 
 pub async fn run(a: &BenchArgs, ch: Channel, files: usize, data_mib: usize, rounds: usize) -> Result<()> {
     let mut ctl = ControllerClient::new(ch.clone());
     let mut node = NodeClient::new(ch);
-    let password = std::env::var("KELP_META_PASSWORD").ok();
-    let meta = MetaServer::new(MetaUrl::parse(&a.meta_url)?.with_password(password.as_deref()));
     let src = publish_one(a, &mut ctl, &mut node, "bench-snap", &[]).await?;
     let dst = publish_one(a, &mut ctl, &mut node, "bench-snap-copy", &[]).await;
+    let mut made = Made::default();
     let measured = match &dst {
-        Ok(dst) => measure(&meta, &src, dst, files, data_mib, rounds).await,
+        Ok(dst) => measure(&mut ctl, &src, dst, files, data_mib, rounds, &mut made).await,
         Err(_) => Ok(()),
     };
-    // Both volumes go, whatever the measurement did.
+    // Everything goes, whatever the measurement did: copies first, then the volumes.
+    for id in made.snapshots {
+        ctl.delete_snapshot(DeleteSnapshotRequest { snapshot_id: id, secrets: Default::default() }).await?;
+    }
+    for id in made.volumes {
+        ctl.delete_volume(DeleteVolumeRequest { volume_id: id, secrets: Default::default() }).await?;
+    }
     for p in [Ok(src), dst].into_iter().flatten() {
         let id = p.id.clone();
         release_one(&mut ctl, &mut node, p).await?;
@@ -86,22 +121,19 @@ pub async fn run(a: &BenchArgs, ch: Channel, files: usize, data_mib: usize, roun
 }
 
 async fn measure(
-    meta: &MetaServer,
+    ctl: &mut ControllerClient<Channel>,
     src: &Published,
     dst: &Published,
     files: usize,
     data_mib: usize,
     rounds: usize,
+    made: &mut Made,
 ) -> Result<()> {
-    let id =
-        VolumeId::parse(&src.id).ok_or_else(|| Error::Refused(format!("unexpected volume id {}", src.id)))?;
-    let tree = id.tree_path().ok_or_else(|| Error::Refused("the volume is not tree-layout".into()))?;
     let io = |what: &'static str| move |e: std::io::Error| Error::Refused(format!("{what}: {e}"));
     small_files(&src.target, files).map_err(io("filling the volume"))?;
-
-    let (small_entries, small_secs) = copies(meta, id.db, &tree, "small", rounds).await?;
+    let (small_snap, small_clone) = copies(ctl, &src.id, "small", rounds, made).await?;
     large_file(&src.target.join("large.bin"), data_mib).map_err(io("writing the large file"))?;
-    let (all_entries, all_secs) = copies(meta, id.db, &tree, "large", rounds).await?;
+    let (all_snap, all_clone) = copies(ctl, &src.id, "large", rounds, made).await?;
 
     // The baseline: `juicefs sync` from one mount to the other, without the mount's
     // virtual files (juicefs's own `.accesslog`, `.stats`, `.config` and friends).
@@ -123,23 +155,19 @@ async fn measure(
     }
 
     println!(
-        "## snapshot: the tree copy, medians of {rounds}; baseline `juicefs sync` into a new volume, once"
+        "## snapshot: CreateSnapshot and clones (CreateVolume from the volume) through CSI, medians of {rounds}; baseline `juicefs sync` into a new volume, once"
     );
-    println!("| what | entries | seconds | against the sync |");
-    println!("|---|---:|---:|---:|");
+    println!("| what | seconds | against the sync |");
+    println!("|---|---:|---:|");
+    let row = |what: String, secs: f64| println!("| {what} | {secs:.3} | {:.0}x faster |", sync_secs / secs);
+    row(format!("CreateSnapshot of {files} files of 4 KiB"), small_snap);
+    row(format!("clone of {files} files of 4 KiB"), small_clone);
+    row(format!("CreateSnapshot of the same plus a {data_mib} MiB file"), all_snap);
+    row(format!("clone of the same plus a {data_mib} MiB file"), all_clone);
+    println!("| `juicefs sync` of the volume ({files} files and {data_mib} MiB) into a new volume | {sync_secs:.1} | 1 |");
     println!(
-        "| copy of {files} files of 4 KiB | {small_entries} | {small_secs:.3} | {:.0}x faster |",
-        sync_secs / small_secs
+        "(snapshot time with {data_mib} MiB added / without: {:.2}; each copy is one script its metadata server runs alone)",
+        all_snap / small_snap
     );
-    println!(
-        "| copy of the same plus a {data_mib} MiB file | {all_entries} | {all_secs:.3} | {:.0}x faster |",
-        sync_secs / all_secs
-    );
-    println!("| `juicefs sync` of the volume ({files} files and {data_mib} MiB) into a new volume | - | {sync_secs:.1} | 1 |");
-    println!(
-        "(the copy is one script: the metadata server answers nobody else for its duration; {:.1} us per entry)",
-        all_secs * 1e6 / all_entries.max(1) as f64
-    );
-
     Ok(())
 }
