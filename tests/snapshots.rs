@@ -548,7 +548,8 @@ async fn a_family_has_one_writer_node() {
         .controller_publish_volume(publish(&clone.volume_id, "other-node", Mode::SingleNodeWriter))
         .await;
     assert_eq!(err.unwrap_err().code(), Code::FailedPrecondition);
-    // Writers on several nodes through the home master cannot join a family with clones.
+    // Writers on several nodes through the home master cannot write while a node writes
+    // a member through its own master.
     let err = c
         .ctl
         .controller_publish_volume(publish(&vol.volume_id, "other-node", Mode::MultiNodeMultiWriter))
@@ -572,6 +573,42 @@ async fn a_family_has_one_writer_node() {
     // A member still published cannot be deleted; once withdrawn it can.
     assert_eq!(c.delete(&clone.volume_id).await.unwrap_err().code(), Code::FailedPrecondition);
     c.ctl.controller_unpublish_volume(unpublish(&clone.volume_id, "other-node")).await.unwrap();
+
+    // From writers through the home master to a single-node writer and back: each
+    // waits for a fence the other left where it wrote.
+    let fs = vol.volume_context["fsName"].clone();
+    let db = db_of(&vol.volume_id);
+    let shared = c
+        .ctl
+        .controller_publish_volume(publish(&vol.volume_id, "test-node", Mode::MultiNodeMultiWriter))
+        .await;
+    let shared = shared.unwrap().into_inner().publish_context;
+    assert!(shared.contains_key("kelp/meta"), "a shared writer goes through the home master: {shared:?}");
+    let err = c
+        .ctl
+        .controller_publish_volume(publish(&clone.volume_id, "other-node", Mode::SingleNodeWriter))
+        .await;
+    assert_eq!(err.unwrap_err().code(), Code::FailedPrecondition, "not while shared writers write");
+    c.ctl.controller_unpublish_volume(unpublish(&vol.volume_id, "test-node")).await.unwrap();
+    let holder = format!("kelp:holder:{fs}");
+    assert_eq!(redis.cli(0, &["hget", &holder, "node"]), "(shared writers)");
+    let fence = redis.cli(0, &["hget", &holder, "epoch"]);
+    assert_eq!(redis.cli(db, &["get", "kelp:fence"]), fence, "fence left on the home master");
+    let single = c
+        .ctl
+        .controller_publish_volume(publish(&clone.volume_id, "other-node", Mode::SingleNodeWriter))
+        .await;
+    let single = single.unwrap().into_inner().publish_context;
+    assert_eq!(single["kelp/fence"], fence, "the single-node writer waits for it");
+    c.ctl.controller_unpublish_volume(unpublish(&clone.volume_id, "other-node")).await.unwrap();
+    let epoch = single["kelp/epoch"].clone();
+    let back = c
+        .ctl
+        .controller_publish_volume(publish(&vol.volume_id, "test-node", Mode::MultiNodeMultiWriter))
+        .await;
+    assert_eq!(back.unwrap().into_inner().publish_context["kelp/fence"], epoch, "and back");
+    c.ctl.controller_unpublish_volume(unpublish(&vol.volume_id, "test-node")).await.unwrap();
+
     for id in [&clone.volume_id, &vol.volume_id] {
         c.delete(id).await.unwrap();
     }

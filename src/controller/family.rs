@@ -235,12 +235,18 @@ pub async fn writer_master(b: &Backends, family: &VolumeId) -> Result<(MetaServe
             None => None,
         }
     };
+    Ok((master_at(b, url.as_deref())?, db))
+}
+
+/// The master at `url` as the registry names it (no password), with this
+/// controller's password; this controller's own when `url` is none or its own.
+pub fn master_at(b: &Backends, url: Option<&str>) -> Result<MetaServer> {
     match url.filter(|u| !u.is_empty() && *u != b.meta.url().public_url()) {
-        None => Ok((b.meta.clone(), db)),
+        None => Ok(b.meta.clone()),
         Some(u) => {
-            let url = MetaUrl::parse(&u)
+            let url = MetaUrl::parse(u)
                 .map_err(|e| Error::Internal(format!("the registry names master {u:?}: {e}")))?;
-            Ok((MetaServer::new(url.with_password(b.meta.url().password())), db))
+            Ok(MetaServer::new(url.with_password(b.meta.url().password())))
         }
     }
 }

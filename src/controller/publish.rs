@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::meta::Generation;
 use crate::pinning::{self, Handover, Holder, Lease, Master, Role};
 use crate::volume::{PublishContext, Spec, VolumeId};
-use tracing::warn;
+use tracing::{info, warn};
 
 /// The publish context for `node`, recording it as the holder of a single-node-writer
 /// volume when `role` says so. The caller holds the volume's operation guard.
@@ -38,6 +38,11 @@ pub async fn publish(
     } else if let Some(h) = b.meta.holder(&id.fs_name).await? {
         // Readers of a volume that was taken over read its live generation.
         ctx.db = h.db;
+        // Writers through the home master of a family with clones start where the
+        // family's last single-node writer, on its node's own master, left off.
+        if role == Role::SharedWriter && h.released && h.node != SHARED_WRITERS {
+            ctx.wait_fence = h.epoch;
+        }
     }
     if ctx.db == id.db {
         ctx.db = 0;
@@ -57,9 +62,10 @@ fn role_name(role: Role) -> &'static str {
 /// The members of a family (a volume and its clones and restores) share one file
 /// system, so the one-writer rule holds for the family: its single-node writers share
 /// one holder (the family's, in the record named after its file system), and writers
-/// on several nodes, who go through the home master, cannot be mixed with writers
-/// through a node's own master. So a family with clones is written by one node at a
-/// time.
+/// through the home master never write while a node writes another member through its
+/// own. Moving between the two waits for a fence like any handover: a single-node
+/// writer's release leaves one on its master, the last shared writer's one on the
+/// home master (`fence_shared_writers`).
 async fn check_family(b: &Backends, id: &VolumeId, member: &str, role: Role) -> Result<()> {
     let others: Vec<_> = b
         .meta
@@ -70,15 +76,12 @@ async fn check_family(b: &Backends, id: &VolumeId, member: &str, role: Role) -> 
         .collect();
     match role {
         Role::Reader => Ok(()),
-        Role::SharedWriter => {
-            let (clones, _) = b.meta.family_dependants(&id.fs_name).await?;
-            if clones == 0 {
-                return Ok(());
-            }
-            Err(Error::FailedPrecondition(format!(
-                "volume {id} shares its file system with clones or restores, which only one node at a time may write; publish it to one node (single-node access mode)"
-            )))
-        }
+        Role::SharedWriter => match others.iter().find(|(_, _, r)| r == "single") {
+            None => Ok(()),
+            Some((m, n, _)) => Err(Error::FailedPrecondition(format!(
+                "volume {id} shares its file system with member {m}, which node {n} writes through its own master; stop that task first (a family is written through one master at a time)"
+            ))),
+        },
         Role::SingleNodeWriter => match others.iter().find(|(_, _, r)| r == "shared") {
             None => Ok(()),
             Some((m, n, _)) => Err(Error::FailedPrecondition(format!(
@@ -172,6 +175,50 @@ fn refusal(id: &VolumeId, spec: &Spec, holder: &str, lease: Lease) -> String {
 /// for its fence instead of being refused. Idempotent.
 pub async fn unpublish(b: &Backends, id: &VolumeId, node: &str) -> Result<()> {
     let member = id.member.as_deref().unwrap_or("root");
+    let publications = b.meta.publications(&id.fs_name).await?;
+    let mine = |m: &str, n: &str| m == member && n == node;
+    let was_shared = publications.iter().any(|(m, n, r)| mine(m, n) && r == "shared");
     b.meta.withdraw_publication(&id.fs_name, member, node).await?;
+    let shared_left = publications.iter().any(|(m, n, r)| !mine(m, n) && r == "shared");
+    if was_shared && !shared_left && b.meta.family_dependants(&id.fs_name).await?.0 > 0 {
+        fence_shared_writers(b, id).await?;
+    }
     Ok(())
+}
+
+/// The holder a family records while writers through the home master had it last.
+const SHARED_WRITERS: &str = "(shared writers)";
+
+/// The last writer through the home master of a family with clones is gone: a fence
+/// on the home master, after everything they committed, and a released holder that
+/// makes the next single-node writer wait for it on its own master. Fence first: a
+/// crash between the two leaves a fence nobody waits for, not a wait for a fence
+/// that never comes.
+async fn fence_shared_writers(b: &Backends, id: &VolumeId) -> Result<()> {
+    let founder = b.meta.volume(&id.fs_name).await?;
+    let home = founder.map(|r| crate::volume::Spec::of(&r)).transpose()?.map(|s| s.home_meta);
+    let server = super::family::master_at(b, home.as_deref())?;
+    let databases = match b.databases {
+        Some(n) => n,
+        None => b.meta.database_count().await?,
+    };
+    for _ in 0..5 {
+        let current = b.meta.holder(&id.fs_name).await?;
+        let expected = current.as_ref().map(|h| h.epoch).unwrap_or(0);
+        let db = current.as_ref().map(|h| h.db).unwrap_or(0);
+        let next = Holder {
+            node: SHARED_WRITERS.into(),
+            epoch: expected + 1,
+            released: true,
+            wait_fence: 0,
+            db,
+            seed: 0,
+        };
+        server.raise_fence(if db == 0 { id.db } else { db }, next.epoch).await?;
+        if b.meta.swap_holder(&id.fs_name, expected, &next, None, databases).await?.is_some() {
+            info!(volume_id = %id, fence = next.epoch, "the family's last writer through the home master is gone: fence left for the next single-node writer");
+            return Ok(());
+        }
+    }
+    Err(Error::Aborted(format!("unpublishing {id} raced another publish; retry")))
 }

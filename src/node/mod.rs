@@ -151,14 +151,15 @@ impl Node for NodeService {
             // attributes) predates that node's writes. An idle mount is made afresh,
             // which waits for the fence; one still in use (it cannot be, unless
             // fenced, which refuses below) only waits.
-            Some(v) if publish.wait_fence > v.epoch && v.home.is_none() => {
+            Some(v) if publish.wait_fence > v.epoch => {
                 if v.targets.is_empty() && v.fenced.is_none() {
                     tracing::info!(volume_id = %id, "staged here before another node wrote it; mounting it afresh");
                     self.core.unstage(&id, &v.staging_path).await?;
                     let stage = self.stage_request(&id, staging, &cap, &r.volume_context, &publish).await?;
                     self.core.stage(&id, &stage).await?;
                 } else {
-                    self.core.await_fence(&id, v.live_db(&id), publish.wait_fence).await?;
+                    let server = self.core.server_for(v.home.as_deref())?;
+                    self.core.await_fence(&server, &id, v.live_db(&id), publish.wait_fence).await?;
                 }
             }
             Some(_) => {}

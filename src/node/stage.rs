@@ -150,8 +150,10 @@ impl NodeCore {
                 self.seed_generation(id, req.seed, db).await?;
             }
             self.check_exists(&server, id, db).await?;
-            if req.home.is_none() && req.wait_fence > 0 && !resume {
-                self.await_fence(id, db, req.wait_fence).await?;
+            // A writer through the home master waits too when the fence is given: in a
+            // family with clones, its last writer may have written through a node's own.
+            if req.wait_fence > 0 && !resume {
+                self.await_fence(&server, id, db, req.wait_fence).await?;
             }
             let dir = if resume { None } else { Some(self.cfg.paths.open_dir(path, true)?) };
             if let Some(dir) = &dir {
@@ -375,8 +377,13 @@ impl NodeCore {
 
     /// Waits (bounded) until the local master holds the fence `want` for `id` in its
     /// live generation's database `db`.
-    pub(super) async fn await_fence(&self, id: &VolumeId, db: u32, want: u64) -> Result<()> {
-        let meta = &self.meta;
+    pub(super) async fn await_fence(
+        &self,
+        meta: &MetaServer,
+        id: &VolumeId,
+        db: u32,
+        want: u64,
+    ) -> Result<()> {
         let started = std::time::Instant::now();
         let labels = crate::metrics::VolumeLabels::new(id, &self.cfg.node_id, false);
         let m = crate::metrics::metrics();

@@ -95,6 +95,9 @@ impl PublishContext {
         }
         if self.epoch > 0 {
             m.insert(publish_keys::EPOCH.to_string(), self.epoch.to_string());
+        }
+        // A shared writer has no epoch but may have a fence to wait for.
+        if self.epoch > 0 || self.wait_fence > 0 {
             m.insert(publish_keys::FENCE.to_string(), self.wait_fence.to_string());
         }
         for (key, v) in [
