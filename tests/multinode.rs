@@ -953,3 +953,57 @@ async fn a_node_still_staged_waits_for_the_next_writers_fence() {
     c.release(&vol, 0).await;
     assert!(mounts_under(&c.root).is_empty());
 }
+
+/// A snapshot of a volume whose single writer is on node 1 is taken on node 1's
+/// master, where its writes are committed, even while the controller's own master
+/// has none of them yet (its link from node 1 paused); restored on node 2 once the
+/// writer let go, every acknowledged file is there. The copy's effects replicate
+/// between KeyDB masters as effects, never as a script re-run on older data.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_is_taken_where_the_writer_commits() {
+    use csi::volume_content_source::{SnapshotSource, Type};
+    let c = Cluster::start(Duration::from_millis(5), 20);
+    if !c.multi_master("a_snapshot_is_taken_where_the_writer_commits") {
+        return;
+    }
+    let vol = c.create("snap-remote", Mode::SingleNodeWriter, &[]).await;
+    let ctx = c.controller_publish(&vol, 1, Mode::SingleNodeWriter).await.unwrap();
+    let t1 = c.mount(&vol, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
+    c.pause_link(0, 1, true);
+    write_files(&t1, 100);
+    let mut ctl = c.controller().await;
+    let snap = ctl
+        .ctl
+        .create_snapshot(csi::CreateSnapshotRequest {
+            source_volume_id: vol.clone(),
+            name: "remote-snap".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    write_set(&t1, "after", 10);
+    c.pause_link(0, 1, false);
+    c.release(&vol, 1).await;
+
+    let mut req = kelp::volume::create_request("snap-remote-restored", GIB, Mode::SingleNodeWriter);
+    req.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(Type::Snapshot(SnapshotSource { snapshot_id: snap.snapshot_id.clone() })),
+    });
+    let restored = ctl.ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap().volume_id;
+    let ctx = c.controller_publish(&restored, 2, Mode::SingleNodeWriter).await.unwrap();
+    let t2 = c.mount(&restored, 2, Mode::SingleNodeWriter, &ctx).await.unwrap();
+    check_files(&t2, 100);
+    assert!(!t2.join("after").exists(), "written after the snapshot");
+    c.release(&restored, 2).await;
+    for id in [&restored, &vol] {
+        ctl.delete(id).await.unwrap();
+    }
+    ctl.ctl
+        .delete_snapshot(csi::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id, ..Default::default() })
+        .await
+        .unwrap();
+    assert!(mounts_under(&c.root).is_empty());
+}
