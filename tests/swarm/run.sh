@@ -108,6 +108,29 @@ docker exec "${ids[1]}" sh -c 'echo two > /data/from-two'
 check "replica 2 reads replica 1's file" sh -c "docker exec ${ids[1]} cat /data/from-one | grep -q one"
 check "replica 1 reads replica 2's file" sh -c "docker exec ${ids[0]} cat /data/from-two | grep -q two"
 
+echo "== a snapshot of the service's volume, restored into a new volume the service moves to"
+kelp="${CARGO_TARGET_DIR:-target}/release/kelp"
+docker exec "${ids[0]}" sh -c 'echo before-snapshot > /data/snap.txt && sync'
+check "kelp snapshot create prints the snapshot id" sh -c "$kelp snapshot create nightly v-multi-all > $work/snap-id"
+snap=$(cat "$work/snap-id")
+docker exec "${ids[0]}" sh -c 'echo after-snapshot > /data/snap.txt && sync'
+check "kelp snapshot list shows it with its source" sh -c "$kelp snapshot list --volume v-multi-all | grep -q '^$snap'"
+check "kelp restore runs docker volume create" sh -c "$kelp restore $snap v-restored > $work/restore.out"
+check "with the source volume's access mode" grep -q -- '--scope multi --sharing all' "$work/restore.out"
+check "restored volume created (not pending)" retry 30 vol_created v-restored
+docker service update -d -q --no-resolve-image --mount-rm /data \
+  --mount-add type=cluster,src=v-restored,dst=/data writer >/dev/null
+restored_read() {
+  local c
+  for c in $(docker ps -q -f label=com.docker.swarm.service.name=writer); do
+    docker inspect -f '{{range .Mounts}}{{.Name}} {{end}}' "$c" | grep -q v-restored || return 1
+    [[ $(docker exec "$c" cat /data/snap.txt 2>/dev/null) == before-snapshot ]] || return 1
+  done
+  [[ $(docker ps -q -f label=com.docker.swarm.service.name=writer | wc -l) == 2 ]]
+}
+check "the service's tasks run on the restored volume and read the snapshot's state" retry 120 restored_read
+check "the source volume still has the later write" test "$(redis-cli -p "$REDIS_PORT" exists kelp:vol:v-multi-all)" = 1
+
 echo "== S3 credentials as swarm secrets"
 ak=$(printf '%s' "$KELP_S3_ACCESS_KEY" | docker secret create kelp-ak -)
 sk=$(printf '%s' "$KELP_S3_SECRET_KEY" | docker secret create kelp-sk -)
@@ -218,6 +241,10 @@ check "a new task works after re-enable" test "$after_new" = kept
 
 echo "== service rm and volume rm remove bucket and metadata"
 docker service rm writer >/dev/null
+# The restored volume and the snapshot share the source's file system: the source's
+# bucket and database go with the last of the three.
+check "volume rm v-restored once no task uses it" retry 120 docker volume rm v-restored
+check "kelp snapshot delete" "$kelp" snapshot delete "$snap"
 check "volume registered before rm" test "$(redis-cli -p "$REDIS_PORT" exists kelp:vol:v-multi-all)" = 1
 check "volume rm succeeds once no task uses it" retry 120 docker volume rm v-multi-all
 registered() { [[ $(redis-cli -p "$REDIS_PORT" exists "kelp:vol:$1") == 1 ]]; }
