@@ -216,15 +216,15 @@ pub async fn serve(listener: tokio::net::TcpListener, sources: Vec<Source>) -> s
 }
 
 /// Fetches a juicefs daemon's metrics from `addr` (its `--metrics` listener) and
-/// returns them with the label `kelp_volume="<volume>"` added to every sample; `None`
-/// when it does not answer within `timeout`.
+/// returns them with the labels `kelp_volume="<volume>"` and `kelp_volume_id` added
+/// to every sample; `None` when it does not answer within `timeout`.
 pub async fn juicefs_metrics(
     addr: SocketAddr,
-    volume: &str,
+    labels: &[(&str, &str)],
     timeout: Duration,
 ) -> Option<Vec<ForeignFamily>> {
     let body = tokio::time::timeout(timeout, http_get(addr, "/metrics")).await.ok()??;
-    Some(relabel(&body, volume))
+    Some(relabel(&body, labels))
 }
 
 /// One metric family of a foreign scrape: its HELP and TYPE lines, and its samples.
@@ -247,9 +247,17 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     ok.then(|| body.to_string())
 }
 
-/// Splits a text-format scrape into families and adds `kelp_volume` to each sample.
-pub fn relabel(text: &str, volume: &str) -> Vec<ForeignFamily> {
-    let escaped = volume.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+/// Splits a text-format scrape into families and adds `labels` (`kelp_volume`, and
+/// `kelp_volume_id` since the members of a family share the volume name) to each
+/// sample.
+pub fn relabel(text: &str, labels: &[(&str, &str)]) -> Vec<ForeignFamily> {
+    let escaped: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| {
+            format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+        })
+        .collect();
+    let escaped = escaped.join(",");
     let mut families: Vec<ForeignFamily> = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         if let Some(rest) = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")) {
@@ -272,11 +280,11 @@ pub fn relabel(text: &str, volume: &str) -> Vec<ForeignFamily> {
                 let close = line.rfind('}').unwrap_or(line.len());
                 let inner = &line[open + 1..close];
                 let sep = if inner.is_empty() { "" } else { "," };
-                (format!("{}{{kelp_volume=\"{escaped}\"{sep}{inner}}}", &line[..open]), &line[close + 1..])
+                (format!("{}{{{escaped}{sep}{inner}}}", &line[..open]), &line[close + 1..])
             }
             None => {
                 let (name, value) = line.split_once(' ').unwrap_or((line, ""));
-                (format!("{name}{{kelp_volume=\"{escaped}\"}}"), value)
+                (format!("{name}{{{escaped}}}"), value)
             }
         };
         let sample = format!("{series} {}", value.trim());
@@ -318,7 +326,7 @@ mod tests {
     fn foreign_families_get_the_volume_label_and_merge_once() {
         let a = "# HELP juicefs_uptime Total running time.\n# TYPE juicefs_uptime gauge\njuicefs_uptime{mp=\"/x\",vol_name=\"v\"} 12.5\n# HELP juicefs_used_space x\n# TYPE juicefs_used_space gauge\njuicefs_used_space 4096\n";
         let b = "# HELP juicefs_uptime Total running time.\n# TYPE juicefs_uptime gauge\njuicefs_uptime{mp=\"/y\",vol_name=\"w\"} 3\n";
-        let out = merge(vec![relabel(a, "v\"1"), relabel(b, "w")]);
+        let out = merge(vec![relabel(a, &[("kelp_volume", "v\"1")]), relabel(b, &[("kelp_volume", "w")])]);
         assert_eq!(out.matches("# TYPE juicefs_uptime gauge").count(), 1, "{out}");
         assert!(
             out.contains("juicefs_uptime{kelp_volume=\"v\\\"1\",mp=\"/x\",vol_name=\"v\"} 12.5"),

@@ -120,6 +120,17 @@ async fn snapshot_restore_and_clone_are_independent_copies() {
     assert!(snap.ready_to_use && snap.creation_time.is_some());
     assert_eq!(snap.source_volume_id, vol.volume_id);
     assert_eq!(snap.size_bytes, GIB);
+    // The family's bucket holds every member's data: no longer the volume's quota.
+    let listing = run(std::process::Command::new("curl")
+        .args(["-s", "-H", "Accept: application/json"])
+        .arg(format!("http://127.0.0.1:{}/buckets/?limit=10000", weed.filer_port)));
+    let buckets: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    let entry = buckets["Entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["FullPath"] == format!("/buckets/kelp-{fs}"));
+    assert_eq!(entry.unwrap()["Quota"].as_i64().unwrap_or(0), 0, "{entry:?}");
     // The same name and source: the same snapshot.
     assert_eq!(snapshot(&mut c, "nightly", &vol.volume_id).await.unwrap().snapshot_id, snap.snapshot_id);
 
@@ -172,11 +183,29 @@ async fn snapshot_restore_and_clone_are_independent_copies() {
     let inodes: u64 = redis.cli(db, &["hget", "dirQuotaUsedInodes", &ino.to_string()]).parse().unwrap();
     assert_eq!((used, inodes), (2 * 4096, 2), "the restore's quota counts its two files");
 
+    // Expanding a clone grows the clone alone.
+    let grown = c
+        .ctl
+        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+            volume_id: clone.volume_id.clone(),
+            capacity_range: Some(csi::CapacityRange { required_bytes: 2 * GIB, limit_bytes: 0 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grown.capacity_bytes, 2 * GIB);
+
     // ListVolumes shows every member, ListSnapshots the snapshot by id and by source.
     let listed = c.ctl.list_volumes(csi::ListVolumesRequest::default()).await.unwrap().into_inner();
-    for v in [&vol, &restored, &clone, &again] {
-        assert!(listed.entries.iter().any(|e| e.volume.as_ref().unwrap().volume_id == v.volume_id));
+    let capacity = |id: &str| {
+        let v = listed.entries.iter().map(|e| e.volume.as_ref().unwrap()).find(|v| v.volume_id == id);
+        v.map(|v| v.capacity_bytes)
+    };
+    for v in [&vol, &restored, &again] {
+        assert_eq!(capacity(&v.volume_id), Some(GIB));
     }
+    assert_eq!(capacity(&clone.volume_id), Some(2 * GIB));
     let list = |snapshot_id: &str, source: &str| {
         let mut ctl = c.ctl.clone();
         let req = csi::ListSnapshotsRequest {

@@ -163,8 +163,12 @@ pub async fn restore(a: RestoreArgs) -> Result<()> {
 
 /// The `docker volume inspect` record of the Swarm volume whose CSI id is `id`.
 fn swarm_volume_of(id: &str) -> Result<Option<serde_json::Value>> {
-    let names = docker(&["volume", "ls", "--cluster", "--format", "{{.Name}}"])?;
-    for name in names.lines().filter(|n| !n.is_empty()) {
+    // `docker volume ls --cluster` ignores --format (Docker 28.5): the table it
+    // prints has the name first, under a header.
+    let table = docker(&["volume", "ls", "--cluster"])?;
+    let names =
+        table.lines().filter(|l| !l.starts_with("VOLUME NAME")).filter_map(|l| l.split_whitespace().next());
+    for name in names {
         let json = docker(&["volume", "inspect", name])?;
         let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
         let v = v.get(0).cloned().unwrap_or_default();

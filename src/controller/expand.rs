@@ -12,7 +12,7 @@ use tracing::info;
 /// unlimited, and kelp never shrinks a file system under its data. The caller holds
 /// the volume's operation guard.
 pub async fn expand(b: &Backends, id: &VolumeId, wanted: u64) -> Result<u64> {
-    let (_, mut spec) = provision::lookup(b, id).await?;
+    let (record, mut spec) = provision::lookup(b, id).await?;
     if spec.capacity_bytes != 0 && wanted > spec.capacity_bytes {
         // The live generation's database: after a takeover, clients mount that one.
         let db = provision::live_db(b, id).await?;
@@ -22,9 +22,13 @@ pub async fn expand(b: &Backends, id: &VolumeId, wanted: u64) -> Result<u64> {
             }
             None => crate::juicefs::set_capacity(&b.meta, db, wanted).await?,
         }
-        b.filer.set_quota(&id.bucket(), wanted).await?;
+        // A family's bucket holds every member's data: it has no quota of its own
+        // once a snapshot or clone shares it (`family::share_bucket`).
+        if b.meta.family_dependants(&id.fs_name).await? == (0, 0) {
+            b.filer.set_quota(&id.bucket(), wanted).await?;
+        }
         spec.capacity_bytes = wanted;
-        b.meta.set_volume_spec(&id.fs_name, &spec.to_json()).await?;
+        b.meta.set_volume_spec(&record.fs_name, &spec.to_json()).await?;
         info!(volume_id = %id, capacity = wanted, "volume expanded");
     }
     Ok(spec.capacity_bytes)

@@ -133,6 +133,7 @@ pub async fn create(b: &Backends, req: CloneRequest<'_>) -> Result<(VolumeId, Sp
         }
     };
     failpoint::hit("clone:reserved");
+    share_bucket(b, family).await?;
     let id = spec.id(family.db, &req.fs_name);
     if let Err(e) = copy(b, family, &origin.tree, &id, &spec).await {
         warn!(volume_id = %id, error = %e, "clone failed; forgetting it");
@@ -202,6 +203,16 @@ async fn copy(b: &Backends, family: &VolumeId, from: &[String], id: &VolumeId, s
     }
     failpoint::hit("clone:copied");
     server.tree_with_quota(db, &to, spec.capacity_bytes, spec.params.inodes).await?;
+    Ok(())
+}
+
+/// Lifts the bucket quota of a family that gains a snapshot or clone: the bucket then
+/// holds the data of every member (and what snapshots keep of deleted files), so the
+/// first volume's capacity no longer bounds it, and SeaweedFS, which enforces bucket
+/// quotas by making the bucket read-only, would stop every member's writes. Each
+/// member's own size is its directory quota.
+pub async fn share_bucket(b: &Backends, family: &VolumeId) -> Result<()> {
+    b.filer.set_quota(&family.bucket(), 0).await?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! create: claim the name (record not ready) -> copy the tree -> record ready
 //! delete: forget the record -> the family goes if nothing else is left in it
 
-use super::family::{collect, copy_error, snapshot, writer_master};
+use super::family::{collect, copy_error, share_bucket, snapshot, writer_master};
 use super::provision::lookup;
 use super::Backends;
 use crate::error::{Error, Result};
@@ -69,6 +69,7 @@ pub async fn create(b: &Backends, name: &str, source: &VolumeId) -> Result<Snaps
         record = e;
     }
     failpoint::hit("snapshot:reserved");
+    share_bucket(b, source).await?;
     let (server, db) = writer_master(b, source).await?;
     let started = std::time::Instant::now();
     match server.copy_tree(db, &tree, &id.tree_path(), b.snapshot_max_entries).await {

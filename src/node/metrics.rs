@@ -57,7 +57,8 @@ impl NodeCore {
                 }
             }
             if let Some(addr) = self.cfg.juicefs.metrics_addr(&id.mount_name()) {
-                if let Some(f) = metrics::juicefs_metrics(addr, &id.mount_name(), JUICEFS_SCRAPE).await {
+                let labels = [("kelp_volume", id.fs_name.as_str()), ("kelp_volume_id", &id.to_string())];
+                if let Some(f) = metrics::juicefs_metrics(addr, &labels, JUICEFS_SCRAPE).await {
                     juicefs.push(f);
                 }
             }
