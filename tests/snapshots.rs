@@ -512,6 +512,16 @@ async fn bad_snapshot_and_clone_requests_are_refused_and_change_nothing() {
     req.parameters = HashMap::from([("clone-of".into(), "nosuch".into())]);
     assert_eq!(vcode(create(&mut c, req).await), Code::NotFound);
     assert_eq!(state(), after_made, "refused requests change nothing");
+    // A tree above --snapshot-max-entries is refused before anything is written: the
+    // copy would hold its metadata server for too long.
+    with_volume(redis, &vol.volume_id, |m| ["a", "b", "c"].iter().for_each(|f| put(&m.join(f), b"x")));
+    let after_files = state();
+    let small = KelpBuilder::new().redis(redis).weed(weed).arg("--snapshot-max-entries=2").start();
+    let mut cs = csi::connect(&small.endpoint).await;
+    assert_eq!(code(snapshot(&mut cs, "too-big", &vol.volume_id).await), Code::ResourceExhausted);
+    assert_eq!(vcode(create(&mut cs, from_volume("too-big", &vol.volume_id)).await), Code::ResourceExhausted);
+    assert_eq!(state(), after_files, "refused copies change nothing");
+    drop(small);
     // The Swarm handles: clone-of by volume name, from-snapshot by snapshot name.
     let mut req = csi::create_req("bad-by-name", GIB);
     req.parameters = HashMap::from([("clone-of".into(), "bad-src".into())]);

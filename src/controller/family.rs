@@ -133,7 +133,6 @@ pub async fn create(b: &Backends, req: CloneRequest<'_>) -> Result<(VolumeId, Sp
         }
     };
     failpoint::hit("clone:reserved");
-    share_bucket(b, family).await?;
     let id = spec.id(family.db, &req.fs_name);
     if let Err(e) = copy(b, family, &origin.tree, &id, &spec).await {
         warn!(volume_id = %id, error = %e, "clone failed; forgetting it");
@@ -144,6 +143,7 @@ pub async fn create(b: &Backends, req: CloneRequest<'_>) -> Result<(VolumeId, Sp
         }
         return Err(e);
     }
+    share_bucket(b, family).await?;
     b.meta.set_volume_state(&req.fs_name, VolumeState::Ready).await?;
     info!(volume_id = %id, source = %source, capacity, "clone ready");
     Ok((id, spec))

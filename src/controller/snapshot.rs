@@ -69,7 +69,6 @@ pub async fn create(b: &Backends, name: &str, source: &VolumeId) -> Result<Snaps
         record = e;
     }
     failpoint::hit("snapshot:reserved");
-    share_bucket(b, source).await?;
     let (server, db) = writer_master(b, source).await?;
     let started = std::time::Instant::now();
     match server.copy_tree(db, &tree, &id.tree_path(), b.snapshot_max_entries).await {
@@ -86,6 +85,7 @@ pub async fn create(b: &Backends, name: &str, source: &VolumeId) -> Result<Snaps
         }
     }
     failpoint::hit("snapshot:copied");
+    share_bucket(b, source).await?;
     record.ready = true;
     b.meta.set_snapshot(&record).await?;
     info!(snapshot_id = %id, source = %source, name, "snapshot ready");

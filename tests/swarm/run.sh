@@ -118,15 +118,18 @@ check "kelp snapshot list shows it with its source" sh -c "$kelp snapshot list -
 check "kelp restore runs docker volume create" sh -c "$kelp restore $snap v-restored > $work/restore.out"
 check "with the source volume's access mode" grep -q -- '--scope multi --sharing all' "$work/restore.out"
 check "restored volume created (not pending)" retry 30 vol_created v-restored
-docker service update -d -q --no-resolve-image --mount-rm /data \
-  --mount-add type=cluster,src=v-restored,dst=/data writer >/dev/null
+# A --mount-add at the same target replaces the mount (adding --mount-rm /data as
+# well would drop both: the CLI removes after it adds).
+docker service update -d -q --no-resolve-image --mount-add type=cluster,src=v-restored,dst=/data writer >/dev/null
+check "the service's spec mounts the restored volume" test \
+  "$(docker service inspect -f '{{range .Spec.TaskTemplate.ContainerSpec.Mounts}}{{.Source}} {{end}}' writer)" = "v-restored "
 restored_read() {
-  local c
+  local c n=0
   for c in $(docker ps -q -f label=com.docker.swarm.service.name=writer); do
-    docker inspect -f '{{range .Mounts}}{{.Name}} {{end}}' "$c" | grep -q v-restored || return 1
     [[ $(docker exec "$c" cat /data/snap.txt 2>/dev/null) == before-snapshot ]] || return 1
+    n=$((n + 1))
   done
-  [[ $(docker ps -q -f label=com.docker.swarm.service.name=writer | wc -l) == 2 ]]
+  ((n == 2))
 }
 check "the service's tasks run on the restored volume and read the snapshot's state" retry 120 restored_read
 check "the source volume still has the later write" test "$(redis-cli -p "$REDIS_PORT" exists kelp:vol:v-multi-all)" = 1
