@@ -132,9 +132,10 @@ async fn all_released(root: &Path, within: Duration) -> bool {
     .is_some()
 }
 
-/// The juicefs processes of a volume, found by the log file kelp gave them.
+/// The juicefs daemons of the volumes of file system `fs_name` (their logs are
+/// `logs/<fs name>[.<member>].log`).
 fn juicefs_pids(fs_name: &str) -> Vec<i32> {
-    juicefs_pids_with(&format!("logs/{fs_name}.log"))
+    juicefs_pids_with(&format!("logs/{fs_name}."))
 }
 
 /// Removes a test's mounts and ends its juicefs daemons and FUSE holders when dropped,

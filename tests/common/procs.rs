@@ -77,7 +77,7 @@ pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
 
 /// `juicefs mount` processes whose command line contains `needle`. juicefs rewrites
 /// its own command line (hiding the metadata URL), so tests find the daemons kelp
-/// started by the log file kelp gave them (`<state dir>/logs/<fs name>.log`).
+/// started by the log file kelp gave them (`<state dir>/logs/<fs name>[.<member>].log`).
 pub fn juicefs_pids_with(needle: &str) -> Vec<i32> {
     pids_with_cmdline(needle)
         .into_iter()
