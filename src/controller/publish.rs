@@ -204,6 +204,11 @@ async fn fence_shared_writers(b: &Backends, id: &VolumeId) -> Result<()> {
     };
     for _ in 0..5 {
         let current = b.meta.holder(&id.fs_name).await?;
+        if current.as_ref().is_some_and(|h| !h.released) {
+            // A single-node writer holds the family (shared writers cannot have been
+            // published beside it): its own release leaves the fence.
+            return Ok(());
+        }
         let expected = current.as_ref().map(|h| h.epoch).unwrap_or(0);
         let db = current.as_ref().map(|h| h.db).unwrap_or(0);
         let next = Holder {
