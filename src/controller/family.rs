@@ -62,7 +62,7 @@ async fn origin(b: &Backends, source: &Source) -> Result<Origin> {
             let (_, spec) = lookup(b, v).await?;
             let Some(path) = v.tree_path() else {
                 return Err(Error::FailedPrecondition(format!(
-                    "volume {v} has the root layout (made before kelp 0.3 or with layout=root), whose file system has no room for copies; copy its files into a new volume instead"
+                    "volume {v} has the root layout (made before the tree layout, or with layout=root), whose file system has no room for copies; copy its files into a new volume instead"
                 )));
             };
             (VolumeId { member: None, ..v.clone() }, path.map(String::from).to_vec(), spec.capacity_bytes)

@@ -46,7 +46,7 @@ pub async fn create(b: &Backends, name: &str, source: &VolumeId) -> Result<Snaps
     let (_, spec) = lookup(b, source).await?;
     let Some(tree) = source.tree_path() else {
         return Err(Error::FailedPrecondition(format!(
-            "volume {source} has the root layout (made before kelp 0.3 or with layout=root): its file system has no room for snapshots beside the volume; copy its files into a new volume to snapshot them"
+            "volume {source} has the root layout (made before the tree layout, or with layout=root): its file system has no room for snapshots beside the volume; copy its files into a new volume to snapshot them"
         )));
     };
     let id = match &existing {
