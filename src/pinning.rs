@@ -30,6 +30,22 @@ pub enum Role {
     SharedWriter,
 }
 
+impl Role {
+    /// How the registry records a publication's role (`kelp:pubs:<fs>`; the release
+    /// script in `meta::family` matches `single`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::SingleNodeWriter => "single",
+            Role::SharedWriter => "shared",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Reader, Role::SingleNodeWriter, Role::SharedWriter].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
 pub fn role(mode: Mode, readonly: bool) -> Role {
     match mode {
         _ if readonly => Role::Reader,

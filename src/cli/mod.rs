@@ -41,3 +41,16 @@ pub fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error 
     let what = what.to_string();
     move |source| Error::Io { what, source }
 }
+
+/// Runs `docker ARGS` and returns its output, or says why it failed.
+pub fn docker(args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("docker").args(args).output().map_err(io("running docker"))?;
+    if !out.status.success() {
+        return Err(Error::Refused(format!(
+            "docker {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

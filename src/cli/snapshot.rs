@@ -4,13 +4,12 @@
 //! makes the new volume through `docker volume create`, because Swarm only knows
 //! cluster volumes made through its own API.
 
-use super::{Error, Result};
+use super::{docker, Error, Result};
 use clap::{Args, Subcommand};
 use kelp::endpoint::connect;
 use kelp::proto::csi::{
     controller_client::ControllerClient, CreateSnapshotRequest, DeleteSnapshotRequest, ListSnapshotsRequest,
 };
-use std::process::Command;
 
 #[derive(Args)]
 pub struct Target {
@@ -70,19 +69,6 @@ impl Target {
         };
         Ok(ControllerClient::new(connect(&endpoint).await?))
     }
-}
-
-/// Runs `docker ARGS` and returns its output, or says why it failed.
-fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker").args(args).output().map_err(super::io("running docker"))?;
-    if !out.status.success() {
-        return Err(Error::Refused(format!(
-            "docker {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A kelp volume id as given, or the CSI volume id Swarm keeps for a volume name.

@@ -8,7 +8,6 @@ use super::{Error, Result};
 use clap::Args;
 use serde_yaml_ng::Value;
 use std::path::PathBuf;
-use std::process::Command;
 
 #[derive(Args)]
 pub struct StackArgs {
@@ -41,19 +40,17 @@ pub async fn run(a: StackArgs) -> Result<()> {
             println!("docker {}", p.args.join(" "));
             continue;
         }
-        let exists = Command::new("docker")
-            .args(["volume", "inspect", &p.name])
-            .output()
-            .map_err(super::io("running docker"))?;
-        if exists.status.success() {
-            println!("{}: exists", p.name);
-            continue;
+        match super::docker(&["volume", "inspect", &p.name]) {
+            Ok(_) => {
+                println!("{}: exists", p.name);
+                continue;
+            }
+            // docker ran and found no such volume; anything else is an error.
+            Err(Error::Refused(_)) => {}
+            Err(e) => return Err(e),
         }
-        let out = Command::new("docker").args(&p.args).output().map_err(super::io("running docker"))?;
-        if !out.status.success() {
-            let why = String::from_utf8_lossy(&out.stderr);
-            return Err(Error::Refused(format!("creating {}: {}", p.name, why.trim())));
-        }
+        let args: Vec<&str> = p.args.iter().map(String::as_str).collect();
+        super::docker(&args).map_err(|e| Error::Refused(format!("creating {}: {e}", p.name)))?;
         println!("{}: created", p.name);
     }
     Ok(())

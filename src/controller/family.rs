@@ -15,9 +15,12 @@ use super::provision::{destroy, lookup};
 use super::Backends;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::meta::{Claim, MetaServer, MetaUrl, Refusal, SnapshotRecord, VolumeRecord, VolumeState};
-use crate::proto::csi::CapacityRange;
+use crate::meta::{Claim, MetaServer, Refusal, SnapshotRecord, VolumeRecord, VolumeState};
+use crate::pinning::Role;
+use crate::proto::csi::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
+use crate::proto::csi::{CapacityRange, VolumeContentSource};
 use crate::volume::{Params, SnapshotId, Spec, VolumeId};
+use std::collections::HashMap;
 use tracing::{info, warn};
 
 /// What a new volume's first content is copied from.
@@ -28,12 +31,95 @@ pub enum Source {
 }
 
 impl Source {
+    /// The file system the source lives in, and so the new volume.
+    pub fn family_fs(&self) -> &str {
+        match self {
+            Source::Volume(v) => &v.fs_name,
+            Source::Snapshot(s) => &s.family.fs_name,
+        }
+    }
+
+    /// The CSI view, for the new volume's `content_source`.
+    pub fn to_csi(&self) -> VolumeContentSource {
+        let t = match self {
+            Source::Volume(v) => SourceType::Volume(VolumeSource { volume_id: v.to_string() }),
+            Source::Snapshot(s) => SourceType::Snapshot(SnapshotSource { snapshot_id: s.to_string() }),
+        };
+        VolumeContentSource { r#type: Some(t) }
+    }
+
     /// How the source is remembered in the new volume's spec.
     fn describe(&self) -> String {
         match self {
             Source::Volume(v) => format!("volume:{v}"),
             Source::Snapshot(s) => format!("snapshot:{s}"),
         }
+    }
+}
+
+/// The parameters a Swarm user names a source with (`--opt clone-of=<volume name>`,
+/// `--opt from-snapshot=<snapshot name or id>`): Swarm passes no content source.
+pub const CLONE_OF: &str = "clone-of";
+pub const FROM_SNAPSHOT: &str = "from-snapshot";
+
+/// The new volume's source: the request's content source, or one of the two
+/// parameters above (taken out of `params`), never both.
+pub async fn source_of(
+    b: &Backends,
+    given: Option<&VolumeContentSource>,
+    params: &mut HashMap<String, String>,
+) -> Result<Option<Source>> {
+    let clone_of = params.remove(CLONE_OF);
+    let from_snapshot = params.remove(FROM_SNAPSHOT);
+    let from_params = match (clone_of, from_snapshot) {
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidArgument(format!("give {CLONE_OF} or {FROM_SNAPSHOT}, not both")))
+        }
+        (Some(name), None) => {
+            let fs = crate::volume::fs_name_for(&name);
+            let rec = b.meta.volume(&fs).await?;
+            let id = match rec.filter(|r| r.state == VolumeState::Ready) {
+                Some(r) => {
+                    let spec = Spec::of(&r)?;
+                    (spec.name == name).then(|| spec.id(r.db, &fs))
+                }
+                None => None,
+            };
+            let id = id.ok_or_else(|| Error::NotFound(format!("{CLONE_OF}: no volume is named {name:?}")))?;
+            Some(Source::Volume(id))
+        }
+        (None, Some(snap)) => {
+            let id = match SnapshotId::parse(&snap) {
+                Some(id) => id,
+                None => {
+                    let rec = b.meta.snapshot_by_name(&snap).await?;
+                    let id = rec.and_then(|r| SnapshotId::parse(&r.id));
+                    id.ok_or_else(|| {
+                        Error::NotFound(format!("{FROM_SNAPSHOT}: no snapshot is named {snap:?}"))
+                    })?
+                }
+            };
+            Some(Source::Snapshot(id))
+        }
+        (None, None) => None,
+    };
+    let from_request = match given.and_then(|s| s.r#type.as_ref()) {
+        None => None,
+        Some(SourceType::Volume(v)) => Some(Source::Volume(
+            VolumeId::parse(&v.volume_id)
+                .ok_or_else(|| Error::NotFound(format!("source volume {:?} does not exist", v.volume_id)))?,
+        )),
+        Some(SourceType::Snapshot(s)) => {
+            Some(Source::Snapshot(SnapshotId::parse(&s.snapshot_id).ok_or_else(|| {
+                Error::NotFound(format!("source snapshot {:?} does not exist", s.snapshot_id))
+            })?))
+        }
+    };
+    match (from_request, from_params) {
+        (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+            "the request has a content source; {CLONE_OF} and {FROM_SNAPSHOT} are for a CO that cannot send one"
+        ))),
+        (a, b) => Ok(a.or(b)),
     }
 }
 
@@ -65,7 +151,7 @@ async fn origin(b: &Backends, source: &Source) -> Result<Origin> {
                     "volume {v} has the root layout (made before the tree layout, or with layout=root), whose file system has no room for copies; copy its files into a new volume instead"
                 )));
             };
-            (VolumeId { member: None, ..v.clone() }, path.map(String::from).to_vec(), spec.capacity_bytes)
+            (v.family(), path.map(String::from).to_vec(), spec.capacity_bytes)
         }
         Source::Snapshot(s) => {
             let rec = snapshot(b, s)
@@ -152,15 +238,11 @@ pub async fn create(b: &Backends, req: CloneRequest<'_>) -> Result<(VolumeId, Sp
 /// A copy's capacity: what was asked, but never less than the source's.
 fn capacity_for_copy(range: Option<&CapacityRange>, source: u64) -> Result<u64> {
     let asked = crate::volume::capacity_for(range)?;
-    if asked >= source || (asked == 0 && range.is_none_or(|r| r.limit_bytes == 0)) {
-        return Ok(asked.max(source));
-    }
-    match range {
-        Some(r) if r.limit_bytes > 0 && (r.limit_bytes as u64) < source => Err(Error::OutOfRange(format!(
-            "the source holds up to {source} bytes, above the requested limit_bytes {}; ask for at least that much",
-            r.limit_bytes
+    match range.map_or(0, |r| r.limit_bytes as u64) {
+        limit if limit > 0 && limit < source => Err(Error::OutOfRange(format!(
+            "the source holds up to {source} bytes, above the requested limit_bytes {limit}; ask for at least that much"
         ))),
-        _ => Ok(source),
+        _ => Ok(asked.max(source)),
     }
 }
 
@@ -236,41 +318,45 @@ pub fn copy_error(e: crate::meta::Error) -> Error {
 pub async fn writer_master(b: &Backends, family: &VolumeId) -> Result<(MetaServer, u32)> {
     let holder = b.meta.holder(&family.fs_name).await?;
     let db = holder.as_ref().map(|h| h.db).filter(|&d| d != 0).unwrap_or(family.db);
-    let shared = b.meta.publications(&family.fs_name).await?.iter().any(|(_, _, role)| role == "shared");
-    let url = if shared {
-        let founder = b.meta.volume(&family.fs_name).await?;
-        founder.map(|r| Spec::of(&r)).transpose()?.map(|s| s.home_meta)
-    } else {
-        match holder {
-            Some(h) => b.meta.node(&h.node).await?.map(|n| n.local_meta),
-            None => None,
-        }
+    let shared =
+        b.meta.publications(&family.fs_name).await?.iter().any(|(_, _, role)| *role == Role::SharedWriter);
+    if shared {
+        return Ok((home_master(b, &family.fs_name).await?, db));
+    }
+    let url = match holder {
+        Some(h) => b.meta.node(&h.node).await?.map(|n| n.local_meta),
+        None => None,
     };
     Ok((master_at(b, url.as_deref())?, db))
 }
 
-/// The master at `url` as the registry names it (no password), with this
-/// controller's password; this controller's own when `url` is none or its own.
-pub fn master_at(b: &Backends, url: Option<&str>) -> Result<MetaServer> {
+/// The family's home master, where its shared writers send their metadata.
+pub async fn home_master(b: &Backends, fs: &str) -> Result<MetaServer> {
+    let founder = b.meta.volume(fs).await?;
+    let home = founder.map(|r| Spec::of(&r)).transpose()?.map(|s| s.home_meta);
+    master_at(b, home.as_deref())
+}
+
+/// The master at `url` as the registry names it, or this controller's own when `url`
+/// is none or its own.
+fn master_at(b: &Backends, url: Option<&str>) -> Result<MetaServer> {
     match url.filter(|u| !u.is_empty() && *u != b.meta.url().public_url()) {
         None => Ok(b.meta.clone()),
         Some(u) => {
-            let url = MetaUrl::parse(u)
-                .map_err(|e| Error::Internal(format!("the registry names master {u:?}: {e}")))?;
-            Ok(MetaServer::new(url.with_password(b.meta.url().password())))
+            b.meta.peer(u).map_err(|e| Error::Internal(format!("the registry names master {u:?}: {e}")))
         }
     }
 }
 
 /// Deletes a member of a family that has others: a clone is forgotten, a founder
-/// retired; the family goes when nothing is left. `None`: `id` is the family's
-/// only volume, which the caller destroys as a volume is destroyed.
-pub async fn delete_member(b: &Backends, id: &VolumeId, record: &VolumeRecord) -> Result<Option<()>> {
+/// retired; the family goes when nothing is left. False: `id` is the family's only
+/// volume, which the caller destroys as a volume is destroyed.
+pub async fn delete_member(b: &Backends, id: &VolumeId, record: &VolumeRecord) -> Result<bool> {
     let clone = record.fs_name != id.fs_name;
     if !clone {
         let (clones, snapshots) = b.meta.family_dependants(&id.fs_name).await?;
         if clones + snapshots == 0 {
-            return Ok(None);
+            return Ok(false);
         }
     }
     let member = id.member.as_deref().unwrap_or("root");
@@ -297,7 +383,7 @@ pub async fn delete_member(b: &Backends, id: &VolumeId, record: &VolumeRecord) -
     }
     failpoint::hit("delete:member");
     collect(b, &id.fs_name).await?;
-    Ok(Some(()))
+    Ok(true)
 }
 
 /// Destroys the family of `fs` once its founder is deleted and no clone or snapshot

@@ -17,7 +17,6 @@ use crate::error::{require, Error};
 use crate::locks::VolumeLocks;
 use crate::meta::MetaServer;
 use crate::pinning;
-use crate::proto::csi::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 use crate::proto::csi::{
     controller_server::Controller, controller_service_capability,
     validate_volume_capabilities_response::Confirmed, ControllerExpandVolumeRequest,
@@ -29,14 +28,14 @@ use crate::proto::csi::{
     DeleteSnapshotRequest, DeleteSnapshotResponse, DeleteVolumeRequest, DeleteVolumeResponse,
     GetCapacityRequest, GetCapacityResponse, GetSnapshotRequest, GetSnapshotResponse, ListSnapshotsRequest,
     ListSnapshotsResponse, ListVolumesRequest, ListVolumesResponse, ValidateVolumeCapabilitiesRequest,
-    ValidateVolumeCapabilitiesResponse, VolumeContentSource,
+    ValidateVolumeCapabilitiesResponse,
 };
 use crate::seaweedfs::Filer;
 use crate::server::record_volume;
 use crate::volume::{self, Params, SnapshotId, VolumeId};
-use family::{CloneRequest, Source};
+use family::CloneRequest;
+pub use family::{CLONE_OF, FROM_SNAPSHOT};
 use provision::{csi_volume, CreateRequest, S3Credentials};
-use std::collections::HashMap;
 use tonic::{Request, Response, Status};
 
 type RpcResult<T> = std::result::Result<Response<T>, Status>;
@@ -80,7 +79,7 @@ impl Controller for ControllerService {
             return Err(Error::InvalidArgument(why).into());
         }
         let mut raw = r.parameters.clone();
-        let source = content_source(r.volume_content_source.as_ref(), &mut raw, &self.backends).await?;
+        let source = family::source_of(&self.backends, r.volume_content_source.as_ref(), &mut raw).await?;
         let params = Params::parse(&raw)?;
         let capacity = volume::capacity_for(r.capacity_range.as_ref())?;
         volume::check_capacity_for_blocks(capacity, params.block_size_kib)?;
@@ -89,10 +88,7 @@ impl Controller for ControllerService {
         record_volume(&fs_name);
         let _guard = self.locks.lock_rpc(&fs_name).await?;
         if let Some(source) = source {
-            let family = match &source {
-                Source::Volume(v) => v.fs_name.clone(),
-                Source::Snapshot(s) => s.family.fs_name.clone(),
-            };
+            let family = source.family_fs().to_string();
             let _family = match family == fs_name {
                 true => None,
                 false => Some(self.locks.lock_rpc(&family).await?),
@@ -106,7 +102,7 @@ impl Controller for ControllerService {
             };
             let (id, spec) = family::create(&self.backends, clone).await?;
             let mut volume = csi_volume(&id, &spec);
-            volume.content_source = Some(csi_source(&source));
+            volume.content_source = Some(source.to_csi());
             return Ok(Response::new(CreateVolumeResponse { volume: Some(volume) }));
         }
         let create = CreateRequest {
@@ -329,79 +325,4 @@ impl Controller for ControllerService {
     ) -> RpcResult<ControllerModifyVolumeResponse> {
         Err(Error::Unimplemented("ControllerModifyVolume is not offered".into()).into())
     }
-}
-
-/// The parameters a Swarm user names a source with (`--opt clone-of=<volume name>`,
-/// `--opt from-snapshot=<snapshot name or id>`): Swarm passes no content source.
-pub const CLONE_OF: &str = "clone-of";
-pub const FROM_SNAPSHOT: &str = "from-snapshot";
-
-/// The new volume's source: the request's content source, or one of the two
-/// parameters above (taken out of `params`), never both.
-async fn content_source(
-    given: Option<&VolumeContentSource>,
-    params: &mut HashMap<String, String>,
-    b: &Backends,
-) -> Result<Option<Source>, Status> {
-    let clone_of = params.remove(CLONE_OF);
-    let from_snapshot = params.remove(FROM_SNAPSHOT);
-    let from_params = match (clone_of, from_snapshot) {
-        (Some(_), Some(_)) => {
-            return Err(Error::InvalidArgument(format!("give {CLONE_OF} or {FROM_SNAPSHOT}, not both")).into())
-        }
-        (Some(name), None) => {
-            let fs = volume::fs_name_for(&name);
-            let rec = b.meta.volume(&fs).await.map_err(Error::from)?;
-            let id = match rec.filter(|r| r.state == crate::meta::VolumeState::Ready) {
-                Some(r) => {
-                    let spec = volume::Spec::of(&r)?;
-                    (spec.name == name).then(|| spec.id(r.db, &fs))
-                }
-                None => None,
-            };
-            let id = id.ok_or_else(|| Error::NotFound(format!("{CLONE_OF}: no volume is named {name:?}")))?;
-            Some(Source::Volume(id))
-        }
-        (None, Some(snap)) => {
-            let id = match SnapshotId::parse(&snap) {
-                Some(id) => id,
-                None => {
-                    let rec = b.meta.snapshot_by_name(&snap).await.map_err(Error::from)?;
-                    let id = rec.and_then(|r| SnapshotId::parse(&r.id));
-                    id.ok_or_else(|| {
-                        Error::NotFound(format!("{FROM_SNAPSHOT}: no snapshot is named {snap:?}"))
-                    })?
-                }
-            };
-            Some(Source::Snapshot(id))
-        }
-        (None, None) => None,
-    };
-    let from_request = match given.and_then(|s| s.r#type.as_ref()) {
-        None => None,
-        Some(SourceType::Volume(v)) => Some(Source::Volume(
-            VolumeId::parse(&v.volume_id)
-                .ok_or_else(|| Error::NotFound(format!("source volume {:?} does not exist", v.volume_id)))?,
-        )),
-        Some(SourceType::Snapshot(s)) => {
-            Some(Source::Snapshot(SnapshotId::parse(&s.snapshot_id).ok_or_else(|| {
-                Error::NotFound(format!("source snapshot {:?} does not exist", s.snapshot_id))
-            })?))
-        }
-    };
-    match (from_request, from_params) {
-        (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
-            "the request has a content source; {CLONE_OF} and {FROM_SNAPSHOT} are for a CO that cannot send one"
-        ))
-        .into()),
-        (a, b) => Ok(a.or(b)),
-    }
-}
-
-fn csi_source(source: &Source) -> VolumeContentSource {
-    let t = match source {
-        Source::Volume(v) => SourceType::Volume(VolumeSource { volume_id: v.to_string() }),
-        Source::Snapshot(s) => SourceType::Snapshot(SnapshotSource { snapshot_id: s.to_string() }),
-    };
-    VolumeContentSource { r#type: Some(t) }
 }

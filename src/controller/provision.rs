@@ -253,7 +253,7 @@ pub async fn delete(b: &Backends, id: &VolumeId) -> Result<()> {
         // gone, but a crash may have kept it from ending its family.
         _ => return super::family::collect(b, &id.fs_name).await,
     };
-    if super::family::delete_member(b, id, &record).await?.is_some() {
+    if super::family::delete_member(b, id, &record).await? {
         return Ok(());
     }
     let live = live_db(b, id).await?;

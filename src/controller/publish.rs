@@ -47,16 +47,8 @@ pub async fn publish(
     if ctx.db == id.db {
         ctx.db = 0;
     }
-    b.meta.record_publication(&id.fs_name, member, node, role_name(role)).await?;
+    b.meta.record_publication(&id.fs_name, member, node, role).await?;
     Ok(ctx)
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Reader => "reader",
-        Role::SingleNodeWriter => "single",
-        Role::SharedWriter => "shared",
-    }
 }
 
 /// The members of a family (a volume and its clones and restores) share one file
@@ -72,17 +64,17 @@ async fn check_family(b: &Backends, id: &VolumeId, member: &str, role: Role) -> 
         .publications(&id.fs_name)
         .await?
         .into_iter()
-        .filter(|(m, _, r)| m != member && r != "reader")
+        .filter(|(m, _, r)| m != member && *r != Role::Reader)
         .collect();
     match role {
         Role::Reader => Ok(()),
-        Role::SharedWriter => match others.iter().find(|(_, _, r)| r == "single") {
+        Role::SharedWriter => match others.iter().find(|(_, _, r)| *r == Role::SingleNodeWriter) {
             None => Ok(()),
             Some((m, n, _)) => Err(Error::FailedPrecondition(format!(
                 "volume {id} shares its file system with member {m}, which node {n} writes through its own master; stop that task first (a family is written through one master at a time)"
             ))),
         },
-        Role::SingleNodeWriter => match others.iter().find(|(_, _, r)| r == "shared") {
+        Role::SingleNodeWriter => match others.iter().find(|(_, _, r)| *r == Role::SharedWriter) {
             None => Ok(()),
             Some((m, n, _)) => Err(Error::FailedPrecondition(format!(
                 "volume {id} shares its file system with member {m}, which writers on several nodes use through the home master (published on {n}); stop those tasks first"
@@ -177,9 +169,9 @@ pub async fn unpublish(b: &Backends, id: &VolumeId, node: &str) -> Result<()> {
     let member = id.member.as_deref().unwrap_or("root");
     let publications = b.meta.publications(&id.fs_name).await?;
     let mine = |m: &str, n: &str| m == member && n == node;
-    let was_shared = publications.iter().any(|(m, n, r)| mine(m, n) && r == "shared");
+    let was_shared = publications.iter().any(|(m, n, r)| mine(m, n) && *r == Role::SharedWriter);
     b.meta.withdraw_publication(&id.fs_name, member, node).await?;
-    let shared_left = publications.iter().any(|(m, n, r)| !mine(m, n) && r == "shared");
+    let shared_left = publications.iter().any(|(m, n, r)| !mine(m, n) && *r == Role::SharedWriter);
     if was_shared && !shared_left && b.meta.family_dependants(&id.fs_name).await?.0 > 0 {
         fence_shared_writers(b, id).await?;
     }
@@ -195,9 +187,7 @@ const SHARED_WRITERS: &str = "(shared writers)";
 /// crash between the two leaves a fence nobody waits for, not a wait for a fence
 /// that never comes.
 async fn fence_shared_writers(b: &Backends, id: &VolumeId) -> Result<()> {
-    let founder = b.meta.volume(&id.fs_name).await?;
-    let home = founder.map(|r| crate::volume::Spec::of(&r)).transpose()?.map(|s| s.home_meta);
-    let server = super::family::master_at(b, home.as_deref())?;
+    let server = super::family::home_master(b, &id.fs_name).await?;
     let databases = match b.databases {
         Some(n) => n,
         None => b.meta.database_count().await?,

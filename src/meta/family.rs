@@ -14,6 +14,7 @@
 
 use super::registry::{record_from_fields, volume_key, VolumeRecord, VOLUMES};
 use super::{Error, MetaServer, Result};
+use crate::pinning::Role;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
@@ -220,20 +221,19 @@ impl MetaServer {
         .await
     }
 
-    /// Records that `member` is published on `node` with `role` (`single`, `shared`
-    /// or `reader`).
-    pub async fn record_publication(&self, fs: &str, member: &str, node: &str, role: &str) -> Result<()> {
+    /// Records that `member` is published on `node` with `role`.
+    pub async fn record_publication(&self, fs: &str, member: &str, node: &str, role: Role) -> Result<()> {
         let key = publications_key(fs);
         let field = format!("{member}@{node}");
         self.registry(|mut c| {
             let (key, field) = (key.clone(), field.clone());
-            async move { c.hset::<_, _, _, ()>(key, field, role).await }
+            async move { c.hset::<_, _, _, ()>(key, field, role.as_str()).await }
         })
         .await
     }
 
     /// The family's publications: (`member`, `node`, role).
-    pub async fn publications(&self, fs: &str) -> Result<Vec<(String, String, String)>> {
+    pub async fn publications(&self, fs: &str) -> Result<Vec<(String, String, Role)>> {
         let key = publications_key(fs);
         let all: Vec<(String, String)> = self
             .registry(|mut c| {
@@ -243,7 +243,10 @@ impl MetaServer {
             .await?;
         Ok(all
             .into_iter()
-            .filter_map(|(f, role)| f.split_once('@').map(|(m, n)| (m.to_string(), n.to_string(), role)))
+            .filter_map(|(f, role)| {
+                let (m, n) = f.split_once('@')?;
+                Some((m.to_string(), n.to_string(), Role::parse(&role)?))
+            })
             .collect())
     }
 

@@ -93,6 +93,12 @@ impl MetaServer {
         &self.url
     }
 
+    /// Another master of the same set, at `url` as the registry or a publish context
+    /// names it (never with a password), reached with this server's password.
+    pub fn peer(&self, url: &str) -> Result<MetaServer> {
+        Ok(MetaServer::new(MetaUrl::parse(url)?.with_password(self.url.password())))
+    }
+
     /// Runs a registry operation, once more after a dropped connection: the manager
     /// reconnects only after a failure, and a restarted server must not fail an RPC.
     /// Every registry operation is idempotent, so a repeat is safe.

@@ -7,7 +7,7 @@ use super::paths::PathPolicy;
 use super::state::{NodeState, StagedVolume, StateFile};
 use crate::error::{Error, Result};
 use crate::locks::VolumeLocks;
-use crate::meta::{findings, Finding, MetaServer, MetaUrl, NodeRecord};
+use crate::meta::{findings, Finding, MetaServer, NodeRecord};
 use crate::volume::VolumeId;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -116,12 +116,9 @@ impl NodeCore {
     pub fn server_for(&self, home: Option<&str>) -> Result<MetaServer> {
         match home {
             None => Ok(self.meta.clone()),
-            Some(u) => {
-                let url = MetaUrl::parse(u).map_err(|e| {
-                    Error::InvalidArgument(format!("publish context names a bad master {u:?}: {e}"))
-                })?;
-                Ok(MetaServer::new(url.with_password(self.meta.url().password())))
-            }
+            Some(u) => self.meta.peer(u).map_err(|e| {
+                Error::InvalidArgument(format!("publish context names a bad master {u:?}: {e}"))
+            }),
         }
     }
 

@@ -429,18 +429,11 @@ impl NodeCore {
     /// is not. The epoch then passes to that member, which leaves the fence when its
     /// own last task goes. The caller holds [`NodeCore::family_lock`].
     pub(super) async fn leave_fence(&self, id: &VolumeId, v: &StagedVolume) -> Result<()> {
-        if !(v.fenced.is_none() && v.home.is_none() && v.epoch > 0 && !v.read_only) {
+        if !(v.writes_locally() && v.epoch > 0) {
             return Ok(());
         }
         let writing_sibling = |sid: &VolumeId, s: &StagedVolume| {
-            sid != id
-                && sid.db == id.db
-                && sid.tag == id.tag
-                && sid.fs_name == id.fs_name
-                && !s.targets.is_empty()
-                && s.fenced.is_none()
-                && s.home.is_none()
-                && !s.read_only
+            sid != id && sid.family() == id.family() && !s.targets.is_empty() && s.writes_locally()
         };
         let sibling =
             self.snapshot().volumes.into_iter().find(|(sid, s)| writing_sibling(sid, s)).map(|(sid, _)| sid);
@@ -462,7 +455,7 @@ impl NodeCore {
 
     /// Serialises fence decisions between the members of one family on this node.
     pub(super) async fn family_lock(&self, id: &VolumeId) -> Result<crate::locks::Guard> {
-        self.locks.lock_rpc(&format!("family:{}:{}:{}", id.db, id.tag, id.fs_name)).await
+        self.locks.lock_rpc(&format!("family {}", id.family())).await
     }
 }
 

@@ -70,6 +70,12 @@ impl StagedVolume {
         self.created.iter().filter(|c| path.starts_with(c)).cloned().collect()
     }
 
+    /// Writes through this node's own master, with a mount that still holds everything
+    /// it committed (not fenced): what a release must leave a fence for.
+    pub fn writes_locally(&self) -> bool {
+        self.fenced.is_none() && self.home.is_none() && !self.read_only
+    }
+
     /// The database of the generation this node mounts for volume `id`.
     pub fn live_db(&self, id: &VolumeId) -> u32 {
         if self.db == 0 {

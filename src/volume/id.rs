@@ -62,6 +62,12 @@ impl VolumeId {
         self.member.as_ref().map(|m| format!("/{}/{}/{m}", MEMBERS_DIR[0], MEMBERS_DIR[1]))
     }
 
+    /// The id of the volume's family: its file system, without the member (a volume,
+    /// its clones and restores share it).
+    pub fn family(&self) -> VolumeId {
+        VolumeId { member: None, ..self.clone() }
+    }
+
     /// The name this volume's mount goes by on a node (its juicefs log, cache and
     /// daemon): the file-system name for a root-layout volume, and the file system
     /// plus the member for a tree-layout one, since the members of one family (a
@@ -202,7 +208,7 @@ pub struct SnapshotId {
 impl SnapshotId {
     /// The snapshot of a tree-layout volume's family, named after `uuid`.
     pub fn new(source: &VolumeId, uuid: &str) -> SnapshotId {
-        SnapshotId { family: VolumeId { member: None, ..source.clone() }, tag: tag_of(uuid) }
+        SnapshotId { family: source.family(), tag: tag_of(uuid) }
     }
 
     pub fn parse(id: &str) -> Option<SnapshotId> {
