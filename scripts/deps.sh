@@ -55,20 +55,13 @@ if [[ "${KELP_NEED_VALKEY:-0}" == 1 ]] && ! command -v valkey-server >/dev/null;
   apt-get install -y -qq -t bookworm-backports valkey-server >/dev/null
 fi
 
-# KeyDB: no registry ships it. ../shared/keydb/build.sh builds 6.3.4 from a source
-# tarball once per machine (scripts/env.sh puts it on PATH); without that script a
-# keydb-server already on PATH is used, and without either the KeyDB tests say they
-# ran on Redis instead.
+# KeyDB: no registry ships it. third_party/keydb/build.sh builds 6.3.4 from the source
+# tarball kept in this repository, once per machine (scripts/env.sh puts it on PATH).
 if [[ "${KELP_NEED_KEYDB:-0}" == 1 ]] && ! command -v keydb-server >/dev/null; then
-  build=$(dirname "$0")/../../shared/keydb/build.sh
-  if [[ -x $build ]]; then
-    log "building KeyDB 6.3.4 (about 6 minutes, once per machine)"
-    started=$SECONDS
-    "$build" >/dev/null
-    log "KeyDB built in $((SECONDS - started)) s"
-  else
-    log "no keydb-server and no ../shared/keydb/build.sh: multi-master tests fall back to Redis replicas"
-  fi
+  log "building KeyDB 6.3.4 (about 6 minutes, once per machine)"
+  started=$SECONDS
+  "$(dirname "$0")/../third_party/keydb/build.sh" >/dev/null
+  log "KeyDB built in $((SECONDS - started)) s"
 fi
 
 command -v cargo >/dev/null || { log "cargo is missing: install Rust (rustup) first"; exit 1; }
