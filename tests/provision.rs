@@ -30,6 +30,7 @@ async fn create_mount_write_df_delete() {
     assert!(weed.buckets().contains(&format!("kelp-{fs}")));
     assert_eq!(redis.cli(db, &["exists", "setting"]), "1");
     assert_eq!(redis.cli(db, &["exists", "i1"]), "1");
+    assert_fsck_clean(&redis.url(), redis.password.as_deref(), db);
 
     // Same name and size: the same volume. Same name, other size: AlreadyExists.
     assert_eq!(c.create("Media Library", 2 * GIB).await.unwrap().volume_id, vol.volume_id);
@@ -65,6 +66,7 @@ async fn create_mount_write_df_delete() {
     assert!(mounts_under(&mnt).is_empty());
     assert_eq!(std::fs::read(tree.join("hello.txt")).unwrap(), b"kelp was here");
     umount(&root);
+    assert_fsck_clean(&redis.url(), redis.password.as_deref(), db);
     // The bucket carries the capacity as its SeaweedFS quota.
     let listing = run(Command::new("curl")
         .args(["-s", "-H", "Accept: application/json"])

@@ -206,6 +206,8 @@ async fn snapshot_restore_and_clone_are_independent_copies() {
         assert_eq!(capacity(&v.volume_id), Some(GIB));
     }
     assert_eq!(capacity(&clone.volume_id), Some(2 * GIB));
+    // JuiceFS's own check calls the family's file system clean, copies and all.
+    assert_fsck_clean(&redis.url(), redis.password.as_deref(), db);
     let list = |snapshot_id: &str, source: &str| {
         let mut ctl = c.ctl.clone();
         let req = csi::ListSnapshotsRequest {

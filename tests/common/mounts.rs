@@ -76,3 +76,17 @@ fn unmount_all_under(root: &Path) {
         let _ = Command::new("umount").arg("-l").arg(&m.mount_point).status();
     }
 }
+
+/// `juicefs fsck --path / --recursive` of the file system in database `db` of the
+/// server at `meta_url` (`redis://host:port`), JuiceFS's own check: it must call a
+/// kelp file system clean. Panics with its output otherwise.
+pub fn assert_fsck_clean(meta_url: &str, password: Option<&str>, db: u32) {
+    let mut cmd = Command::new("juicefs");
+    cmd.args(["fsck", "--path", "/", "--recursive"]).arg(format!("{meta_url}/{db}"));
+    if let Some(p) = password {
+        cmd.env("META_PASSWORD", p);
+    }
+    let out = cmd.output().expect("juicefs fsck");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "juicefs fsck of {meta_url}/{db} found problems:\n{text}");
+}

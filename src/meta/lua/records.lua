@@ -59,11 +59,38 @@ end
 
 
 local used_space, inodes = 0, 0
+-- A directory's usage statistics from its entries, as juicefs computes a missing one:
+-- a regular file counts its length rounded up to 4 KiB, anything else 4 KiB.
+local function dir_stat_calc(dir)
+  local space, len, nodes = 0, 0, 0
+  local entries = redis.call('HGETALL', 'd' .. num(dir))
+  for i = 2, #entries, 2 do
+    local a = redis.call('GET', 'i' .. num(be_get(entries[i], 2, 8)))
+    if a then
+      nodes = nodes + 1
+      if kind(a) == 1 then
+        len = len + length(a)
+        space = space + align4k(length(a))
+      else
+        space = space + 4096
+      end
+    end
+  end
+  redis.call('HSET', 'dirUsedSpace', num(dir), num(space))
+  redis.call('HSET', 'dirDataLength', num(dir), num(len))
+  redis.call('HSET', 'dirUsedInodes', num(dir), num(nodes))
+end
+-- Counts a change of `dir`'s entries (already made) in its statistics. `juicefs
+-- format` writes none for the root, and juicefs's own fsck calls a file system whose
+-- root has entries but no statistics broken: a directory without them gets them
+-- computed whole, as a juicefs client does the first time it changes one.
 local function dir_stat_add(dir, space, len, nodes)
   if redis.call('HEXISTS', 'dirUsedSpace', num(dir)) == 1 then
     redis.call('HINCRBY', 'dirUsedSpace', num(dir), space)
     redis.call('HINCRBY', 'dirDataLength', num(dir), len)
     redis.call('HINCRBY', 'dirUsedInodes', num(dir), nodes)
+  else
+    dir_stat_calc(dir)
   end
 end
 local function add_subdir(parent, name, ino)

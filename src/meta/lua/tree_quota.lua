@@ -14,6 +14,8 @@ if m < 1 then return redis.error_reply('KELP_BAD_DESTINATION') end
 local path = {}
 for i = 1, m do path[i] = ARGV[4 + i] end
 
+-- Volumes made before kelp kept the root's statistics lack them: an expansion mends it.
+if redis.call('HEXISTS', 'dirUsedSpace', '1') == 0 then dir_stat_calc(1) end
 local dir, first_missing = walk(path, m)
 if not dir then return redis.error_reply(first_missing) end
 if first_missing then
