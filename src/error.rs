@@ -41,6 +41,7 @@ impl From<meta::Error> for Error {
             meta::Error::BadUrl { .. } => Error::InvalidArgument(e.to_string()),
             meta::Error::NoSuchDatabase { .. } => Error::NotFound(e.to_string()),
             meta::Error::Command { .. } | meta::Error::Corrupt { .. } => Error::Internal(e.to_string()),
+            meta::Error::WouldOverwrite { .. } => Error::FailedPrecondition(e.to_string()),
             meta::Error::TreeRefused { ref why, .. } => match why {
                 meta::Refusal::NoSource => Error::NotFound(e.to_string()),
                 meta::Refusal::Exists => Error::AlreadyExists(e.to_string()),

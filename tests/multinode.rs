@@ -634,33 +634,9 @@ fn live_db(c: &Cluster, vol: &str) -> u32 {
 /// A digest of database `db` on node `i`'s master by content, not encoding (keys,
 /// and each value in a canonical order), so two masters can be compared.
 fn content_digest(c: &Cluster, i: usize, db: u32) -> String {
-    const DIGEST: &str = r#"
-redis.call('SELECT', ARGV[1])
-local keys = redis.call('KEYS', '*')
-table.sort(keys)
-local acc = ''
-for _, k in ipairs(keys) do
-  local t = redis.call('TYPE', k)['ok']
-  local v = ''
-  if t == 'string' then v = redis.call('GET', k)
-  elseif t == 'hash' then
-    local h = redis.call('HGETALL', k)
-    local f = {}
-    for j = 1, #h, 2 do f[#f + 1] = h[j] .. '=' .. h[j + 1] end
-    table.sort(f)
-    v = table.concat(f, '\n')
-  elseif t == 'list' then v = table.concat(redis.call('LRANGE', k, 0, -1), '\n')
-  elseif t == 'set' then
-    local m = redis.call('SMEMBERS', k)
-    table.sort(m)
-    v = table.concat(m, '\n')
-  elseif t == 'zset' then v = table.concat(redis.call('ZRANGE', k, 0, -1, 'WITHSCORES'), '\n')
-  end
-  acc = redis.sha1hex(acc .. k .. '\0' .. t .. '\0' .. v)
-end
-return #keys .. ' ' .. acc
-"#;
-    redis_cli(&c.net.nodes()[i].ip.to_string(), &["eval", DIGEST, "0", &db.to_string()]).trim().to_string()
+    redis_cli(&c.net.nodes()[i].ip.to_string(), &["eval", CONTENT_DIGEST_LUA, "0", &db.to_string()])
+        .trim()
+        .to_string()
 }
 
 /// Checks what a new holder sees in `dir` of the old holder's acknowledged steps

@@ -347,3 +347,154 @@ async fn a_freed_database_stays_empty() {
     c.delete(&b.volume_id).await.unwrap();
     assert!(k.mounts_under(&k.root).is_empty());
 }
+
+/// The publish context's metadata generation (`kelp/db`, `kelp/seed`) is checked
+/// against the registry before anything is touched: a forged one once emptied another
+/// volume's database. Paths kelp could never let go of, ids naming databases no server
+/// has, and URLs carrying a password are refused too; no error or log line repeats the
+/// password, and neither volume's database changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_generations_long_paths_and_secret_urls_change_nothing() {
+    let k = Isolated::start("security-generations");
+    let mut c = csi::connect(&k.endpoint).await;
+    let a = c.create("forged-a", GIB).await.unwrap();
+    let b = c.create("forged-b", GIB).await.unwrap();
+    let (da, db) = (db_of(&a.volume_id), db_of(&b.volume_id));
+    // B holds files; A is held by this node through the controller, as Swarm does it.
+    let (sb, tb) = (k.co("staged/b"), k.co("pub/b"));
+    c.stage(&b.volume_id, &sb, Mode::SingleNodeWriter).await.unwrap();
+    publish(&mut c, &b.volume_id, &sb, &tb).await.unwrap();
+    k.in_ns(&format!("echo b > {tb}/b.txt && sync"));
+    c.unpublish(&b.volume_id, &tb).await.unwrap();
+    c.unstage(&b.volume_id, &sb).await.unwrap();
+    let ctx = poll_until_async(Duration::from_secs(20), Duration::from_millis(200), || {
+        let mut c = c.clone();
+        let id = a.volume_id.clone();
+        async move {
+            c.ctl
+                .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                    volume_id: id,
+                    node_id: "security-node".into(),
+                    volume_capability: Some(csi::mount_cap(Mode::SingleNodeWriter)),
+                    ..Default::default()
+                })
+                .await
+                .ok()
+                .map(|r| r.into_inner().publish_context)
+        }
+    })
+    .await
+    .expect("node announced");
+    let epoch = ctx["kelp/epoch"].clone();
+    let unallocated: u32 = 1000;
+    let digest = |d: u32| k.redis.cli(0, &["eval", CONTENT_DIGEST_LUA, "0", &d.to_string()]);
+    let before = [digest(da), digest(db), digest(unallocated)];
+    let unchanged = |why: &str| {
+        assert_eq!([digest(da), digest(db), digest(unallocated)], before, "{why}: a database changed");
+        assert!(k.mounts_under(&k.root.join("co")).is_empty(), "{why}: something was mounted");
+    };
+
+    let staging = k.co("staged/a");
+    let forged = |pairs: &[(&str, String)]| {
+        let mut m = ctx.clone();
+        m.extend(pairs.iter().map(|(key, v)| (key.to_string(), v.clone())));
+        m
+    };
+    let cases = [
+        ("seed from A into B", forged(&[("kelp/seed", da.to_string()), ("kelp/db", db.to_string())])),
+        ("seed A from B", forged(&[("kelp/seed", db.to_string())])),
+        ("a database never allocated", forged(&[("kelp/db", unallocated.to_string())])),
+        (
+            "a database never allocated, seeded from A",
+            forged(&[("kelp/db", unallocated.to_string()), ("kelp/seed", da.to_string())]),
+        ),
+        (
+            "another epoch's seed",
+            forged(&[("kelp/seed", db.to_string()), ("kelp/epoch", format!("{epoch}9"))]),
+        ),
+    ];
+    for (why, publish_context) in cases {
+        let e = c
+            .node
+            .node_stage_volume(stage_req(&a.volume_id, &staging, HashMap::new(), publish_context))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{why}: {e:?}");
+        unchanged(why);
+    }
+    assert_eq!(k.redis.cli(db, &["exists", "kelp:seeded-from"]), "0");
+    // Below the registry check, the seed itself never empties another file system.
+    let meta = kelp::meta::MetaServer::new(
+        kelp::meta::MetaUrl::parse(&k.redis.url()).unwrap().with_password(k.redis.password.as_deref()),
+    );
+    let e = meta.seed_generation(da, db).await.unwrap_err();
+    assert!(matches!(e, kelp::meta::Error::WouldOverwrite { .. }), "{e:?}");
+    unchanged("a seed into another volume's database");
+
+    // Paths kelp could mount but never unmount: refused before anything is made.
+    let long_component = k.co(&format!("staged/{}", "x".repeat(300)));
+    let mut long_path = k.co("staged");
+    while long_path.len() < 4269 {
+        long_path.push_str("/0123456789");
+    }
+    for (why, path) in [("a 300-byte component", &long_component), ("a 4269-byte path", &long_path)] {
+        let e = c
+            .node
+            .node_stage_volume(stage_req(&a.volume_id, path, HashMap::new(), ctx.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{why}: {e:?}");
+        let e = publish(&mut c, &a.volume_id, &staging, path).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{why} as a target: {e:?}");
+        unchanged(why);
+    }
+    assert!(!Path::new(&long_component).exists() && !k.root.join("co/staged/0123456789").exists());
+
+    // A database number beyond what any server has: NotFound, which a CO does not
+    // retry, rather than Unavailable, which it retries forever.
+    for bad in ["kelp1:4000000000:0a1b2c3d:no-such-db", "kelp1:2147483648:0a1b2c3d:no-such-db:feedbeef"] {
+        let e = c
+            .node
+            .node_stage_volume(stage_req(bad, &k.co("staged/overflow"), HashMap::new(), HashMap::new()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{bad}: {e:?}");
+    }
+
+    // A master URL with a password: refused, and the password is never repeated.
+    let secret = "hunter2-in-a-forged-url";
+    for url in [format!("redis://:{secret}@127.0.0.1:1"), format!("redis://user:{secret}@127.0.0.1:notaport")]
+    {
+        let e = c
+            .node
+            .node_stage_volume(stage_req(
+                &a.volume_id,
+                &staging,
+                HashMap::new(),
+                forged(&[("kelp/meta", url)]),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(!e.message().contains(secret), "the error repeats the password: {e:?}");
+    }
+    assert!(!k.log_text().contains(secret), "the log repeats the password");
+    unchanged("forged URLs");
+
+    // The context the controller gave stages A as it should.
+    c.node.node_stage_volume(stage_req(&a.volume_id, &staging, HashMap::new(), ctx.clone())).await.unwrap();
+    c.unstage(&a.volume_id, &staging).await.unwrap();
+    c.ctl
+        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+            volume_id: a.volume_id.clone(),
+            node_id: "security-node".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(digest(db), before[1], "B is as it was");
+    for v in [&a, &b] {
+        c.delete(&v.volume_id).await.unwrap();
+    }
+    assert!(k.mounts_under(&k.root).is_empty());
+}

@@ -77,6 +77,8 @@ type KeyDump = (Vec<u8>, Vec<u8>);
 
 /// Marks a seeded generation with the database it was seeded from.
 const SEEDED_FROM: &str = "kelp:seeded-from";
+/// Marks a generation being seeded, so that a retry may empty it again.
+const SEEDING_FROM: &str = "kelp:seeding-from";
 
 fn snapshot_key(to: u32) -> String {
     format!("kelp:seed:{to}")
@@ -111,11 +113,39 @@ impl MetaServer {
         if done == Some(from) {
             return Ok(None);
         }
+        // `to` is emptied below: it must be new, or hold what an interrupted seed of
+        // this very file system left (nothing mounts it before it is marked). Anything
+        // else, another file system above all, is refused untouched.
+        let uuid = |setting: Option<String>| {
+            setting.and_then(|j| {
+                serde_json::from_str::<serde_json::Value>(&j).ok()?["UUID"].as_str().map(String::from)
+            })
+        };
+        let theirs = uuid(src.get("setting").await.map_err(err)?);
+        let Some(ours) = theirs else { return Ok(Some(0)) };
+        let size: u64 = redis::cmd("DBSIZE").query_async(&mut dst).await.map_err(err)?;
+        let resuming = dst.get::<_, Option<u32>>(SEEDING_FROM).await.map_err(err)? == Some(from)
+            || (done.is_none() && uuid(dst.get("setting").await.map_err(err)?).as_deref() == Some(&ours));
+        if size > 0 && !resuming {
+            return Err(super::Error::WouldOverwrite {
+                server: self.url.to_string(),
+                db: to,
+                detail: format!("it holds {size} keys of another file system or generation"),
+            });
+        }
         let snapshot = snapshot_key(to);
         let _: i64 = redis::Script::new(SNAPSHOT).key(&snapshot).invoke_async(&mut src).await.map_err(err)?;
-        // Whatever an interrupted seed left in `to` goes; nothing mounts it before it
-        // is marked.
-        redis::cmd("FLUSHDB").query_async::<()>(&mut dst).await.map_err(err)?;
+        redis::pipe()
+            .atomic()
+            .cmd("FLUSHDB")
+            .ignore()
+            .cmd("SET")
+            .arg(SEEDING_FROM)
+            .arg(from)
+            .ignore()
+            .query_async::<()>(&mut dst)
+            .await
+            .map_err(err)?;
         let mut cursor: u64 = 0;
         let mut copied = 0u64;
         loop {
@@ -154,6 +184,9 @@ impl MetaServer {
             .cmd("SET")
             .arg(SEEDED_FROM)
             .arg(from)
+            .ignore()
+            .cmd("DEL")
+            .arg(SEEDING_FROM)
             .ignore()
             .query_async::<()>(&mut dst)
             .await

@@ -20,7 +20,7 @@ pub use generation::{Generation, Tail, COUNTER_JUMP};
 pub use mounts::local_mounts_key;
 pub use registry::{NodeRecord, Reservation, VolumeRecord, VolumeState};
 pub use trees::{Copied, Refusal};
-pub use url::MetaUrl;
+pub use url::{redact, MetaUrl};
 
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use std::sync::Arc;
@@ -44,6 +44,9 @@ pub enum Error {
     BadUrl { why: String },
     #[error("registry entry {key} is unreadable: {detail}")]
     Corrupt { key: String, detail: String },
+    /// A write that would have replaced data it must not; nothing was written.
+    #[error("metadata server {server}: database {db} was left untouched: {detail}")]
+    WouldOverwrite { server: String, db: u32, detail: String },
     /// A tree operation refused before it wrote anything; `what` names it.
     #[error("{what}: {why}")]
     TreeRefused { what: String, why: Refusal },

@@ -114,6 +114,20 @@ impl MetaUrl {
     }
 }
 
+/// A URL kelp was handed (a publish context, a flag), fit for an error or a log line:
+/// whatever stands before its last `@` after the scheme (user and password) is
+/// replaced, parseable or not, so a forged or mistyped URL never echoes a credential.
+pub fn redact(raw: &str) -> String {
+    let (scheme, rest) = match raw.find("://") {
+        Some(at) => raw.split_at(at + 3),
+        None => ("", raw),
+    };
+    match rest.rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => raw.to_string(),
+    }
+}
+
 /// Shows the address with the password replaced, so it is safe in logs and errors.
 impl fmt::Display for MetaUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -135,6 +149,17 @@ impl fmt::Debug for MetaUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handed_urls_are_redacted_whatever_their_form() {
+        assert_eq!(redact("redis://:secret@h:1/2"), "redis://***@h:1/2");
+        assert_eq!(redact("redis://u:secret@h:notaport"), "redis://***@h:notaport");
+        assert_eq!(redact("u:p@w@h:1"), "***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+        for raw in ["redis://:s3cr3t@h:1", "rediss://a:s3cr3t@[::1]:x", "s3cr3t@h"] {
+            assert!(!redact(raw).contains("s3cr3t"), "{raw}");
+        }
+    }
 
     #[test]
     fn parses_and_redacts() {

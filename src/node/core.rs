@@ -7,7 +7,7 @@ use super::paths::PathPolicy;
 use super::state::{NodeState, StagedVolume, StateFile};
 use crate::error::{Error, Result};
 use crate::locks::VolumeLocks;
-use crate::meta::{findings, Finding, MetaServer, NodeRecord};
+use crate::meta::{findings, redact, Finding, MetaServer, NodeRecord};
 use crate::volume::VolumeId;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -117,7 +117,7 @@ impl NodeCore {
         match home {
             None => Ok(self.meta.clone()),
             Some(u) => self.meta.peer(u).map_err(|e| {
-                Error::InvalidArgument(format!("publish context names a bad master {u:?}: {e}"))
+                Error::InvalidArgument(format!("publish context names a bad master {:?}: {e}", redact(u)))
             }),
         }
     }
@@ -126,6 +126,16 @@ impl NodeCore {
     /// the volume's registered home: kelp sends its metadata password to no one else.
     pub async fn check_home(&self, id: &VolumeId, home: Option<&str>) -> Result<()> {
         let Some(home) = home else { return Ok(()) };
+        // kelp names masters to nodes without credentials; one that carries some was
+        // not written by kelp, and is never repeated.
+        if crate::meta::MetaUrl::parse(home)
+            .map_or(true, |u| u.password().is_some() || u.public_url() != home)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "the publish context names metadata master {:?}, which is not an address kelp hands out (redis://host:port, no credentials)",
+                redact(home)
+            )));
+        }
         if home == self.cfg.advertise || home == self.meta.url().public_url() {
             return Ok(());
         }
@@ -137,7 +147,8 @@ impl NodeCore {
             return Ok(());
         }
         Err(Error::InvalidArgument(format!(
-            "the publish context names metadata master {home:?}, which is neither this node's master nor the home master the registry lists for volume {id}; kelp connects with its password only to those"
+            "the publish context names metadata master {:?}, which is neither this node's master nor the home master the registry lists for volume {id}; kelp connects with its password only to those",
+            redact(home)
         )))
     }
 

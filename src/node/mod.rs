@@ -5,6 +5,7 @@
 
 pub mod core;
 pub mod fuse_fd;
+pub mod generation;
 pub mod jfs;
 pub mod lease;
 pub mod metrics;
@@ -56,7 +57,8 @@ impl NodeService {
         self.core.cfg.paths.check(raw, what)
     }
 
-    /// The stage request of a NodeStage or NodePublish, its home master checked.
+    /// The stage request of a NodeStage or NodePublish, its home master and its
+    /// databases checked against the registry.
     async fn stage_request(
         &self,
         id: &VolumeId,
@@ -68,6 +70,7 @@ impl NodeService {
         let cache_root = &self.core.cfg.juicefs.cache_dir;
         let req = StageRequest::from_rpc(staging, cap, volume_context, publish, cache_root)?;
         self.core.check_home(id, req.home.as_deref()).await?;
+        self.core.check_generation(id, &req).await?;
         Ok(req)
     }
 

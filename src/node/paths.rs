@@ -18,6 +18,17 @@ use nix::sys::stat::{mkdirat, Mode};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
+/// What kelp appends to a path it sets aside (`remove_created`): `.kelp-lost-` and a
+/// unix time of up to 20 digits.
+const SET_ASIDE_SUFFIX: usize = ".kelp-lost-".len() + 20;
+/// The longest path kelp accepts. Mounts are made through descriptors and would take
+/// any length, but unmount(2) and rename(2) take the path itself, which the kernel
+/// limits to PATH_MAX (4096 bytes with its NUL): a longer path mounts, then can never
+/// be let go. Room is kept for the set-aside suffix.
+pub const MAX_PATH_BYTES: usize = 4095 - SET_ASIDE_SUFFIX;
+/// The longest path component kelp accepts: NAME_MAX (255), less the set-aside suffix.
+pub const MAX_NAME_BYTES: usize = 255 - SET_ASIDE_SUFFIX;
+
 /// The roots below which the orchestrator's paths may live.
 #[derive(Debug, Clone)]
 pub struct PathPolicy {
@@ -86,6 +97,18 @@ impl PathPolicy {
         let path = Path::new(raw);
         if !path.is_absolute() {
             return Err(bad("must be an absolute path"));
+        }
+        if raw.len() > MAX_PATH_BYTES {
+            return Err(bad(&format!(
+                "is {} bytes long; kelp takes paths of at most {MAX_PATH_BYTES}",
+                raw.len()
+            )));
+        }
+        if let Some(long) = path.components().find(|c| c.as_os_str().len() > MAX_NAME_BYTES) {
+            return Err(bad(&format!(
+                "has a component of {} bytes; kelp takes components of at most {MAX_NAME_BYTES}",
+                long.as_os_str().len()
+            )));
         }
         let mut clean = PathBuf::from("/");
         for c in path.components() {
@@ -218,6 +241,28 @@ mod tests {
         {
             assert!(matches!(p.check(bad, "t"), Err(Error::InvalidArgument(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn paths_kelp_could_not_let_go_of_are_refused() {
+        let p = policy(Path::new("/data"));
+        let name = |n: usize| "n".repeat(n);
+        assert!(p.check(&format!("/data/{}", name(MAX_NAME_BYTES)), "t").is_ok());
+        let long_name = format!("/data/{}", name(MAX_NAME_BYTES + 1));
+        assert!(matches!(p.check(&long_name, "t"), Err(Error::InvalidArgument(_))));
+        // Many short components: the whole length counts too.
+        let deep = |bytes: usize| {
+            let mut s = String::from("/data");
+            while s.len() + 2 <= bytes {
+                s.push_str("/x");
+            }
+            s
+        };
+        assert!(p.check(&deep(MAX_PATH_BYTES), "t").is_ok());
+        let too_long = format!("{}/xx", deep(MAX_PATH_BYTES));
+        assert!(matches!(p.check(&too_long, "t"), Err(Error::InvalidArgument(_))));
+        // The set-aside name of the longest accepted path still fits the kernel's limits.
+        assert!(MAX_PATH_BYTES + ".kelp-lost-".len() + 20 < 4096 && MAX_NAME_BYTES + 31 <= 255);
     }
 
     #[test]

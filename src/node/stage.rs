@@ -464,6 +464,18 @@ impl NodeCore {
     /// from what that master holds of the retired generation `from`.
     async fn seed_generation(&self, id: &VolumeId, from: u32, db: u32) -> Result<()> {
         let started = std::time::Instant::now();
+        // The registry named `from` (`check_generation`); it must also hold this very
+        // file system before anything is copied out of it.
+        match juicefs::read_setting(&self.meta, from).await {
+            Ok(s) if s.name == id.fs_name && id.matches_uuid(&s.uuid) => {}
+            Ok(_) | Err(juicefs::Error::Missing { .. }) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} was taken over, but database {from} of this node's metadata master {} does not hold its file system to continue from; check that it replicates from the other masters",
+                    self.meta.url()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
         match self.meta.seed_generation(from, db).await? {
             Some(0) => Err(Error::FailedPrecondition(format!(
                 "volume {id} was taken over, but this node's metadata master {} holds nothing of it in database {from} to continue from; check that it replicates from the other masters",

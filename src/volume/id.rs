@@ -48,7 +48,8 @@ impl VolumeId {
         if parts.next().is_some() || !member.as_deref().is_none_or(is_tag) {
             return None;
         }
-        (db > 0 && is_tag(&tag) && is_valid_fs_name(&fs_name)).then_some(VolumeId {
+        // Redis-protocol servers number their databases with a C int.
+        (db > 0 && db <= i32::MAX as u32 && is_tag(&tag) && is_valid_fs_name(&fs_name)).then_some(VolumeId {
             db,
             tag,
             fs_name,
@@ -151,6 +152,8 @@ mod tests {
             "",
             "media",
             "kelp1:0:0a1b2c3d:media",
+            "kelp1:2147483648:0a1b2c3d:media",
+            "kelp1:4000000000:0a1b2c3d:media",
             "kelp1:x:0a1b2c3d:media",
             "kelp2:1:0a1b2c3d:media",
             "kelp1:1:0a1b2c3d:Bad_Name",

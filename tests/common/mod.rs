@@ -79,3 +79,34 @@ pub fn objects_under(weed: &Weed, path: &str) -> usize {
         })
         .sum()
 }
+
+/// A digest of one database by content, not encoding (keys, and each value in a
+/// canonical order), so that two masters, or one database before and after, compare
+/// equal exactly when they hold the same data. Run with `EVAL <this> 0 <db>`; returns
+/// "<keys> <sha1>".
+pub const CONTENT_DIGEST_LUA: &str = r#"
+redis.call('SELECT', ARGV[1])
+local keys = redis.call('KEYS', '*')
+table.sort(keys)
+local acc = ''
+for _, k in ipairs(keys) do
+  local t = redis.call('TYPE', k)['ok']
+  local v = ''
+  if t == 'string' then v = redis.call('GET', k)
+  elseif t == 'hash' then
+    local h = redis.call('HGETALL', k)
+    local f = {}
+    for j = 1, #h, 2 do f[#f + 1] = h[j] .. '=' .. h[j + 1] end
+    table.sort(f)
+    v = table.concat(f, '\n')
+  elseif t == 'list' then v = table.concat(redis.call('LRANGE', k, 0, -1), '\n')
+  elseif t == 'set' then
+    local m = redis.call('SMEMBERS', k)
+    table.sort(m)
+    v = table.concat(m, '\n')
+  elseif t == 'zset' then v = table.concat(redis.call('ZRANGE', k, 0, -1, 'WITHSCORES'), '\n')
+  end
+  acc = redis.sha1hex(acc .. k .. '\0' .. t .. '\0' .. v)
+end
+return #keys .. ' ' .. acc
+"#;
