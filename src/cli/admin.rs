@@ -31,8 +31,9 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Metadata generations retired by takeovers, and how many keys each holds that
-    /// were written after its takeover (counted now, on this server).
+    /// Metadata generations retired by takeovers: how many keys of files each holds
+    /// that were written after its takeover, and which files, as the controller last
+    /// counted them on the old holder's own master.
     Generations,
     /// Empties a retired generation and frees its database, once its files are
     /// recovered or known to be unwanted.
@@ -112,21 +113,39 @@ async fn nodes(meta: &MetaServer) -> Result<()> {
 
 async fn generations(meta: &MetaServer) -> Result<()> {
     println!(
-        "{:<28} {:>6} {:>5} {:<14} {:<14} {:>12} {:>9}",
-        "VOLUME", "DB", "EPOCH", "FROM", "TO", "TAKEN OVER", "TAIL KEYS"
+        "{:<28} {:>6} {:>5} {:<14} {:<14} {:>12} {:>9} {:>6}  COUNTED ON",
+        "VOLUME", "DB", "EPOCH", "FROM", "TO", "TAKEN OVER", "TAIL KEYS", "OTHER"
     );
+    let mut any = false;
     for fs_name in meta.volumes_with_generations().await? {
         for (db, g) in meta.generations(&fs_name).await? {
-            let tail = match meta.generation_tail(db).await? {
-                Some(t) => t.keys().to_string(),
-                None => "?".into(),
-            };
+            any = true;
+            let or_dash = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
             let ago = format!("{} s ago", kelp::unix_now() - g.at_unix);
+            let on = match (&g.counted_on, g.settled) {
+                (Some(m), true) => m.clone(),
+                (Some(m), false) => format!("{m} (counting)"),
+                (None, true) => "not comparable (retired by an older kelp)".into(),
+                (None, false) => "not yet: the old holder's master was not readable".into(),
+            };
             println!(
-                "{fs_name:<28} {db:>6} {:>5} {:<14} {:<14} {ago:>12} {tail:>9}",
-                g.epoch, g.from_node, g.to_node
+                "{fs_name:<28} {db:>6} {:>5} {:<14} {:<14} {ago:>12} {:>9} {:>6}  {on}",
+                g.epoch,
+                g.from_node,
+                g.to_node,
+                or_dash(g.tail_keys),
+                or_dash(g.tail_other)
             );
+            for f in &g.tail_files {
+                let path = f.path.as_deref().unwrap_or("(no path left in the retired generation)");
+                println!("    inode {:<12} {:>3} keys  {path}", f.inode, f.keys);
+            }
         }
+    }
+    if any {
+        println!(
+            "TAIL KEYS: keys of files (attributes, entries, chunks, xattrs) whose content on the old holder's master differs from when the volume was taken over; OTHER: counters, usage and sessions, which hold no file data."
+        );
     }
     Ok(())
 }

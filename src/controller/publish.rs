@@ -101,7 +101,7 @@ async fn hand_over(b: &Backends, id: &VolumeId, spec: &Spec, node: &str) -> Resu
                     to_node: node.into(),
                     epoch: next.epoch,
                     at_unix: crate::unix_now(),
-                    tail_keys: None,
+                    ..Default::default()
                 });
                 let mut next = next;
                 if took_over && next.seed == 0 {

@@ -16,7 +16,7 @@ mod url;
 
 pub use checks::{findings, Finding, MasterConfig};
 pub use family::{Claim, SnapshotRecord};
-pub use generation::{Generation, Tail, COUNTER_JUMP};
+pub use generation::{inode_of_key, Generation, Tail, TailFile, COUNTER_JUMP, TAIL_FILES};
 pub use mounts::local_mounts_key;
 pub use registry::{NodeRecord, Reservation, VolumeRecord, VolumeState};
 pub use trees::{Copied, Refusal};
