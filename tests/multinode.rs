@@ -425,6 +425,7 @@ async fn clean_handover_after_heavy_writes_loses_nothing() {
 
     c.release(&vol, 1).await;
     assert!(mounts_under(&c.root).is_empty());
+    assert_fsck_clean(&format!("redis://{}:{META_PORT}", c.net.nodes()[1].ip), None, db_of(&vol));
 }
 
 /// The single writer moves 0 -> 1 -> 2 -> 0, each writing its own set of files
@@ -461,6 +462,7 @@ async fn handovers_in_every_direction_lose_nothing() {
         c.release(&vol, node).await;
     }
     assert!(mounts_under(&c.root).is_empty());
+    assert_fsck_clean(&format!("redis://{}:{META_PORT}", c.net.nodes()[0].ip), None, db_of(&vol));
 }
 
 #[tokio::test(flavor = "multi_thread")]

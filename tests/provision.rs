@@ -764,12 +764,7 @@ async fn tree_copy_is_point_in_time_and_shares_objects() {
     assert!(left > 0);
     let _ = Command::new("sh").arg("-c").arg("echo 3 > /proc/sys/vm/drop_caches").status();
     check_copy(&snap);
-    let fsck = Command::new("juicefs")
-        .args(["fsck", &format!("redis://127.0.0.1:{}/{db}", redis.port)])
-        .env("META_PASSWORD", redis.password.as_deref().unwrap_or_default())
-        .output()
-        .unwrap();
-    assert!(fsck.status.success(), "juicefs fsck: {}", String::from_utf8_lossy(&fsck.stderr));
+    assert_fsck_clean(&redis.url(), redis.password.as_deref(), db);
 
     // Deleting the copy too frees every object: the references were counted right.
     umount(&snap);
