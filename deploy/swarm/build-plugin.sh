@@ -11,7 +11,7 @@
 # Or:    deploy/swarm/build-plugin.sh --push REGISTRY/REPO:TAG
 #   Builds once and pushes to a registry, leaving nothing installed here; every
 #   node then runs `docker plugin install --grant-all-permissions --alias kelp:latest
-#   REGISTRY/REPO:TAG KEY=VALUE ...` and needs no Rust (README, "Install").
+#   REGISTRY/REPO:TAG KEY=VALUE ...` and needs no Rust (docs/install.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 push=0

@@ -1,5 +1,5 @@
 //! `kelp bench`: measurements against a baseline run in the same process, reported as
-//! ratios. Never assertions: the numbers go in the README, the tests stay untimed.
+//! ratios. Never assertions: the numbers go in BENCHMARKS.md, the tests stay untimed.
 //!
 //! - `provision`: CreateVolume/DeleteVolume latency (p50/p99) and throughput through a
 //!   running kelp, against `juicefs format` (which also creates the bucket) on the same

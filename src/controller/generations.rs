@@ -28,7 +28,7 @@ pub async fn check(b: &Backends) -> crate::meta::Result<usize> {
             if keys > 0 {
                 error!(volume = %fs_name, retired_db = db, keys, changed = tail.changed, deleted = tail.gone,
                     from_node = %g.from_node, taken_over_by = %g.to_node, epoch = g.epoch,
-                    "a retired metadata generation holds writes made after the volume was taken over: they are not in the live volume; inspect them with `kelp admin generations` and the README's recovery steps");
+                    "a retired metadata generation holds writes made after the volume was taken over: they are not in the live volume; inspect them with `kelp admin generations` and the recovery steps in docs/pinning.md (After a partition)");
             } else if g.tail_keys.is_none() {
                 info!(volume = %fs_name, retired_db = db, "retired metadata generation holds nothing written after the takeover");
             }
