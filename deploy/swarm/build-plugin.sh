@@ -26,7 +26,7 @@ fi
 source scripts/env.sh
 
 echo "[plugin] building kelp (release)"
-cargo build --release --locked --quiet
+cargo build --release --locked --quiet -p kelp
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
 rootfs="$build/rootfs"
