@@ -378,6 +378,9 @@ pub async fn run(
     // The targets for the workloads.
     let kelp = publish_one(a, &mut ctl, &mut node, "dp-kelp", &[]).await?;
     let kelp_fs = kelp::volume::VolumeId::parse(&kelp.id).map(|id| id.fs_name).unwrap_or_default();
+    // Its juicefs's log, which names the process, is named after the mount (the file
+    // system and, for a tree-layout volume, its member), not after the file system.
+    let kelp_mount = kelp::volume::VolumeId::parse(&kelp.id).map(|id| id.mount_name()).unwrap_or_default();
     let db = kelp::volume::VolumeId::parse(&kelp.id).map(|id| id.db).unwrap_or(0);
     let direct = a.dir.join("dp-direct");
     std::fs::create_dir_all(&direct).map_err(crate::error::io(direct.display()))?;
@@ -405,7 +408,7 @@ pub async fn run(
     // Private memory of each mount's processes, idle.
     let mem = |which: usize| -> (u64, u64) {
         match which {
-            0 => memory_kib(&kelp_juicefs_pids(&kelp_fs)),
+            0 => memory_kib(&kelp_juicefs_pids(&kelp_mount)),
             1 => memory_kib(&pids_with(&format!("--log={}", direct_log.display()))),
             2 => memory_kib(&[weed.id() as i32]),
             _ => (0, 0),
@@ -529,9 +532,9 @@ pub async fn run(
     Ok(())
 }
 
-/// The juicefs processes kelp runs for the volume `fs_name` (their `--log=` ends in
-/// `logs/<fs name>.log`, wherever kelp's state directory is).
-fn kelp_juicefs_pids(fs_name: &str) -> Vec<i32> {
-    let suffix = format!("/logs/{fs_name}.log");
+/// The juicefs processes kelp runs for the volume mounted as `mount_name` (their
+/// `--log=` ends in `logs/<mount name>.log`, wherever kelp's state directory is).
+fn kelp_juicefs_pids(mount_name: &str) -> Vec<i32> {
+    let suffix = format!("/logs/{mount_name}.log");
     crate::procs::with_an_arg(|a| a.starts_with("--log=") && a.ends_with(&suffix))
 }
