@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): starts redis-server, SeaweedFS and a release `kelp serve` on
-# free loopback ports and runs `kelp bench provision` and `kelp bench node`, each of
+# free loopback ports and runs `kelp-bench provision` and `kelp-bench node` (the
+# benchmark binary, built from bench/; the driver does not ship it), each of
 # which runs its by-hand juicefs baseline in the same process and prints ratios.
-# `kelp bench durability` (not part of `all`: it changes the server's appendfsync while
+# `kelp-bench durability` (not part of `all`: it changes the server's appendfsync while
 # it runs) prices appendfsync always against everysec.
-# `kelp bench datapath` (not part of `all` either) sets kelp beside a raw juicefs mount,
+# `kelp-bench datapath` (not part of `all` either) sets kelp beside a raw juicefs mount,
 # a `weed mount` and local disk, workload by workload.
-# `kelp bench snapshot` (not part of `all`) times the tree copy under snapshots and
+# `kelp-bench snapshot` (not part of `all`) times the tree copy under snapshots and
 # clones against `juicefs sync` of the volume into a new one.
 # Usage: scripts/bench.sh [COUNT] [provision|node|durability|datapath|snapshot|all] [ARGS...]
-#   COUNT: volumes for provision (default 200); ARGS go to `kelp bench datapath`
+#   COUNT: volumes for provision (default 200); ARGS go to `kelp-bench datapath`
 #   (e.g. --rounds=1 --seq-mib=128 for a quick look).
 # KELP_BENCH_SCRAPE_EVERY=1 prices the metrics endpoint scraped every second (default 15).
 set -euo pipefail
@@ -18,8 +19,9 @@ source scripts/env.sh
 count=${1:-200}
 what=${2:-all}
 scripts/deps.sh
-cargo build --release --locked --quiet
+cargo build --release --locked --quiet -p kelp -p kelp-bench
 kelp="$(realpath "${CARGO_TARGET_DIR:-target}")/release/kelp"
+bench="$(realpath "${CARGO_TARGET_DIR:-target}")/release/kelp-bench"
 source tests/lib.sh
 work="$(pwd)/.kelp-test/bench"
 rm -rf "$work"
@@ -36,13 +38,13 @@ kelp_pid=$!
 KELP_PIDS+=("$kelp_pid")
 for _ in $(seq 100); do [[ -S "$work/kelp.sock" ]] && break; sleep 0.1; done
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(juicefs version); weed $(weed version | awk '{print $3}')"
-if [[ $what == durability ]]; then "$kelp" bench --dir="$work/run" durability; exit; fi
-if [[ $what == snapshot ]]; then "$kelp" bench --dir="$work/run" snapshot "${@:3}"; exit; fi
+if [[ $what == durability ]]; then "$bench" --dir="$work/run" durability; exit; fi
+if [[ $what == snapshot ]]; then "$bench" --dir="$work/run" snapshot "${@:3}"; exit; fi
 if [[ $what == datapath ]]; then
-  "$kelp" bench --dir="$work/run" datapath --weed-filer="127.0.0.1:$FILER_PORT.$FILER_GRPC" \
+  "$bench" --dir="$work/run" datapath --weed-filer="127.0.0.1:$FILER_PORT.$FILER_GRPC" \
     --metrics-addr="$metrics_addr" "${@:3}"
   exit
 fi
-if [[ $what != node ]]; then "$kelp" bench --dir="$work/run" provision --count="$count"; fi
-if [[ $what != provision ]]; then "$kelp" bench --dir="$work/run" node --kelp-pid="$kelp_pid" --metrics-addr="$metrics_addr" \
+if [[ $what != node ]]; then "$bench" --dir="$work/run" provision --count="$count"; fi
+if [[ $what != provision ]]; then "$bench" --dir="$work/run" node --kelp-pid="$kelp_pid" --metrics-addr="$metrics_addr" \
   --scrape-every="${KELP_BENCH_SCRAPE_EVERY:-15}"; fi

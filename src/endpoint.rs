@@ -1,4 +1,4 @@
-//! Where a kelp driver listens and how its clients (`kelp client`, `kelp bench`, the
+//! Where a kelp driver listens and how its clients (`kelp client`, `kelp-bench`, the
 //! tests) reach it: a unix socket or a TCP address.
 
 use std::path::PathBuf;

@@ -42,8 +42,6 @@ enum Command {
     Restore(cli::snapshot::RestoreArgs),
     /// Read kelp's registry from a metadata server (volumes, writers, fences).
     Admin(cli::admin::AdminArgs),
-    /// Measure a running driver against a by-hand juicefs baseline (see scripts/bench.sh).
-    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,7 +71,6 @@ fn main() -> std::process::ExitCode {
             rt.block_on(cli::serve::run(*args))
         }
         Command::Client(args) => rt.block_on(cli::client::run(args)),
-        Command::Bench(args) => rt.block_on(cli::bench::run(args)),
         Command::Admin(args) => rt.block_on(cli::admin::run(args)),
         Command::Stack(args) => rt.block_on(cli::stack::run(args)),
         Command::Snapshot(args) => rt.block_on(cli::snapshot::run(args)),

@@ -1,5 +1,7 @@
 //! Which metadata master a node mounts a volume against, and when a single-node
-//! writer may take a volume over from another node (DESIGN.md section 6).
+//! writer may take a volume over from another node. The invariant behind every rule
+//! here: one master takes a file system's writes at any moment (docs/design.md,
+//! section 2).
 //!
 //! The speed of kelp comes from mounting against the master on the same node; the
 //! safety rule is one writing master per volume at any moment. Both are kept by:
@@ -67,7 +69,7 @@ pub enum Master {
 
 /// The pinning rule. Writers on several nodes always share the home master: two
 /// masters handing out inode and chunk numbers for one file system at once give the
-/// same numbers twice (measured: README, "Pinning"), so there is no opt-out.
+/// same numbers twice (measured: docs/pinning.md), so there is no opt-out.
 pub fn master_for(role: Role) -> Master {
     match role {
         Role::Reader | Role::SingleNodeWriter => Master::Local,

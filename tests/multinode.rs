@@ -3,11 +3,12 @@
 //!
 //! The masters are what a real kelp cluster runs: KeyDB active-replica multi-master
 //! peers, each replicating from both others through a delay proxy, so every
-//! replication link has a controllable lag and can be paused on its own. Without a
-//! `keydb-server` (scripts/deps.sh builds one from ../shared/keydb), the bed falls
-//! back to Redis: node 0 the primary, the others writable replicas, whose own
-//! writes never propagate; the tests that need a real multi-master say they were
-//! skipped. Each test prints which servers it ran on.
+//! replication link has a controllable lag and can be paused on its own.
+//! scripts/test.sh always has one (scripts/deps.sh builds it from third_party/keydb);
+//! only a `cargo test` by hand on a machine without `keydb-server` on its PATH falls
+//! back to Redis: node 0 the primary, the others writable replicas, whose own writes
+//! never propagate; the tests that need a real multi-master say they were skipped.
+//! Each test prints which servers it ran on.
 
 mod common;
 
@@ -711,7 +712,7 @@ fn writer_running(dir: &Path, journal: &Path, n: usize) -> JournalWriter {
 }
 
 /// Every regular file under `dir` has its own inode: two names sharing one is what
-/// merged masters produced (README, Pinning).
+/// merged masters produced (docs/pinning.md).
 fn assert_no_shared_inodes(dir: &Path) {
     use std::os::unix::fs::MetadataExt;
     let mut seen: HashMap<u64, PathBuf> = HashMap::new();

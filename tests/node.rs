@@ -74,8 +74,8 @@ fn assert_dashboard_matches(scrape: &str) {
     }
     assert!(names.len() >= 15, "{names:?}");
     // Counters nothing has incremented yet are not in a scrape: those must at least be
-    // kelp families the README documents (its metrics table).
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    // kelp families the operations page documents (its metrics table).
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
     for name in names {
         let sampled =
             scrape.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")));

@@ -215,7 +215,7 @@ async fn bad_input_gets_the_right_code_and_creates_nothing() {
             with_params(&[("takeover-after", "30"), ("trash-days", "0")]),
             Code::InvalidArgument,
         ),
-        // Removed: it corrupts data on multi-master KeyDB (README, "Pinning").
+        // Removed: it corrupts data on multi-master KeyDB (docs/pinning.md).
         ("shared-writers=local", with_params(&[("shared-writers", "local")]), Code::InvalidArgument),
         // SeaweedFS rejects a fourth data centre only at the first upload.
         ("replication SeaweedFS refuses", with_params(&[("replication", "999")]), Code::InvalidArgument),

@@ -11,7 +11,7 @@
 # Or:    deploy/swarm/build-plugin.sh --push REGISTRY/REPO:TAG
 #   Builds once and pushes to a registry, leaving nothing installed here; every
 #   node then runs `docker plugin install --grant-all-permissions --alias kelp:latest
-#   REGISTRY/REPO:TAG KEY=VALUE ...` and needs no Rust (README, "Install").
+#   REGISTRY/REPO:TAG KEY=VALUE ...` and needs no Rust (docs/install.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 push=0
@@ -26,7 +26,7 @@ fi
 source scripts/env.sh
 
 echo "[plugin] building kelp (release)"
-cargo build --release --locked --quiet
+cargo build --release --locked --quiet -p kelp
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
 rootfs="$build/rootfs"

@@ -3,12 +3,9 @@
 //! operators and scripts.
 
 pub mod admin;
-pub mod bench;
 pub mod client;
-pub mod datapath;
 pub mod init;
 pub mod serve;
-pub mod snapbench;
 pub mod snapshot;
 pub mod stack;
 

@@ -85,7 +85,7 @@ async fn record(
             .collect();
         error!(volume = %fs_name, retired_db = db, keys, changed, deleted = gone, other, files = ?files,
             from_node = %g.from_node, taken_over_by = %g.to_node, epoch = g.epoch, counted_on = %master.url(),
-            "a retired metadata generation holds writes to files made after the volume was taken over: they are not in the live volume; recover them with `kelp admin generations` and the recovery steps in the docs");
+            "a retired metadata generation holds writes to files made after the volume was taken over: they are not in the live volume; recover them with `kelp admin generations` and the recovery steps in docs/pinning.md (After a partition)");
     } else {
         info!(volume = %fs_name, retired_db = db, other, counted_on = %master.url(),
             "retired metadata generation holds no file written after the takeover");

@@ -1,7 +1,9 @@
 //! ControllerPublishVolume's decision: which master the node mounts against, which
 //! metadata generation it mounts and, for a single-node writer, whether the node may
-//! take the volume from its last holder (DESIGN.md section 6; the rules themselves
-//! are in `crate::pinning`).
+//! take the volume from its last holder. Two masters taking writes for one file
+//! system hand out the same inode numbers and lose to "last write wins", so one
+//! master writes each volume at a time (docs/design.md, section 2); the rules
+//! themselves are in `crate::pinning`.
 
 use super::Backends;
 use crate::error::{Error, Result};

@@ -11,7 +11,7 @@ pub mod lease;
 pub mod metrics;
 pub mod mount;
 pub mod paths;
-pub mod procs;
+mod procs;
 pub mod publish;
 pub mod repair;
 pub mod stage;

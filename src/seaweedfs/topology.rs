@@ -163,7 +163,7 @@ mod tests {
         for c in ["001", "010", "100"] {
             assert!(!one.can_place(rep(c)), "{c}");
         }
-        // Three nodes, one rack each (DESIGN.md's recommended Swarm layout).
+        // Three nodes, one rack each: a Swarm of three that keeps writing with one node down.
         let three = Topology { data_centers: vec![vec![1, 1, 1]] };
         assert!(three.can_place(rep("010")) && three.can_place(rep("020")));
         assert!(!three.can_place(rep("030")) && !three.can_place(rep("001")));

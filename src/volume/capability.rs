@@ -69,7 +69,7 @@ pub fn mount_capability(mode: Mode) -> VolumeCapability {
 }
 
 /// A CreateVolume request for a file-system volume of `bytes` (0: unlimited), as
-/// kelp's own clients (`kelp client`, `kelp bench`) send it.
+/// kelp's own clients (`kelp client`, `kelp-bench`) send it.
 pub fn create_request(name: &str, bytes: i64, mode: Mode) -> CreateVolumeRequest {
     CreateVolumeRequest {
         name: name.to_string(),

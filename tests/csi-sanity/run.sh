@@ -11,7 +11,7 @@ trap kelp_stop_all EXIT
 
 csi_sanity="$(go env GOPATH)/bin/csi-sanity"
 [[ -x "$csi_sanity" ]] || { echo "csi-sanity missing: KELP_NEED_CSI_SANITY=1 scripts/deps.sh" >&2; exit 1; }
-cargo build --locked --quiet
+cargo build --locked --quiet -p kelp
 kelp="${CARGO_TARGET_DIR:-target}/debug/kelp"
 
 work="$(pwd)/.kelp-test/csi-sanity"

@@ -3,8 +3,8 @@
 # joined to the others by a bridge (TEST-NET-3, 203.0.113.0/24, which exists only
 # here: the namespaces have no default route), with its own containerd and dockerd
 # (vfs storage, private roots, no iptables). A registry (Debian's docker-registry)
-# runs on the bridge address; everything else is installed the way the README's
-# deployment guide says: images built here (no base image from outside: busybox-static,
+# runs on the bridge address; everything else is installed the way docs/install.md
+# says: images built here (no base image from outside: busybox-static,
 # the static weed binary, the KeyDB 6.3.4 that scripts/deps.sh builds) are pushed to
 # that registry, and `docker stack deploy` runs deploy/swarm/keydb.yml (a KeyDB master
 # on every node, multi-master peers) and deploy/swarm/seaweedfs.yml (master and filer

@@ -1,5 +1,4 @@
-//! `kelp bench`: measurements against a baseline run in the same process, reported as
-//! ratios. Never assertions: the numbers go in the README, the tests stay untimed.
+//! The measurements against a by-hand juicefs baseline, run in the same process:
 //!
 //! - `provision`: CreateVolume/DeleteVolume latency (p50/p99) and throughput through a
 //!   running kelp, against `juicefs format` (which also creates the bucket) on the same
@@ -7,136 +6,26 @@
 //! - `node`: NodeStageVolume-to-ready time against a by-hand `juicefs mount -d`, and
 //!   sequential I/O and small-file creates through a kelp publish against the directly
 //!   mounted file system; peak RSS of the driver with many volumes staged.
-//! - `datapath` (`super::datapath`): kelp against a raw juicefs mount, a `weed mount`
-//!   and local disk, workload by workload.
 //! - `durability`: what kelp's durable defaults cost (`appendfsync always` on the
 //!   metadata server, a SeaweedFS fsync rule per bucket) against `everysec` and
 //!   `durability=relaxed`, on fsync'd small-file creates and sequential writes,
 //!   the settings alternating round by round on the same servers.
 
-use super::{Error, Result};
-use clap::{Args, Subcommand};
-use kelp::proto::csi::{
-    controller_client::ControllerClient, node_client::NodeClient, volume_capability::access_mode::Mode,
-    ControllerPublishVolumeRequest, ControllerUnpublishVolumeRequest, CreateVolumeRequest,
-    DeleteVolumeRequest, NodeGetInfoRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
-    NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
+use crate::args::BenchArgs;
+use crate::common::{
+    cap, create, get_metrics, meta_db, publish_one, release_one, synced_small_files, write_synced,
 };
-use kelp::volume::{create_request, mount_capability, VolumeId};
+use crate::error::{Error, Result};
+use kelp::proto::csi::{
+    controller_client::ControllerClient, node_client::NodeClient, DeleteVolumeRequest,
+    NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest,
+};
+use kelp::volume::VolumeId;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
-
-#[derive(Args)]
-pub struct BenchArgs {
-    /// The driver's endpoint.
-    #[arg(long, env = "KELP_ENDPOINT", default_value = "unix:///run/kelp/csi.sock")]
-    endpoint: String,
-    /// Metadata server for the baseline (same server kelp uses): redis://host:port.
-    #[arg(long, env = "KELP_META_URL")]
-    pub(super) meta_url: String,
-    /// S3 endpoint for the baseline.
-    #[arg(long, env = "KELP_S3_ENDPOINT")]
-    s3_endpoint: String,
-    #[arg(long, env = "KELP_S3_ACCESS_KEY", hide_env_values = true)]
-    s3_access_key: String,
-    #[arg(long, env = "KELP_S3_SECRET_KEY", hide_env_values = true)]
-    s3_secret_key: String,
-    /// Scratch directory for mounts and files.
-    #[arg(long, default_value = "/tmp/kelp-bench")]
-    pub(super) dir: PathBuf,
-    #[command(subcommand)]
-    what: BenchWhat,
-}
-
-#[derive(Subcommand)]
-enum BenchWhat {
-    /// CreateVolume/DeleteVolume against `juicefs format`.
-    Provision {
-        #[arg(long, default_value_t = 200)]
-        count: usize,
-        /// First spare database for the baseline (must be empty; it is flushed after).
-        #[arg(long, default_value_t = 512)]
-        baseline_db: u32,
-    },
-    /// Stage time, data path and driver memory.
-    Node {
-        /// Pid of the `kelp serve` to measure memory of.
-        #[arg(long)]
-        kelp_pid: u32,
-        #[arg(long, default_value_t = 20)]
-        volumes: usize,
-        /// MiB written and read sequentially.
-        #[arg(long, default_value_t = 256)]
-        seq_mib: usize,
-        /// Small files created.
-        #[arg(long, default_value_t = 2000)]
-        files: usize,
-        /// The kelp serve's metrics endpoint (host:port): each round also runs the
-        /// workload through kelp while /metrics is scraped, to price it.
-        #[arg(long)]
-        metrics_addr: Option<String>,
-        /// Seconds between those scrapes (Prometheus's default interval is 60 s,
-        /// `deploy/grafana/prometheus.yml` uses 30 s; 1 is a worst case).
-        #[arg(long, default_value_t = 15)]
-        scrape_every: u64,
-    },
-    /// kelp against a raw `juicefs mount`, a `weed mount` and local disk, on the
-    /// same servers: I/O, metadata, untar, stage time and mount memory.
-    Datapath {
-        /// The SeaweedFS filer for `weed mount`: host:port, or host:port.grpcport.
-        #[arg(long, env = "KELP_BENCH_WEED_FILER")]
-        weed_filer: String,
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        #[arg(long, default_value_t = 512)]
-        seq_mib: usize,
-        /// Small files created, each fsync'd.
-        #[arg(long, default_value_t = 2000)]
-        files: usize,
-        /// kelp's /metrics (host:port): with it, the table of where kelp's time went,
-        /// from its juicefs's own counters.
-        #[arg(long)]
-        metrics_addr: Option<String>,
-    },
-    /// CreateSnapshot and clones through CSI, with small files and with a large file
-    /// added, against `juicefs sync` of the volume into a new one.
-    Snapshot {
-        /// Files of 4 KiB in the volume.
-        #[arg(long, default_value_t = 10_000)]
-        files: usize,
-        /// MiB of the large file added before the second copy.
-        #[arg(long, default_value_t = 1024)]
-        data_mib: usize,
-        /// Snapshots and clones per measurement (the median is shown).
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-    },
-    /// The cost of kelp's durable defaults (`appendfsync always`, SeaweedFS fsync)
-    /// against `everysec` and `durability=relaxed`. Changes the server's appendfsync
-    /// with CONFIG SET while it runs and puts the original back.
-    Durability {
-        /// Rounds; each runs both settings, in alternating order.
-        #[arg(long, default_value_t = 6)]
-        rounds: usize,
-        /// Small files created per round, each written and fsync'd.
-        #[arg(long, default_value_t = 300)]
-        files: usize,
-        /// MiB written sequentially per round, then fsync'd.
-        #[arg(long, default_value_t = 128)]
-        seq_mib: usize,
-    },
-}
-
-fn cap() -> VolumeCapability {
-    mount_capability(Mode::SingleNodeWriter)
-}
-
-fn create(name: String, gib: i64) -> CreateVolumeRequest {
-    create_request(&name, gib << 30, Mode::SingleNodeWriter)
-}
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -167,34 +56,11 @@ fn progress(what: &str, i: usize, n: usize) {
     }
 }
 
-pub(super) fn meta_db(meta: &str, db: u32) -> String {
-    format!("{}/{db}", meta.trim_end_matches('/'))
-}
-
 fn redis_flush(meta: &str, db: u32) {
     let _ = Command::new("redis-cli").args(["-u", &meta_db(meta, db), "flushdb"]).output();
 }
 
-pub async fn run(a: BenchArgs) -> Result<()> {
-    let ch = kelp::endpoint::connect(&a.endpoint).await?;
-    std::fs::create_dir_all(&a.dir).map_err(super::io(a.dir.display()))?;
-    match a.what {
-        BenchWhat::Provision { count, baseline_db } => provision(&a, ch, count, baseline_db).await,
-        BenchWhat::Node { kelp_pid, volumes, seq_mib, files, ref metrics_addr, scrape_every } => {
-            let scraping = metrics_addr.clone().map(|addr| (addr, Duration::from_secs(scrape_every.max(1))));
-            node(&a, ch, kelp_pid, volumes, seq_mib, files, scraping).await
-        }
-        BenchWhat::Durability { rounds, files, seq_mib } => durability(&a, ch, rounds, files, seq_mib).await,
-        BenchWhat::Snapshot { files, data_mib, rounds } => {
-            super::snapbench::run(&a, ch, files, data_mib, rounds).await
-        }
-        BenchWhat::Datapath { ref weed_filer, rounds, seq_mib, files, ref metrics_addr } => {
-            super::datapath::run(&a, ch, weed_filer, rounds, seq_mib, files, metrics_addr.as_deref()).await
-        }
-    }
-}
-
-async fn provision(a: &BenchArgs, ch: Channel, count: usize, baseline_db: u32) -> Result<()> {
+pub(crate) async fn provision(a: &BenchArgs, ch: Channel, count: usize, baseline_db: u32) -> Result<()> {
     let mut ctl = ControllerClient::new(ch);
     // kelp CreateVolume
     let mut create_ms = Vec::with_capacity(count);
@@ -233,7 +99,7 @@ async fn provision(a: &BenchArgs, ch: Channel, count: usize, baseline_db: u32) -
             .arg(meta_db(&a.meta_url, db))
             .arg(format!("base-{i}"))
             .output()
-            .map_err(super::io("running juicefs format"))?;
+            .map_err(crate::error::io("running juicefs format"))?;
         base_ms.push(t.elapsed().as_secs_f64() * 1e3);
         if !out.status.success() {
             return Err(Error::Refused(format!(
@@ -271,18 +137,6 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes `mib` MiB to `path` in 1 MiB blocks and fsyncs it; MiB/s.
-pub(super) fn write_synced(path: &Path, mib: usize) -> f64 {
-    let block = vec![0x5au8; 1 << 20];
-    let t = Instant::now();
-    let mut f = std::fs::File::create(path).expect("create");
-    for _ in 0..mib {
-        f.write_all(&block).expect("write");
-    }
-    f.sync_all().expect("fsync");
-    mib as f64 / t.elapsed().as_secs_f64()
-}
-
 /// Sequential write (ending in fsync) then read of `mib` MiB through `dir`. Both sides
 /// read data they just wrote, so both read through the same cache state.
 fn seq_io(dir: &Path, mib: usize) -> (f64, f64) {
@@ -293,22 +147,6 @@ fn seq_io(dir: &Path, mib: usize) -> (f64, f64) {
     let r = (data.len() >> 20) as f64 / t.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);
     (w, r)
-}
-
-/// Creates `n` small files, each written and fsync'd as a careful application does;
-/// files per second.
-pub(super) fn synced_small_files(dir: &Path, n: usize) -> f64 {
-    let d = dir.join("synced");
-    std::fs::create_dir_all(&d).expect("mkdir");
-    let t = Instant::now();
-    for i in 0..n {
-        let mut f = std::fs::File::create(d.join(format!("f{i}"))).expect("create small file");
-        f.write_all(&[0x42; 4096]).expect("write small file");
-        f.sync_all().expect("fsync small file");
-    }
-    let rate = n as f64 / t.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(&d);
-    rate
 }
 
 /// Reads or sets one setting of the metadata server through redis-cli.
@@ -323,89 +161,13 @@ fn meta_config(meta: &str, set: Option<(&str, &str)>, get: &str) -> String {
     out.lines().nth(1).unwrap_or(out.trim()).trim().to_string()
 }
 
-/// One volume created, staged and published for a benchmark.
-pub(super) struct Published {
-    pub(super) id: String,
-    staging: PathBuf,
-    pub(super) target: PathBuf,
-    node_id: String,
-}
-
-pub(super) async fn publish_one(
+pub(crate) async fn durability(
     a: &BenchArgs,
-    ctl: &mut ControllerClient<Channel>,
-    node: &mut NodeClient<Channel>,
-    name: &str,
-    params: &[(&str, &str)],
-) -> Result<Published> {
-    let mut req = create(name.into(), 4);
-    req.parameters = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let v = ctl.create_volume(req).await?.into_inner().volume.unwrap_or_default();
-    let node_id = node.node_get_info(NodeGetInfoRequest {}).await?.into_inner().node_id;
-    let p = Published {
-        id: v.volume_id,
-        staging: a.dir.join(format!("{name}-staged")),
-        target: a.dir.join(name),
-        node_id,
-    };
-    // The sequence Swarm sends: the controller's publish decides the master and makes
-    // this node the volume's single-node writer (its publish context says so).
-    let publish_context = ctl
-        .controller_publish_volume(ControllerPublishVolumeRequest {
-            volume_id: p.id.clone(),
-            node_id: p.node_id.clone(),
-            volume_capability: Some(cap()),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .publish_context;
-    node.node_stage_volume(NodeStageVolumeRequest {
-        volume_id: p.id.clone(),
-        staging_target_path: p.staging.display().to_string(),
-        volume_capability: Some(cap()),
-        publish_context: publish_context.clone(),
-        ..Default::default()
-    })
-    .await?;
-    node.node_publish_volume(NodePublishVolumeRequest {
-        volume_id: p.id.clone(),
-        staging_target_path: p.staging.display().to_string(),
-        target_path: p.target.display().to_string(),
-        volume_capability: Some(cap()),
-        publish_context,
-        ..Default::default()
-    })
-    .await?;
-    Ok(p)
-}
-
-pub(super) async fn release_one(
-    ctl: &mut ControllerClient<Channel>,
-    node: &mut NodeClient<Channel>,
-    p: Published,
+    ch: Channel,
+    rounds: usize,
+    files: usize,
+    seq_mib: usize,
 ) -> Result<()> {
-    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
-        volume_id: p.id.clone(),
-        target_path: p.target.display().to_string(),
-    })
-    .await?;
-    node.node_unstage_volume(NodeUnstageVolumeRequest {
-        volume_id: p.id.clone(),
-        staging_target_path: p.staging.display().to_string(),
-    })
-    .await?;
-    ctl.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
-        volume_id: p.id.clone(),
-        node_id: p.node_id.clone(),
-        secrets: Default::default(),
-    })
-    .await?;
-    ctl.delete_volume(DeleteVolumeRequest { volume_id: p.id, secrets: Default::default() }).await?;
-    Ok(())
-}
-
-async fn durability(a: &BenchArgs, ch: Channel, rounds: usize, files: usize, seq_mib: usize) -> Result<()> {
     let mut ctl = ControllerClient::new(ch.clone());
     let mut node = NodeClient::new(ch);
     let strict = publish_one(a, &mut ctl, &mut node, "dbench-strict", &[]).await?;
@@ -464,16 +226,6 @@ fn small_files(dir: &Path, n: usize) -> f64 {
     rate
 }
 
-/// One scrape of kelp's /metrics at `addr` (host:port), the response as text.
-pub(super) fn get_metrics(addr: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    let mut body = Vec::new();
-    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    s.read_to_end(&mut body).ok()?;
-    Some(String::from_utf8_lossy(&body).into_owned())
-}
-
 /// Scrapes `addr`'s /metrics every `every`, starting at once, on a thread of its own
 /// until finished; counts the scrapes that worked.
 struct Scraper {
@@ -514,7 +266,7 @@ enum Side {
     KelpScraped,
 }
 
-async fn node(
+pub(crate) async fn node(
     a: &BenchArgs,
     ch: Channel,
     kelp_pid: u32,
@@ -568,7 +320,7 @@ async fn node(
         .ok_or_else(|| Error::Refused(format!("unexpected volume id {:?}", ids[0])))?
         .db;
     let direct = a.dir.join("direct");
-    std::fs::create_dir_all(&direct).map_err(super::io(direct.display()))?;
+    std::fs::create_dir_all(&direct).map_err(crate::error::io(direct.display()))?;
     let mut mount_ms = Vec::new();
     for round in 0..5 {
         let t = Instant::now();
@@ -586,7 +338,7 @@ async fn node(
             .arg(meta_db(&a.meta_url, db))
             .arg(&direct)
             .output()
-            .map_err(super::io("running juicefs mount"))?;
+            .map_err(crate::error::io("running juicefs mount"))?;
         if !out.status.success() {
             return Err(Error::Refused(format!("juicefs mount: {}", String::from_utf8_lossy(&out.stderr))));
         }

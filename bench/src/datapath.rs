@@ -1,4 +1,4 @@
-//! `kelp bench datapath`: kelp side by side with what a Swarm user would otherwise
+//! `kelp-bench datapath`: kelp side by side with what a Swarm user would otherwise
 //! run, on the same SeaweedFS and the same machine, in the same process: a kelp
 //! publish target, a raw `juicefs mount` of the same file system, a `weed mount` of a
 //! filer directory (what the Go SeaweedFS CSI driver runs per volume), and local
@@ -6,8 +6,9 @@
 //! targets in rotating order; the table shows medians and kelp's ratio to `weed
 //! mount`, as speed (above 1: kelp is faster).
 
-use super::bench::{publish_one, release_one, synced_small_files, BenchArgs};
-use super::{Error, Result};
+use crate::args::BenchArgs;
+use crate::common::{median, publish_one, release_one, synced_small_files};
+use crate::error::{Error, Result};
 use kelp::proto::csi::{controller_client::ControllerClient, node_client::NodeClient};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -55,11 +56,11 @@ fn make_tree(root: &Path, dirs: usize, per_dir: usize) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&src);
     for d in 0..dirs {
         let dir = src.join(format!("pkg{d}/src"));
-        std::fs::create_dir_all(&dir).map_err(super::io(dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(crate::error::io(dir.display()))?;
         for f in 0..per_dir {
             let size = 1024 * (1 + (d * 7 + f * 13) % 20);
             std::fs::write(dir.join(format!("mod{f}.rs")), vec![b'a' + (f % 26) as u8; size])
-                .map_err(super::io("writing the source tree"))?;
+                .map_err(crate::error::io("writing the source tree"))?;
         }
     }
     let tar = root.join("tree.tar");
@@ -70,7 +71,7 @@ fn make_tree(root: &Path, dirs: usize, per_dir: usize) -> Result<PathBuf> {
         .arg(&src)
         .arg(".")
         .status()
-        .map_err(super::io("running tar"))?;
+        .map_err(crate::error::io("running tar"))?;
     if !ok.success() {
         return Err(Error::Refused("tar could not pack the source tree".into()));
     }
@@ -106,7 +107,7 @@ struct Spent {
 
 impl Spent {
     fn read(addr: &str, volume: &str) -> Spent {
-        let text = super::bench::get_metrics(addr).unwrap_or_default();
+        let text = crate::common::get_metrics(addr).unwrap_or_default();
         let label = format!("kelp_volume=\"{volume}\"");
         let mut s = Spent::default();
         for line in text.lines().filter(|l| l.contains(&label)) {
@@ -254,7 +255,7 @@ fn rec(
 
 /// Writes `mib` MiB and fsyncs them, leaving the file for a cold read; MiB/s.
 fn seq_write(dir: &Path, mib: usize) -> f64 {
-    super::bench::write_synced(&dir.join("seq.bin"), mib)
+    crate::common::write_synced(&dir.join("seq.bin"), mib)
 }
 
 /// Memory (KiB) of `pids`, as two figures: private (pages no other process maps,
@@ -278,7 +279,7 @@ fn memory_kib(pids: &[i32]) -> (u64, u64) {
 }
 
 fn pids_with(arg: &str) -> Vec<i32> {
-    kelp::node::procs::with_arg(arg).into_iter().map(|p| p.as_raw()).collect()
+    crate::procs::with_arg(arg)
 }
 
 /// Waits until `dir` is a mount that answers, up to `within`.
@@ -297,7 +298,7 @@ fn wait_mounted(dir: &Path, within: Duration) -> bool {
 
 /// A `weed mount` of the filer's `path` at `dir`, timed until it answers.
 fn weed_mount(filer: &str, path: &str, dir: &Path, cache: &Path) -> Result<(Child, f64)> {
-    std::fs::create_dir_all(dir).map_err(super::io(dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(crate::error::io(dir.display()))?;
     let t = Instant::now();
     let child = Command::new("weed")
         .arg("mount")
@@ -309,7 +310,7 @@ fn weed_mount(filer: &str, path: &str, dir: &Path, cache: &Path) -> Result<(Chil
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(super::io("running weed mount"))?;
+        .map_err(crate::error::io("running weed mount"))?;
     if !wait_mounted(dir, Duration::from_secs(30)) {
         return Err(Error::Refused(format!(
             "weed mount of {path} at {} did not answer in 30 s",
@@ -323,12 +324,6 @@ fn unmount(dir: &Path) {
     let _ = Command::new("umount").arg(dir).status();
 }
 
-pub(super) fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 pub async fn run(
     a: &BenchArgs,
     ch: Channel,
@@ -340,7 +335,7 @@ pub async fn run(
 ) -> Result<()> {
     let mut ctl = ControllerClient::new(ch.clone());
     let mut node = NodeClient::new(ch);
-    std::fs::create_dir_all(&a.dir).map_err(super::io(a.dir.display()))?;
+    std::fs::create_dir_all(&a.dir).map_err(crate::error::io(a.dir.display()))?;
     let tar = make_tree(&a.dir, 100, 20)?;
 
     // Stage until usable: kelp (a fresh volume each time), raw juicefs and weed mount.
@@ -351,17 +346,17 @@ pub async fn run(
         stage_ms[0].push(secs(t) * 1000.0);
         let db = kelp::volume::VolumeId::parse(&p.id).map(|id| id.db).unwrap_or(0);
         let direct = a.dir.join(format!("dp-direct-{i}"));
-        std::fs::create_dir_all(&direct).map_err(super::io(direct.display()))?;
+        std::fs::create_dir_all(&direct).map_err(crate::error::io(direct.display()))?;
         let t = Instant::now();
         let ok = Command::new("juicefs")
             .args(["mount", "-d", "--no-usage-report", "--backup-meta=0", "--cache-size=1024"])
             .stderr(Stdio::null())
             .arg(format!("--cache-dir={}", a.dir.join("dp-direct-cache").display()))
             .arg(format!("--log={}", a.dir.join(format!("dp-direct-{i}.log")).display()))
-            .arg(super::bench::meta_db(&a.meta_url, db))
+            .arg(crate::common::meta_db(&a.meta_url, db))
             .arg(&direct)
             .status()
-            .map_err(super::io("running juicefs mount"))?;
+            .map_err(crate::error::io("running juicefs mount"))?;
         if ok.success() {
             stage_ms[1].push(secs(t) * 1000.0);
         }
@@ -383,19 +378,22 @@ pub async fn run(
     // The targets for the workloads.
     let kelp = publish_one(a, &mut ctl, &mut node, "dp-kelp", &[]).await?;
     let kelp_fs = kelp::volume::VolumeId::parse(&kelp.id).map(|id| id.fs_name).unwrap_or_default();
+    // Its juicefs's log, which names the process, is named after the mount (the file
+    // system and, for a tree-layout volume, its member), not after the file system.
+    let kelp_mount = kelp::volume::VolumeId::parse(&kelp.id).map(|id| id.mount_name()).unwrap_or_default();
     let db = kelp::volume::VolumeId::parse(&kelp.id).map(|id| id.db).unwrap_or(0);
     let direct = a.dir.join("dp-direct");
-    std::fs::create_dir_all(&direct).map_err(super::io(direct.display()))?;
+    std::fs::create_dir_all(&direct).map_err(crate::error::io(direct.display()))?;
     let direct_log = a.dir.join("dp-direct.log");
     let ok = Command::new("juicefs")
         .args(["mount", "-d", "--no-usage-report", "--backup-meta=0", "--cache-size=1024"])
         .stderr(Stdio::null())
         .arg(format!("--cache-dir={}", a.dir.join("dp-direct-cache").display()))
         .arg(format!("--log={}", direct_log.display()))
-        .arg(super::bench::meta_db(&a.meta_url, db))
+        .arg(crate::common::meta_db(&a.meta_url, db))
         .arg(&direct)
         .status()
-        .map_err(super::io("running juicefs mount"))?;
+        .map_err(crate::error::io("running juicefs mount"))?;
     if !ok.success() {
         return Err(Error::Refused("juicefs mount of the kelp volume failed".into()));
     }
@@ -405,12 +403,12 @@ pub async fn run(
     let dirs: [PathBuf; 4] =
         [kelp.target.join("w"), direct.join("w-direct"), weed_dir.join("w"), local.clone()];
     for d in &dirs {
-        std::fs::create_dir_all(d).map_err(super::io(d.display()))?;
+        std::fs::create_dir_all(d).map_err(crate::error::io(d.display()))?;
     }
     // Private memory of each mount's processes, idle.
     let mem = |which: usize| -> (u64, u64) {
         match which {
-            0 => memory_kib(&kelp_juicefs_pids(&kelp_fs)),
+            0 => memory_kib(&kelp_juicefs_pids(&kelp_mount)),
             1 => memory_kib(&pids_with(&format!("--log={}", direct_log.display()))),
             2 => memory_kib(&[weed.id() as i32]),
             _ => (0, 0),
@@ -534,10 +532,9 @@ pub async fn run(
     Ok(())
 }
 
-/// The juicefs processes kelp runs for the volume `fs_name` (their `--log=` ends in
-/// `logs/<fs name>.log`, wherever kelp's state directory is).
-fn kelp_juicefs_pids(fs_name: &str) -> Vec<i32> {
-    let suffix = format!("/logs/{fs_name}.log");
-    let pids = kelp::node::procs::with_an_arg(|a| a.starts_with("--log=") && a.ends_with(&suffix));
-    pids.into_iter().map(|p| p.as_raw()).collect()
+/// The juicefs processes kelp runs for the volume mounted as `mount_name` (their
+/// `--log=` ends in `logs/<mount name>.log`, wherever kelp's state directory is).
+fn kelp_juicefs_pids(mount_name: &str) -> Vec<i32> {
+    let suffix = format!("/logs/{mount_name}.log");
+    crate::procs::with_an_arg(|a| a.starts_with("--log=") && a.ends_with(&suffix))
 }

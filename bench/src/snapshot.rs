@@ -1,4 +1,4 @@
-//! `kelp bench snapshot`: what the point-in-time tree copy under snapshots and clones
+//! `kelp-bench snapshot`: what the point-in-time tree copy under snapshots and clones
 //! costs (docs/snapshots.md), against what a user does today to keep a copy of a
 //! volume: `juicefs sync` of it into a new volume. The copy is one script on the
 //! metadata server, so its time is also how long that server answers nobody else.
@@ -8,8 +8,9 @@
 //! again, to show that the time follows the number of files, not the bytes. The
 //! baseline syncs the same volume into a second one through both mounts.
 
-use super::bench::{publish_one, release_one, BenchArgs, Published};
-use super::{Error, Result};
+use crate::args::BenchArgs;
+use crate::common::{median, publish_one, release_one, Published};
+use crate::error::{Error, Result};
 use kelp::proto::csi::volume_capability::access_mode::Mode;
 use kelp::proto::csi::volume_content_source::{Type as SourceType, VolumeSource};
 use kelp::proto::csi::{
@@ -95,10 +96,16 @@ async fn copies(
         clones.push(t.elapsed().as_secs_f64());
         made.volumes.push(vol.volume_id);
     }
-    Ok((super::datapath::median(&snaps), super::datapath::median(&clones)))
+    Ok((median(&snaps), median(&clones)))
 }
 
-pub async fn run(a: &BenchArgs, ch: Channel, files: usize, data_mib: usize, rounds: usize) -> Result<()> {
+pub(crate) async fn run(
+    a: &BenchArgs,
+    ch: Channel,
+    files: usize,
+    data_mib: usize,
+    rounds: usize,
+) -> Result<()> {
     let mut ctl = ControllerClient::new(ch.clone());
     let mut node = NodeClient::new(ch);
     let src = publish_one(a, &mut ctl, &mut node, "bench-snap", &[]).await?;
