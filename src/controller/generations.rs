@@ -138,7 +138,7 @@ pub fn metrics_source(b: Backends) -> crate::metrics::Source {
             up.get_or_create(&Backend { backend: "filer".into() }).set(filer as u8 as f64);
             let tails = snap.family::<Retired>(
                 "generation_tail_keys",
-                "Keys written to a retired metadata generation after its takeover, as last counted (-1: not yet)",
+                "Keys of files written to a retired metadata generation after its takeover, as last counted on the old holder's master (-1: not yet)",
             );
             if let Ok(names) = b.meta.volumes_with_generations().await {
                 for fs_name in names {
