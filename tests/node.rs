@@ -976,3 +976,74 @@ async fn family_members_on_one_node_leave_one_fence_when_both_are_done() {
         c.delete(id).await.unwrap();
     }
 }
+
+/// Unstage ends the volume's FUSE holder with its connection, at once: no holder
+/// outlives its volume, and unstage does not wait for one. Repair runs every second
+/// meanwhile, as it does on a node, and must not disturb the holder either. Prints
+/// each unstage's duration and their p50/max.
+#[tokio::test(flavor = "multi_thread")]
+async fn unstage_ends_the_holder_at_once() {
+    let b = bed("node-unstage-holder");
+    let _leftovers = Leftovers { root: b.root.clone(), state_dir: b.kelp.state_dir.clone() };
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-unstage-holder", GIB).await.unwrap();
+    let id = vol.volume_id.as_str();
+    let trials: usize = std::env::var("KELP_UNSTAGE_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
+    let (mut took, mut lingered) = (Vec::new(), 0);
+    for i in 0..trials {
+        let staging = b.root.join(format!("st{i}"));
+        c.stage(id, &s(&staging), Mode::MultiNodeMultiWriter).await.unwrap();
+        std::fs::write(staging.join(format!("f{i}")), b"x").unwrap();
+        assert_eq!(holder_pids(&b.kelp.state_dir).len(), 1);
+        // A repair pass or two sees the staged volume (and its holder).
+        tokio::time::sleep(Duration::from_millis(300 + 300 * (i as u64 % 5))).await;
+        // Something connects to the holder's socket while the volume goes (as a
+        // juicefs starting, or a probe, may): the holder must still end with its
+        // connection.
+        let sockets: Vec<PathBuf> = std::fs::read_dir(b.kelp.state_dir.join("fuse"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let knocker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for s in &sockets {
+                        drop(std::os::unix::net::UnixStream::connect(s));
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        let at = Instant::now();
+        c.unstage(id, &s(&staging)).await.unwrap();
+        took.push(at.elapsed().as_secs_f64());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        knocker.join().unwrap();
+        if !holder_pids(&b.kelp.state_dir).is_empty() {
+            lingered += 1;
+        }
+        // Nothing is left to linger into the next trial.
+        kill_pids(&holder_pids(&b.kelp.state_dir));
+    }
+    let mut sorted = took.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "NodeUnstage over {trials} trials: p50 {:.3} s, max {:.3} s; holders alive after unstage: {lingered}; all: {took:.3?}",
+        sorted[trials / 2],
+        sorted[trials - 1]
+    );
+    assert_eq!(lingered, 0, "holders outlived their unstage");
+    assert!(sorted[trials - 1] < 1.5, "an unstage waited for its holder: {took:.3?}");
+    // Nothing probed the holders by talking to them.
+    for e in std::fs::read_dir(b.kelp.state_dir.join("logs")).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if e.file_name().to_string_lossy().ends_with(".holder.log") {
+            assert!(!text.contains("exchange failed"), "{}:\n{text}", e.path().display());
+        }
+    }
+    c.delete(id).await.unwrap();
+}
