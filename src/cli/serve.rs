@@ -190,7 +190,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     let node = a.services != Services::Controller;
     let filer = if controller { Some(Filer::new(&a.filer)?) } else { None };
 
-    let identity = IdentityService { controller, meta: meta.clone(), filer: filer.clone() };
+    let identity = IdentityService::new(controller, meta.clone(), filer.clone());
     let mut router = tonic::transport::Server::builder()
         // A client that vanished without closing (a killed CO, a dropped TCP peer)
         // is noticed and its connection closed instead of being kept forever.
