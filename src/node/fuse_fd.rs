@@ -262,7 +262,7 @@ fn exchange(conn: &UnixStream, placeholder: &OwnedFd, held: &mut Option<Held>) -
 /// Starts a holder on `socket` unless one answers there already, and returns once it
 /// listens. It runs in its own process group, so a signal to `kelp serve`'s group
 /// does not reach it, and outlives `kelp serve`.
-pub fn ensure_holder(socket: &Path, log: &Path) -> std::io::Result<()> {
+pub fn ensure_holder(socket: &Path, log: &Path, mount_point: &Path) -> std::io::Result<()> {
     if holder_running(socket) {
         return Ok(());
     }
@@ -274,6 +274,8 @@ pub fn ensure_holder(socket: &Path, log: &Path) -> std::io::Result<()> {
         .arg("hold-fuse")
         .arg("--socket")
         .arg(socket)
+        .arg("--mount-point")
+        .arg(mount_point)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)

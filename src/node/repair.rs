@@ -195,6 +195,13 @@ impl Retries {
 /// their next try is due.
 pub async fn tick(core: &NodeCore, retries: &mut Retries) {
     crate::failpoint::panic_once("repair:tick");
+    core.reap().await;
+    let (dir, cap) = (core.cfg.juicefs.log_dir.clone(), core.cfg.log_cap);
+    if let Ok(rotated) = tokio::task::spawn_blocking(move || super::logs::bound(&dir, cap)).await {
+        for (log, bytes) in rotated {
+            info!(log = ?log, bytes, "log over its cap: kept as .1 and started afresh");
+        }
+    }
     let volumes = core.snapshot().volumes;
     retries.0.retain(|id, _| volumes.contains_key(id));
     for (id, v) in volumes {
