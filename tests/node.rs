@@ -1047,3 +1047,122 @@ async fn unstage_ends_the_holder_at_once() {
     }
     c.delete(id).await.unwrap();
 }
+
+/// A volume the node state no longer has (its entry lost while `kelp serve` was
+/// down) leaves a holder, a juicefs and mounts no staged volume owns: the restarted
+/// node reaps each of them, logs and counts it, and leaves the volume it still has
+/// staged alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_no_staged_volume_owns_is_reaped_and_counted() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut b = bed_with("node-reap", &[format!("--metrics-addr={addr}")]);
+    let _leftovers = Leftovers { root: b.root.clone(), state_dir: b.kelp.state_dir.clone() };
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let (lost, kept) =
+        (c.create("node-reap-lost", GIB).await.unwrap(), c.create("node-reap-kept", GIB).await.unwrap());
+    let lost_fs = lost.volume_context["fsName"].clone();
+    let kept_fs = kept.volume_context["fsName"].clone();
+    let mode = Mode::MultiNodeMultiWriter;
+    for (v, name) in [(&lost, "lost"), (&kept, "kept")] {
+        let (st, t) = (b.root.join(format!("st-{name}")), b.root.join(format!("t-{name}")));
+        c.stage(&v.volume_id, &s(&st), mode).await.unwrap();
+        c.publish(&v.volume_id, &s(&st), &s(&t), mode, false).await.unwrap();
+        std::fs::write(t.join("f"), name).unwrap();
+    }
+    let reaped = |kind: &str| {
+        sample(&scrape(&addr), "kelp_node_reaped_total", &[&format!("kind=\"{kind}\"")]).unwrap_or(-1.0)
+    };
+    assert_eq!(reaped("holder"), 0.0, "shown from the start, and nothing of a staged volume is reaped");
+    assert_eq!(holder_pids(&b.kelp.state_dir).len(), 2);
+
+    b.kelp.kill();
+    let state_file = b.kelp.state_dir.join("node-state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    assert!(state["volumes"].as_object_mut().unwrap().remove(&lost.volume_id).is_some());
+    std::fs::write(&state_file, serde_json::to_string_pretty(&state).unwrap()).unwrap();
+    b.kelp.restart();
+
+    let (lost_st, lost_t) = (b.root.join("st-lost"), b.root.join("t-lost"));
+    let gone = poll_until_async(Duration::from_secs(30), Duration::from_millis(200), || {
+        let (st, t, fs, state_dir) =
+            (lost_st.clone(), lost_t.clone(), lost_fs.clone(), b.kelp.state_dir.clone());
+        async move {
+            (mount_at(&st).is_none()
+                && mount_at(&t).is_none()
+                && juicefs_pids(&fs).is_empty()
+                && holder_pids(&state_dir).len() == 1)
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "orphans left: mounts {:?}, juicefs {:?}, holders {:?}",
+        mounts_under(&b.root),
+        juicefs_pids(&lost_fs),
+        holder_pids(&b.kelp.state_dir)
+    );
+    assert_eq!((reaped("holder"), reaped("juicefs"), reaped("mount")), (1.0, 1.0, 2.0));
+    let log = b.kelp.log_text();
+    assert_eq!(log.matches("reaped a JuiceFS mount no staged volume owns").count(), 2, "{log}");
+    assert_eq!(log.matches("reaped a process no staged volume owns").count(), 2, "{log}");
+    // The volume still staged kept everything: its daemon, its holder, its data.
+    assert_eq!(juicefs_pids(&kept_fs).len(), 1);
+    eventually_io(&b.root.join("t-kept"), Duration::from_secs(10)).await;
+    assert_eq!(std::fs::read_to_string(b.root.join("t-kept/f")).unwrap(), "kept");
+
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    cleanup(&mut c, &kept.volume_id, &b.root.join("st-kept"), &[&b.root.join("t-kept")]).await;
+    cleanup(&mut c, &lost.volume_id, &lost_st, &[&lost_t]).await;
+    assert!(mounts_under(&b.root).is_empty(), "mounts left: {:?}", mounts_under(&b.root));
+    assert!(holder_pids(&b.kelp.state_dir).is_empty());
+    assert_eq!(reaped("holder"), 1.0, "an unstaged volume's holder ends by itself");
+}
+
+/// Every log the node's helpers write stays bounded: one over `--log-max-mib` is
+/// kept as `.1` and started afresh by the next repair pass, its writer unaware.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_over_the_cap_are_rotated() {
+    let b = bed_with("node-logs", &["--log-max-mib=1".into()]);
+    let _leftovers = Leftovers { root: b.root.clone(), state_dir: b.kelp.state_dir.clone() };
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-logs", GIB).await.unwrap();
+    let id = vol.volume_id.as_str();
+    let (staging, t) = (b.root.join("st"), b.root.join("t"));
+    c.stage(id, &s(&staging), Mode::MultiNodeMultiWriter).await.unwrap();
+    c.publish(id, &s(&staging), &s(&t), Mode::MultiNodeMultiWriter, false).await.unwrap();
+    let logs = b.kelp.state_dir.join("logs");
+    // `<mount name>.log` and `<mount name>.holder.log`, the volume's only ones.
+    let holder_log = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".holder.log"))
+        .unwrap();
+    let jfs_log = PathBuf::from(holder_log.to_string_lossy().replace(".holder.log", ".log"));
+    assert!(jfs_log.exists(), "{jfs_log:?}");
+    // As if months of logging had passed: 3 MiB more in each.
+    for log in [&jfs_log, &holder_log] {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+        f.write_all(&vec![b'.'; 3 << 20]).unwrap();
+    }
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let under = poll_until_async(Duration::from_secs(15), Duration::from_millis(200), || async {
+        (size(&jfs_log) < 1 << 20 && size(&holder_log) < 1 << 20).then_some(())
+    })
+    .await;
+    assert!(under.is_some(), "logs still {} and {} bytes", size(&jfs_log), size(&holder_log));
+    for log in [&jfs_log, &holder_log] {
+        let prev = PathBuf::from(format!("{}.1", log.display()));
+        println!("{}: {} bytes, {}: {} bytes", log.display(), size(log), prev.display(), size(&prev));
+        assert!(size(&prev) > 3 << 20, "the previous file is kept");
+    }
+    assert!(b.kelp.log_text().contains("log over its cap"));
+    // The writers go on: the mount works, and juicefs still logs to its file.
+    std::fs::write(t.join("f"), b"x").unwrap();
+    cleanup(&mut c, id, &staging, &[&t]).await;
+    let tail = std::fs::read_to_string(&jfs_log).unwrap_or_default();
+    println!("juicefs log after rotation and unmount: {} bytes", tail.len());
+}

@@ -45,7 +45,12 @@ pub fn table() -> Vec<Process> {
 
 /// juicefs rewrites its argv in place, so arguments may be NUL- or space-separated.
 fn split_args(cmdline: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(cmdline).replace('\0', " ").split(' ').filter(|a| !a.is_empty()).map(String::from).collect()
+    String::from_utf8_lossy(cmdline)
+        .replace('\0', " ")
+        .split(' ')
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Sends `signal` to each of `pids`; returns how many got it (a process that has just

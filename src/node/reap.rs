@@ -180,15 +180,18 @@ impl NodeCore {
                     warn!(path = ?m.mount_point, fs = fs_name, "reaped a JuiceFS mount no staged volume owns");
                     count("mount", 1);
                 }
-                Err(e) => warn!(path = ?m.mount_point, error = %e, "cannot unmount a JuiceFS mount no staged volume owns"),
+                Err(e) => {
+                    warn!(path = ?m.mount_point, error = %e, "cannot unmount a JuiceFS mount no staged volume owns")
+                }
             }
         }
+        // A daemon or holder whose mount went above may have ended already; it was
+        // reaped all the same.
         for (kind, pids) in [("juicefs", &o.juicefs), ("holder", &o.holders)] {
             for pid in pids {
-                if procs::signal(&[*pid], Signal::SIGTERM) == 1 {
-                    warn!(pid = pid.as_raw(), kind, "reaped a process no staged volume owns");
-                    count(kind, 1);
-                }
+                let signalled = procs::signal(&[*pid], Signal::SIGTERM) == 1;
+                warn!(pid = pid.as_raw(), kind, signalled, "reaped a process no staged volume owns");
+                count(kind, 1);
             }
         }
     }
