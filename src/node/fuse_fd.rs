@@ -129,12 +129,18 @@ pub fn holder_running(socket: &Path) -> bool {
     }
 }
 
-/// Takes the holder's lock on `socket` for the life of the returned file.
+/// Takes the holder's lock on `socket` for the life of the returned file. A probe
+/// holds it shared for an instant, so a busy lock is tried again for a second.
 fn take_lock(socket: &Path) -> std::io::Result<std::fs::File> {
     let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lock_file(socket))?;
+    let deadline = Instant::now() + Duration::from_secs(1);
     // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || Instant::now() > deadline {
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
     Ok(f)
 }
