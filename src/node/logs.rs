@@ -6,10 +6,31 @@
 //! lands at the new end; the lines written between the copy and the truncation are
 //! lost, the usual price of copy-and-truncate for a writer that cannot be told to
 //! reopen. A log is thus at most the cap plus one pass's writing, and its `.1` at
-//! most that again.
+//! most that again. The logs of a volume no longer staged here are removed once
+//! nothing has written them for [`KEEP_UNSTAGED`], so volumes that come and go do not
+//! leave their logs behind for good.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long the logs of a volume no longer staged here are kept after their last line.
+pub const KEEP_UNSTAGED: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The mount name a file of the log directory belongs to: `<name>.log`,
+/// `<name>.holder.log` and their `.1` copies.
+fn mount_name(file: &str) -> Option<&str> {
+    let file = file.strip_suffix(".1").unwrap_or(file);
+    let file = file.strip_suffix(".log")?;
+    Some(file.strip_suffix(".holder").unwrap_or(file))
+}
+
+/// Whether `file`, unwritten for `age`, is a log of a volume not staged here (`staged`
+/// holds their mount names) that has been kept long enough.
+pub fn stale(file: &str, age: Duration, staged: &HashSet<String>, keep: Duration) -> bool {
+    mount_name(file).is_some_and(|m| !staged.contains(m)) && age >= keep
+}
 
 /// The previous file of `log`, kept after a rotation.
 pub fn previous(log: &Path) -> PathBuf {
@@ -40,15 +61,25 @@ pub fn rotate_if_over(log: &Path, cap: u64) -> io::Result<Option<u64>> {
     Ok(Some(len))
 }
 
-/// Rotates every log in `dir` that is over `cap`; returns the rotated files and the
-/// sizes they had.
-pub fn bound(dir: &Path, cap: u64) -> Vec<(PathBuf, u64)> {
+/// Removes the stale logs in `dir` (see [`stale`]) and rotates every other one that
+/// is over `cap`; returns the rotated files with the sizes they had.
+pub fn bound(dir: &Path, cap: u64, staged: &HashSet<String>, keep: Duration) -> Vec<(PathBuf, u64)> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .filter_map(|e| {
             let path = e.path();
+            let age = e.metadata().ok()?.modified().ok()?.elapsed().unwrap_or_default();
+            if stale(&e.file_name().to_string_lossy(), age, staged, keep) {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        tracing::info!(log = ?path, "removed the log of a volume no longer staged here")
+                    }
+                    Err(err) => tracing::warn!(log = ?path, error = %err, "cannot remove an old log"),
+                }
+                return None;
+            }
             match rotate_if_over(&path, cap) {
                 Ok(rotated) => rotated.map(|len| (path, len)),
                 Err(err) => {
@@ -76,6 +107,19 @@ mod tests {
     }
 
     #[test]
+    fn only_old_logs_of_volumes_not_staged_here_go() {
+        let staged: HashSet<String> = ["fs.abc".to_string()].into();
+        let (week, hour) = (KEEP_UNSTAGED, Duration::from_secs(3600));
+        for f in ["fs.def.log", "fs.def.holder.log", "fs.def.log.1", "fs.def.holder.log.1", "plain.log"] {
+            assert!(stale(f, week, &staged, week), "{f}");
+            assert!(!stale(f, hour, &staged, week), "{f} is recent");
+        }
+        for f in ["fs.abc.log", "fs.abc.holder.log", "fs.abc.log.1", "node-state.json", "x.lock"] {
+            assert!(!stale(f, week * 10, &staged, week), "{f}");
+        }
+    }
+
+    #[test]
     fn a_writer_holding_the_log_open_goes_on_at_its_new_start() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("vol.holder.log");
@@ -83,15 +127,19 @@ mod tests {
         writer.write_all(&[b'x'; 300]).unwrap();
         assert_eq!(rotate_if_over(&log, 1000).unwrap(), None);
         writer.write_all(&[b'y'; 800]).unwrap();
-        let rotated = bound(dir.path(), 1000);
+        let staged: HashSet<String> = ["vol".to_string()].into();
+        let rotated = bound(dir.path(), 1000, &staged, KEEP_UNSTAGED);
         assert_eq!(rotated, vec![(log.clone(), 1100)]);
         assert_eq!(std::fs::metadata(previous(&log)).unwrap().len(), 1100);
         writer.write_all(b"after\n").unwrap();
         assert_eq!(std::fs::read(&log).unwrap(), b"after\n", "appended at the start, no hole");
         // A second rotation replaces the kept copy, which is never rotated itself.
         writer.write_all(&[b'z'; 2000]).unwrap();
-        assert_eq!(bound(dir.path(), 1000).len(), 1);
+        assert_eq!(bound(dir.path(), 1000, &staged, KEEP_UNSTAGED).len(), 1);
         assert_eq!(std::fs::metadata(previous(&log)).unwrap().len(), 2006);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "the log and one previous file");
+        // Once the volume is no longer staged here, its logs go when old enough.
+        bound(dir.path(), 1000, &HashSet::new(), Duration::ZERO);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -143,9 +143,10 @@ impl NodeCore {
 
     /// Ends every holder, juicefs and mount of this node's that no staged volume
     /// owns: mounts first (their daemons then end by themselves), then the processes.
-    /// Skipped while any volume operation runs; the next pass tries again.
-    pub async fn reap(&self) {
-        let Some(_all) = self.locks.try_all() else { return };
+    /// Only while no volume operation runs: the caller holds [`VolumeLocks::try_all`].
+    ///
+    /// [`VolumeLocks::try_all`]: crate::locks::VolumeLocks::try_all
+    pub async fn reap(&self, _all: &tokio::sync::OwnedRwLockWriteGuard<()>) {
         let owned = self.owned();
         let fuse = self.cfg.state_dir.join("fuse");
         let logs = self.cfg.juicefs.log_dir.clone();
