@@ -31,6 +31,10 @@ enum Command {
         /// The socket juicefs finds through JFS_SUPER_COMM.
         #[arg(long)]
         socket: std::path::PathBuf,
+        /// The staging path of the mount it holds: not read by the holder, it names
+        /// that mount for the node's reaper.
+        #[arg(long)]
+        mount_point: Option<std::path::PathBuf>,
     },
     /// Talk to a running driver over its endpoint (create, list, mount, ...).
     Client(cli::client::ClientArgs),
@@ -49,7 +53,7 @@ fn main() -> std::process::ExitCode {
     // No runtime for init or the FUSE holder: they must stay small and cannot fail.
     let cli = match cli.command {
         Command::Init(args) => return cli::init::run(args),
-        Command::HoldFuse { socket } => {
+        Command::HoldFuse { socket, .. } => {
             return match kelp::node::fuse_fd::hold(&socket) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {

@@ -63,6 +63,12 @@ pub struct EventLabels {
     pub kind: String,
 }
 
+/// What the node's reaper ended: `holder`, `juicefs` or `mount`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
 type Seconds = Counter<f64, AtomicU64>;
 
 /// The process's event counters.
@@ -75,6 +81,7 @@ pub struct Metrics {
     pub fence_wait_seconds: Family<VolumeLabels, Seconds>,
     pub fences: Family<EventLabels, Counter>,
     pub publishes: Family<EventLabels, Counter>,
+    pub reaped: Family<KindLabels, Counter>,
 }
 
 fn rpc_histogram() -> Histogram {
@@ -96,6 +103,7 @@ pub fn metrics() -> &'static Metrics {
             fence_wait_seconds: Family::default(),
             fences: Family::default(),
             publishes: Family::default(),
+            reaped: Family::default(),
             registry: Registry::default(),
         };
         registry.register("rpc_requests", "CSI RPCs served, by method and gRPC code", m.rpcs.clone());
@@ -124,6 +132,11 @@ pub fn metrics() -> &'static Metrics {
             "volume_publishes",
             "Single-writer publishes decided by the controller: kind grant, handover, takeover or refused",
             m.publishes.clone(),
+        );
+        registry.register(
+            "node_reaped",
+            "FUSE holders, juicefs daemons and JuiceFS mounts of this node's that no staged volume owned, ended by the node: kind holder, juicefs or mount",
+            m.reaped.clone(),
         );
         Metrics { registry, ..m }
     })

@@ -976,3 +976,193 @@ async fn family_members_on_one_node_leave_one_fence_when_both_are_done() {
         c.delete(id).await.unwrap();
     }
 }
+
+/// Unstage ends the volume's FUSE holder with its connection, at once: no holder
+/// outlives its volume, and unstage does not wait for one. Repair runs every second
+/// meanwhile, as it does on a node, and must not disturb the holder either. Prints
+/// each unstage's duration and their p50/max.
+#[tokio::test(flavor = "multi_thread")]
+async fn unstage_ends_the_holder_at_once() {
+    let b = bed("node-unstage-holder");
+    let _leftovers = Leftovers { root: b.root.clone(), state_dir: b.kelp.state_dir.clone() };
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-unstage-holder", GIB).await.unwrap();
+    let id = vol.volume_id.as_str();
+    let trials: usize = std::env::var("KELP_UNSTAGE_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
+    let (mut took, mut lingered) = (Vec::new(), 0);
+    for i in 0..trials {
+        let staging = b.root.join(format!("st{i}"));
+        c.stage(id, &s(&staging), Mode::MultiNodeMultiWriter).await.unwrap();
+        std::fs::write(staging.join(format!("f{i}")), b"x").unwrap();
+        assert_eq!(holder_pids(&b.kelp.state_dir).len(), 1);
+        // A repair pass or two sees the staged volume (and its holder).
+        tokio::time::sleep(Duration::from_millis(300 + 300 * (i as u64 % 5))).await;
+        // Something connects to the holder's socket while the volume goes (as a
+        // juicefs starting, or a probe, may): the holder must still end with its
+        // connection.
+        let sockets: Vec<PathBuf> = std::fs::read_dir(b.kelp.state_dir.join("fuse"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let knocker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for s in &sockets {
+                        drop(std::os::unix::net::UnixStream::connect(s));
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        let at = Instant::now();
+        c.unstage(id, &s(&staging)).await.unwrap();
+        took.push(at.elapsed().as_secs_f64());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        knocker.join().unwrap();
+        if !holder_pids(&b.kelp.state_dir).is_empty() {
+            lingered += 1;
+        }
+        // Nothing is left to linger into the next trial.
+        kill_pids(&holder_pids(&b.kelp.state_dir));
+    }
+    let mut sorted = took.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "NodeUnstage over {trials} trials: p50 {:.3} s, max {:.3} s; holders alive after unstage: {lingered}; all: {took:.3?}",
+        sorted[trials / 2],
+        sorted[trials - 1]
+    );
+    assert_eq!(lingered, 0, "holders outlived their unstage");
+    assert!(sorted[trials - 1] < 1.5, "an unstage waited for its holder: {took:.3?}");
+    // Nothing probed the holders by talking to them.
+    for e in std::fs::read_dir(b.kelp.state_dir.join("logs")).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if e.file_name().to_string_lossy().ends_with(".holder.log") {
+            assert!(!text.contains("exchange failed"), "{}:\n{text}", e.path().display());
+        }
+    }
+    c.delete(id).await.unwrap();
+}
+
+/// A volume the node state no longer has (its entry lost while `kelp serve` was
+/// down) leaves a holder, a juicefs and mounts no staged volume owns: the restarted
+/// node reaps each of them, logs and counts it, and leaves the volume it still has
+/// staged alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_no_staged_volume_owns_is_reaped_and_counted() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut b = bed_with("node-reap", &[format!("--metrics-addr={addr}")]);
+    let _leftovers = Leftovers { root: b.root.clone(), state_dir: b.kelp.state_dir.clone() };
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let (lost, kept) =
+        (c.create("node-reap-lost", GIB).await.unwrap(), c.create("node-reap-kept", GIB).await.unwrap());
+    let lost_fs = lost.volume_context["fsName"].clone();
+    let kept_fs = kept.volume_context["fsName"].clone();
+    let mode = Mode::MultiNodeMultiWriter;
+    for (v, name) in [(&lost, "lost"), (&kept, "kept")] {
+        let (st, t) = (b.root.join(format!("st-{name}")), b.root.join(format!("t-{name}")));
+        c.stage(&v.volume_id, &s(&st), mode).await.unwrap();
+        c.publish(&v.volume_id, &s(&st), &s(&t), mode, false).await.unwrap();
+        std::fs::write(t.join("f"), name).unwrap();
+    }
+    let reaped = |kind: &str| {
+        sample(&scrape(&addr), "kelp_node_reaped_total", &[&format!("kind=\"{kind}\"")]).unwrap_or(-1.0)
+    };
+    assert_eq!(reaped("holder"), 0.0, "shown from the start, and nothing of a staged volume is reaped");
+    assert_eq!(holder_pids(&b.kelp.state_dir).len(), 2);
+
+    b.kelp.kill();
+    let state_file = b.kelp.state_dir.join("node-state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    assert!(state["volumes"].as_object_mut().unwrap().remove(&lost.volume_id).is_some());
+    std::fs::write(&state_file, serde_json::to_string_pretty(&state).unwrap()).unwrap();
+    b.kelp.restart();
+
+    let (lost_st, lost_t) = (b.root.join("st-lost"), b.root.join("t-lost"));
+    let gone = poll_until_async(Duration::from_secs(30), Duration::from_millis(200), || {
+        let (st, t, fs, state_dir) =
+            (lost_st.clone(), lost_t.clone(), lost_fs.clone(), b.kelp.state_dir.clone());
+        async move {
+            (mount_at(&st).is_none()
+                && mount_at(&t).is_none()
+                && juicefs_pids(&fs).is_empty()
+                && holder_pids(&state_dir).len() == 1)
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "orphans left: mounts {:?}, juicefs {:?}, holders {:?}",
+        mounts_under(&b.root),
+        juicefs_pids(&lost_fs),
+        holder_pids(&b.kelp.state_dir)
+    );
+    assert_eq!((reaped("holder"), reaped("juicefs"), reaped("mount")), (1.0, 1.0, 2.0));
+    let log = b.kelp.log_text();
+    assert_eq!(log.matches("reaped a JuiceFS mount no staged volume owns").count(), 2, "{log}");
+    assert_eq!(log.matches("reaped a process no staged volume owns").count(), 2, "{log}");
+    // The volume still staged kept everything: its daemon, its holder, its data.
+    assert_eq!(juicefs_pids(&kept_fs).len(), 1);
+    eventually_io(&b.root.join("t-kept"), Duration::from_secs(10)).await;
+    assert_eq!(std::fs::read_to_string(b.root.join("t-kept/f")).unwrap(), "kept");
+
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    cleanup(&mut c, &kept.volume_id, &b.root.join("st-kept"), &[&b.root.join("t-kept")]).await;
+    cleanup(&mut c, &lost.volume_id, &lost_st, &[&lost_t]).await;
+    assert!(mounts_under(&b.root).is_empty(), "mounts left: {:?}", mounts_under(&b.root));
+    assert!(holder_pids(&b.kelp.state_dir).is_empty());
+    assert_eq!(reaped("holder"), 1.0, "an unstaged volume's holder ends by itself");
+}
+
+/// Every log the node's helpers write stays bounded: one over `--log-max-mib` is
+/// kept as `.1` and started afresh by the next repair pass, its writer unaware.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_over_the_cap_are_rotated() {
+    let b = bed_with("node-logs", &["--log-max-mib=1".into()]);
+    let _leftovers = Leftovers { root: b.root.clone(), state_dir: b.kelp.state_dir.clone() };
+    let mut c = csi::connect(&b.kelp.endpoint).await;
+    let vol = c.create("node-logs", GIB).await.unwrap();
+    let id = vol.volume_id.as_str();
+    let (staging, t) = (b.root.join("st"), b.root.join("t"));
+    c.stage(id, &s(&staging), Mode::MultiNodeMultiWriter).await.unwrap();
+    c.publish(id, &s(&staging), &s(&t), Mode::MultiNodeMultiWriter, false).await.unwrap();
+    let logs = b.kelp.state_dir.join("logs");
+    // `<mount name>.log` and `<mount name>.holder.log`, the volume's only ones.
+    let holder_log = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".holder.log"))
+        .unwrap();
+    let jfs_log = PathBuf::from(holder_log.to_string_lossy().replace(".holder.log", ".log"));
+    assert!(jfs_log.exists(), "{jfs_log:?}");
+    // As if months of logging had passed: 3 MiB more in each.
+    for log in [&jfs_log, &holder_log] {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+        f.write_all(&vec![b'.'; 3 << 20]).unwrap();
+    }
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let under = poll_until_async(Duration::from_secs(15), Duration::from_millis(200), || async {
+        (size(&jfs_log) < 1 << 20 && size(&holder_log) < 1 << 20).then_some(())
+    })
+    .await;
+    assert!(under.is_some(), "logs still {} and {} bytes", size(&jfs_log), size(&holder_log));
+    for log in [&jfs_log, &holder_log] {
+        let prev = PathBuf::from(format!("{}.1", log.display()));
+        println!("{}: {} bytes, {}: {} bytes", log.display(), size(log), prev.display(), size(&prev));
+        assert!(size(&prev) > 3 << 20, "the previous file is kept");
+    }
+    assert!(b.kelp.log_text().contains("log over its cap"));
+    // The writers go on: the mount works, and juicefs still logs to its file.
+    std::fs::write(t.join("f"), b"x").unwrap();
+    cleanup(&mut c, id, &staging, &[&t]).await;
+    let tail = std::fs::read_to_string(&jfs_log).unwrap_or_default();
+    println!("juicefs log after rotation and unmount: {} bytes", tail.len());
+}

@@ -445,15 +445,18 @@ async fn secrets_never_leak() {
     assert!(!setting.contains(S3_SECRET_KEY), "secret stored in clear");
     assert!(setting.contains("\"KeyEncrypted\": true"));
 
-    // A kelp given a password in its metadata URL, whose server is down, says so in
-    // Probe's error and its log, without the password.
+    // A kelp given a password in its metadata URL, whose server is down, is not
+    // ready (an answer, not an error, as the CSI spec has it) and says why in its log,
+    // without the password; an RPC that needs the server fails saying so.
     let mut bare = KelpBuilder::new()
         .bare()
         .services("controller")
         .arg(format!("--meta-url=redis://:{META_PASSWORD}@127.0.0.1:{}", free_port()))
         .start();
     let mut dead = csi::connect(&bare.endpoint).await;
-    let err = dead.identity.probe(csi::ProbeRequest {}).await.unwrap_err();
+    let probe = dead.identity.probe(csi::ProbeRequest {}).await.unwrap().into_inner();
+    assert_eq!(probe.ready, Some(false));
+    let err = dead.create("unreachable-meta", GIB).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(
         err.message().contains("unreachable") && !err.message().contains(META_PASSWORD),
@@ -462,7 +465,7 @@ async fn secrets_never_leak() {
     );
     bare.kill();
     let dead_log = bare.log_text();
-    assert!(dead_log.contains("unreachable"), "{dead_log}");
+    assert!(dead_log.contains("Probe: not ready") && dead_log.contains("unreachable"), "{dead_log}");
     assert!(!dead_log.contains(META_PASSWORD), "password in log: {dead_log}");
     c.delete(&vol.volume_id).await.unwrap();
     let log = kelp.log_text();
@@ -530,9 +533,14 @@ async fn probe_names_the_backend_that_is_down() {
         .env("KELP_META_PASSWORD", META_PASSWORD)
         .start();
     let mut c = csi::connect(&bare.endpoint).await;
-    let err = c.identity.probe(csi::ProbeRequest {}).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
-    assert!(err.message().contains("SeaweedFS filer"), "{}", err.message());
+    let probe = c.identity.probe(csi::ProbeRequest {}).await.unwrap().into_inner();
+    assert_eq!(probe.ready, Some(false));
+    let again = c.identity.probe(csi::ProbeRequest {}).await.unwrap().into_inner();
+    assert_eq!(again.ready, Some(false));
+    // The reason is logged once, not on every Probe.
+    let log = bare.log_text();
+    assert_eq!(log.matches("Probe: not ready").count(), 1, "{log}");
+    assert!(log.contains("SeaweedFS filer"), "{log}");
 }
 
 /// `kelp admin orphans` finds buckets no registry entry owns (as `docker volume rm -f`

@@ -112,6 +112,10 @@ pub struct ServeArgs {
     /// garbage or uploading a burst.
     #[arg(long, env = "KELP_STUCK_DAEMON_AFTER", default_value_t = 60)]
     stuck_daemon_after: u64,
+    /// MiB a volume's juicefs or FUSE holder log may reach before the node rotates it
+    /// (one previous file is kept, as `<log>.1`).
+    #[arg(long, env = "KELP_LOG_MAX_MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    log_max_mib: u64,
     /// Seconds that I/O waits through an outage of the metadata server before it
     /// fails with EIO, like an NFS hard mount (set through juicefs's --io-retries,
     /// which also paces retried uploads while SeaweedFS is unreachable).
@@ -190,7 +194,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     let node = a.services != Services::Controller;
     let filer = if controller { Some(Filer::new(&a.filer)?) } else { None };
 
-    let identity = IdentityService { controller, meta: meta.clone(), filer: filer.clone() };
+    let identity = IdentityService::new(controller, meta.clone(), filer.clone());
     let mut router = tonic::transport::Server::builder()
         // A client that vanished without closing (a killed CO, a dropped TCP peer)
         // is noticed and its connection closed instead of being kept forever.
@@ -237,6 +241,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
             fence_wait: Duration::from_secs(a.fence_wait),
             advertise: advertise.public_url(),
             paths: PathPolicy::new(a.allowed_roots.clone()),
+            log_cap: a.log_max_mib << 20,
         };
         let core =
             Arc::new(NodeCore::new(cfg, meta.clone(), registry).map_err(super::io("reading node state"))?);

@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub advertise: String,
     /// Where the orchestrator's staging and target paths may be.
     pub paths: PathPolicy,
+    /// The size above which a helper's log is rotated (`logs`).
+    pub log_cap: u64,
 }
 
 pub struct NodeCore {
@@ -60,6 +62,8 @@ pub struct NodeCore {
     /// Serialises reports of the local mount count, so an older count never lands
     /// after a newer one.
     mounts_report: tokio::sync::Mutex<()>,
+    /// What the reaper's last pass found orphaned (`reap`).
+    pub(super) reap_seen: Mutex<std::collections::HashSet<String>>,
 }
 
 impl NodeCore {
@@ -78,6 +82,7 @@ impl NodeCore {
             announced: Default::default(),
             daemon_ended: Default::default(),
             stuck: Default::default(),
+            reap_seen: Default::default(),
             mounts_report: Default::default(),
         })
     }

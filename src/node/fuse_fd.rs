@@ -27,7 +27,13 @@
 //!
 //! The holder exits when the connection it holds is aborted (the volume was
 //! unmounted: `poll` reports `POLLERR` on the descriptor), or when it never received
-//! one within [`NO_FD_EXIT`].
+//! one within [`NO_FD_EXIT`]. Once it has held a connection it never waits for
+//! another: a client that connects just as the mount ends must not turn it back into
+//! a fresh holder, which would outlive its volume until [`NO_FD_EXIT`].
+//!
+//! Whether a holder runs is read from a lock it holds ([`lock_file`]), never by
+//! connecting to it: every connection is an exchange that hands the descriptor over,
+//! so a probe that hangs up made the holder log a failed exchange each time.
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
@@ -104,9 +110,39 @@ fn enforce_lease(socket: &Path, stopped_for: &mut Option<u64>) {
     *stopped_for = Some(last);
 }
 
-/// Whether a holder answers on `socket`.
+/// The file a holder keeps an exclusive `flock` on while it listens on `socket`.
+pub fn lock_file(socket: &Path) -> PathBuf {
+    socket.with_extension("lock")
+}
+
+/// Whether a holder listens on `socket`: its lock is held. A holder of an older kelp
+/// took no lock; only then is it asked by connecting.
 pub fn holder_running(socket: &Path) -> bool {
-    UnixStream::connect(socket).is_ok()
+    match std::fs::File::open(lock_file(socket)) {
+        Ok(f) => {
+            // SAFETY: flock on a descriptor we own; a shared lock we get is dropped with `f`.
+            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+            r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => UnixStream::connect(socket).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Takes the holder's lock on `socket` for the life of the returned file. A probe
+/// holds it shared for an instant, so a busy lock is tried again for a second.
+fn take_lock(socket: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lock_file(socket))?;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    // SAFETY: flock on a descriptor we own.
+    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || Instant::now() > deadline {
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(f)
 }
 
 struct Held {
@@ -133,6 +169,8 @@ pub fn hold(socket: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    // Taken once it listens: whoever sees the lock held can hand it a mount.
+    let _lock = take_lock(socket)?;
     let placeholder: OwnedFd = std::fs::File::open("/dev/null")?.into();
     let started = Instant::now();
     let mut held: Option<Held> = None;
@@ -159,15 +197,23 @@ pub fn hold(socket: &Path) -> std::io::Result<()> {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
-        if !fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+        // The end of the mount first: a client waiting at the same moment must not
+        // be handed a dead connection, nor keep this holder.
+        if held.as_ref().is_some_and(|h| aborted(&h.fd))
+            || !fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
             continue;
         }
         let (conn, _) = listener.accept()?;
-        if let Err(e) = exchange(&conn, &placeholder, &mut held) {
-            eprintln!("kelp hold-fuse: exchange failed: {e}");
+        match exchange(&conn, &placeholder, &mut held) {
+            Ok(()) => {}
+            // The client hung up before the exchange: nothing was handed over.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {}
+            Err(e) => eprintln!("kelp hold-fuse: exchange failed: {e}"),
         }
     }
     let _ = std::fs::remove_file(socket);
+    let _ = std::fs::remove_file(lock_file(socket));
     Ok(())
 }
 
@@ -176,7 +222,8 @@ fn exchange(conn: &UnixStream, placeholder: &OwnedFd, held: &mut Option<Held>) -
     conn.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
     conn.set_write_timeout(Some(EXCHANGE_TIMEOUT))?;
     if held.as_ref().is_some_and(|h| aborted(&h.fd)) {
-        *held = None;
+        // Ended since the loop looked: hand nothing over; the loop exits next.
+        return Ok(());
     }
     let mut rights = vec![placeholder.as_raw_fd()];
     let settings = match held {
@@ -221,7 +268,7 @@ fn exchange(conn: &UnixStream, placeholder: &OwnedFd, held: &mut Option<Held>) -
 /// Starts a holder on `socket` unless one answers there already, and returns once it
 /// listens. It runs in its own process group, so a signal to `kelp serve`'s group
 /// does not reach it, and outlives `kelp serve`.
-pub fn ensure_holder(socket: &Path, log: &Path) -> std::io::Result<()> {
+pub fn ensure_holder(socket: &Path, log: &Path, mount_point: &Path) -> std::io::Result<()> {
     if holder_running(socket) {
         return Ok(());
     }
@@ -233,6 +280,8 @@ pub fn ensure_holder(socket: &Path, log: &Path) -> std::io::Result<()> {
         .arg("hold-fuse")
         .arg("--socket")
         .arg(socket)
+        .arg("--mount-point")
+        .arg(mount_point)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)

@@ -12,16 +12,44 @@ pub fn with_arg(arg: &str) -> Vec<Pid> {
 
 /// The processes one of whose arguments satisfies `wanted`.
 pub fn with_an_arg(wanted: impl Fn(&str) -> bool) -> Vec<Pid> {
+    table().into_iter().filter(|p| p.args.iter().any(|a| wanted(a))).map(|p| p.pid).collect()
+}
+
+/// A process and its arguments, as one scan of /proc saw them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Process {
+    pub pid: Pid,
+    pub args: Vec<String>,
+}
+
+impl Process {
+    /// The argument after `flag` (given as `flag value`).
+    pub fn arg_after(&self, flag: &str) -> Option<&str> {
+        self.args.iter().position(|a| a == flag).and_then(|i| self.args.get(i + 1)).map(String::as_str)
+    }
+}
+
+/// Every process with a command line (not kernel threads, not zombies), in one scan.
+pub fn table() -> Vec<Process> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()
         .filter_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            // juicefs rewrites its argv in place, so arguments may be NUL- or space-separated.
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            line.split(' ').any(&wanted).then_some(Pid::from_raw(pid))
+            let args = split_args(&cmdline);
+            (!args.is_empty()).then_some(Process { pid: Pid::from_raw(pid), args })
         })
+        .collect()
+}
+
+/// juicefs rewrites its argv in place, so arguments may be NUL- or space-separated.
+fn split_args(cmdline: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(cmdline)
+        .replace('\0', " ")
+        .split(' ')
+        .filter(|a| !a.is_empty())
+        .map(String::from)
         .collect()
 }
 

@@ -195,6 +195,24 @@ impl Retries {
 /// their next try is due.
 pub async fn tick(core: &NodeCore, retries: &mut Retries) {
     crate::failpoint::panic_once("repair:tick");
+    // Leftovers are judged only while no volume operation runs (one may be making
+    // a mount, or opening a log, it has not recorded yet); the next pass tries again.
+    let all = core.locks.try_all();
+    if let Some(all) = &all {
+        core.reap(all).await;
+    }
+    let (dir, cap) = (core.cfg.juicefs.log_dir.clone(), core.cfg.log_cap);
+    let staged = core.snapshot().volumes.keys().map(VolumeId::mount_name).collect();
+    let keep = if all.is_some() { super::logs::KEEP_UNSTAGED } else { Duration::MAX };
+    if let Ok(rotated) =
+        tokio::task::spawn_blocking(move || super::logs::bound(&dir, cap, &staged, keep)).await
+    {
+        for (log, bytes) in rotated {
+            info!(log = ?log, bytes, "log over its cap: kept as .1 and started afresh");
+        }
+    }
+    // The volumes' own upkeep takes their locks.
+    drop(all);
     let volumes = core.snapshot().volumes;
     retries.0.retain(|id, _| volumes.contains_key(id));
     for (id, v) in volumes {

@@ -162,8 +162,8 @@ impl NodeCore {
             }
             let holder_log = self.cfg.juicefs.log_dir.join(format!("{}.holder.log", id.mount_name()));
             let start = {
-                let (socket, log) = (socket.clone(), holder_log.clone());
-                tokio::task::spawn_blocking(move || fuse_fd::ensure_holder(&socket, &log))
+                let (socket, log, at) = (socket.clone(), holder_log.clone(), path.clone());
+                tokio::task::spawn_blocking(move || fuse_fd::ensure_holder(&socket, &log, &at))
             };
             let spec_file = fuse_fd::lease_spec_file(&socket);
             let leased = req.lease_ms > 0 && !req.read_only && req.home.is_none();
