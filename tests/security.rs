@@ -108,6 +108,29 @@ async fn publish(c: &mut Clients, id: &str, staging: &str, target: &str) -> Resu
     c.publish(id, staging, target, Mode::SingleNodeWriter, false).await
 }
 
+/// ControllerPublishVolume of `id` to this test's node as a single-node writer, once
+/// the node has announced itself: the publish context a CO would hand the node.
+async fn controller_publish_here(c: &Clients, id: &str) -> HashMap<String, String> {
+    poll_until_async(Duration::from_secs(20), Duration::from_millis(200), || {
+        let mut c = c.clone();
+        let id = id.to_string();
+        async move {
+            c.ctl
+                .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                    volume_id: id,
+                    node_id: "security-node".into(),
+                    volume_capability: Some(csi::mount_cap(Mode::SingleNodeWriter)),
+                    ..Default::default()
+                })
+                .await
+                .ok()
+                .map(|r| r.into_inner().publish_context)
+        }
+    })
+    .await
+    .expect("node announced")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_paths_ids_and_contexts_change_nothing() {
     let k = Isolated::start("security");
@@ -286,24 +309,7 @@ async fn a_freed_database_stays_empty() {
     let a = c.create("freed-a", GIB).await.unwrap();
     let b = c.create("freed-b", GIB).await.unwrap();
     // Wait for the node to announce itself, then publish A as a fenced single writer.
-    let ctx = poll_until_async(Duration::from_secs(20), Duration::from_millis(200), || {
-        let mut c = c.clone();
-        let id = a.volume_id.clone();
-        async move {
-            c.ctl
-                .controller_publish_volume(csi::ControllerPublishVolumeRequest {
-                    volume_id: id,
-                    node_id: "security-node".into(),
-                    volume_capability: Some(csi::mount_cap(Mode::SingleNodeWriter)),
-                    ..Default::default()
-                })
-                .await
-                .ok()
-                .map(|r| r.into_inner().publish_context)
-        }
-    })
-    .await
-    .expect("node announced");
+    let ctx = controller_publish_here(&c, &a.volume_id).await;
     let (sa, ta) = (k.co("staged/a"), k.co("pub/a"));
     c.node.node_stage_volume(stage_req(&a.volume_id, &sa, HashMap::new(), ctx.clone())).await.unwrap();
     c.node
@@ -367,24 +373,7 @@ async fn forged_generations_long_paths_and_secret_urls_change_nothing() {
     k.in_ns(&format!("echo b > {tb}/b.txt && sync"));
     c.unpublish(&b.volume_id, &tb).await.unwrap();
     c.unstage(&b.volume_id, &sb).await.unwrap();
-    let ctx = poll_until_async(Duration::from_secs(20), Duration::from_millis(200), || {
-        let mut c = c.clone();
-        let id = a.volume_id.clone();
-        async move {
-            c.ctl
-                .controller_publish_volume(csi::ControllerPublishVolumeRequest {
-                    volume_id: id,
-                    node_id: "security-node".into(),
-                    volume_capability: Some(csi::mount_cap(Mode::SingleNodeWriter)),
-                    ..Default::default()
-                })
-                .await
-                .ok()
-                .map(|r| r.into_inner().publish_context)
-        }
-    })
-    .await
-    .expect("node announced");
+    let ctx = controller_publish_here(&c, &a.volume_id).await;
     let epoch = ctx["kelp/epoch"].clone();
     let unallocated: u32 = 1000;
     let digest = |d: u32| k.redis.cli(0, &["eval", CONTENT_DIGEST_LUA, "0", &d.to_string()]);
