@@ -34,7 +34,8 @@ impl Asked {
 }
 
 /// The decision: `Ok` when the registry gives this volume, on `node`, exactly the
-/// databases `asked` names. A number that was once this volume's (the id's, or a
+/// databases `asked` names (a seed only to the node the takeover granted it, at an
+/// epoch it was granted). A number that was once this volume's (the id's, or a
 /// retired generation in `retired`) is a stale context (`FailedPrecondition`: publish
 /// again); any other number was never this volume's (`InvalidArgument`).
 pub fn judge(
@@ -83,7 +84,9 @@ pub fn judge(
                 "the publish context for volume {id} asks to seed database {live} from itself"
             )));
         }
-        if h.seed != asked.seed || h.node != node || h.epoch != asked.epoch {
+        // An older epoch of the same grant is a CO's earlier context (a publish that
+        // was retried): the databases are the same. A newer one was never granted.
+        if h.seed != asked.seed || h.node != node || asked.epoch > h.epoch {
             return refuse(asked.seed, format!(
                 "asks to seed from database {} at epoch {}, but the registry records {} for node {} at epoch {}",
                 asked.seed,
@@ -167,7 +170,8 @@ mod tests {
         assert_eq!(code(judge(&id, "n2", asked(12, 5, 7), Some(&taken), &[5])), "ok");
         // The same seed asked by another node, at another epoch, or from elsewhere.
         assert_eq!(code(judge(&id, "n1", asked(12, 5, 7), Some(&taken), &[5])), "stale");
-        assert_eq!(code(judge(&id, "n2", asked(12, 5, 6), Some(&taken), &[5])), "stale");
+        assert_eq!(code(judge(&id, "n2", asked(12, 5, 8), Some(&taken), &[5])), "stale");
+        assert_eq!(code(judge(&id, "n2", asked(12, 5, 6), Some(&taken), &[5])), "ok");
         assert_eq!(code(judge(&id, "n2", asked(12, 8, 7), Some(&taken), &[5])), "invalid");
         assert_eq!(code(judge(&id, "n2", asked(12, 12, 7), Some(&taken), &[5])), "invalid");
         // A reader of the live generation; one with a context from before the takeover.
