@@ -90,16 +90,17 @@ def dashboard(base, path, wait):
     with open(path) as f:
         exprs = expressions(json.load(f))
     good = bool(exprs)
+    # A rate needs two samples in its range: wait for three scrapes of every target.
+    deadline = time.monotonic() + wait
+    while not api(base, "query", query="min(count_over_time(up[5m])) >= 3")["data"]["result"]:
+        if time.monotonic() > deadline:
+            print(f"FAIL fewer than three scrapes of every target after {wait:.0f} s")
+            return False
+        time.sleep(1)
     for title, raw in exprs:
         expr = substitute(raw)
-        # A rate needs two scrapes in its range: wait for them before judging.
-        deadline = time.monotonic() + wait
-        while True:
-            r = api(base, "query", query=expr)
-            result = r.get("data", {}).get("result", []) if r["status"] == "success" else []
-            if r["status"] != "success" or result or time.monotonic() > deadline:
-                break
-            time.sleep(2)
+        r = api(base, "query", query=expr)
+        result = r.get("data", {}).get("result", []) if r["status"] == "success" else []
         what = f"dashboard '{title}': {expr}"
         if r["status"] != "success":
             print(f"FAIL {what}: {r.get('errorType')}: {r.get('error')}")
@@ -115,7 +116,7 @@ def dashboard(base, path, wait):
         present = [n for n in names
                    if api(base, "query", query=f"count({n})")["data"]["result"]]
         if names and not present and all(may_be_absent(n) for n in names):
-            print(f"PASS {what}: valid, empty (nothing has incremented {', '.join(names)} yet)")
+            print(f"PASS {what}: valid, empty (no series yet: nothing has counted {', '.join(names)} yet)")
         elif present:
             print(f"FAIL {what}: empty although {', '.join(present)} have series")
             good = False

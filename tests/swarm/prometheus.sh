@@ -72,5 +72,5 @@ prom_checks() {
   check "every $1 target up (/api/v1/targets)" retry 60 tests/swarm/prometheus.py targets "$PROM_URL" "$1"
   tests/swarm/prometheus.py targets "$PROM_URL" "$1"
   prom_count tests/swarm/prometheus.py rules "$PROM_URL"
-  prom_count tests/swarm/prometheus.py dashboard "$PROM_URL" "$PROM_SHIPPED/kelp-dashboard.json" 30
+  prom_count tests/swarm/prometheus.py dashboard "$PROM_URL" "$PROM_SHIPPED/kelp-dashboard.json" 60
 }
