@@ -5,7 +5,7 @@ API only (the API an operator's Grafana uses). Each check prints lines
 whether the condition a caller waits for holds.
 
   targets URL [JOB]    every active target up (and at least one)
-  rules URL            every rule group loaded, no rule in error
+  rules URL [N]        every rule group loaded (N rules), no rule in error
   dashboard URL FILE   every PromQL expression of a Grafana dashboard evaluated
 """
 import json
@@ -38,7 +38,7 @@ def targets(base, job=None):
     return bool(active) and all(t["health"] == "up" for t in active)
 
 
-def rules(base):
+def rules(base, expected=None):
     groups = api(base, "rules")["data"]["groups"]
     good = True
     n = 0
@@ -50,9 +50,10 @@ def rules(base):
             print(f"{'PASS' if ok else 'FAIL'} rule {g['name']}/{r.get('name')}: "
                   f"health {r.get('health')}, state {r.get('state', '-')}"
                   + (f" ({r['lastError']})" if r.get("lastError") else ""))
-    if n == 0:
-        print("FAIL no rules loaded")
-    return good and n > 0
+    if n == 0 or (expected is not None and n != expected):
+        print(f"FAIL {n} rules loaded, {expected} expected")
+        return False
+    return good
 
 
 # Grafana's template variables, as a dashboard's viewer would leave them: every
@@ -131,7 +132,7 @@ def main():
     if cmd == "targets":
         ok = targets(base, sys.argv[3] if len(sys.argv) > 3 else None)
     elif cmd == "rules":
-        ok = rules(base)
+        ok = rules(base, int(sys.argv[3]) if len(sys.argv) > 3 else None)
     elif cmd == "dashboard":
         ok = dashboard(base, sys.argv[3], float(sys.argv[4]) if len(sys.argv) > 4 else 30)
     else:

@@ -71,6 +71,11 @@ prom_count() {
 prom_checks() {
   check "every $1 target up (/api/v1/targets)" retry 60 tests/swarm/prometheus.py targets "$PROM_URL" "$1"
   tests/swarm/prometheus.py targets "$PROM_URL" "$1"
-  prom_count tests/swarm/prometheus.py rules "$PROM_URL"
+  # A rule's health is "unknown" until its first evaluation.
+  local n
+  n=$(grep -c '^ *- alert:' "$PROM_SHIPPED/kelp-alerts.yml")
+  check "all $n rules of kelp-alerts.yml loaded and healthy (/api/v1/rules)" \
+    retry 30 tests/swarm/prometheus.py rules "$PROM_URL" "$n"
+  prom_count tests/swarm/prometheus.py rules "$PROM_URL" "$n"
   prom_count tests/swarm/prometheus.py dashboard "$PROM_URL" "$PROM_SHIPPED/kelp-dashboard.json" 60
 }
