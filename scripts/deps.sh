@@ -55,6 +55,17 @@ if [[ "${KELP_NEED_VALKEY:-0}" == 1 ]] && ! command -v valkey-server >/dev/null;
   apt-get install -y -qq -t bookworm-backports valkey-server >/dev/null
 fi
 
+# Prometheus (and its promtool) for the Swarm test, which loads deploy/grafana's
+# configuration, dashboard and alert rules into the real program. Only the package
+# itself: its Recommends would add a node exporter. On a machine with systemd the
+# package starts a system instance on :9090; the test runs its own on a free port.
+if [[ "${KELP_NEED_PROMETHEUS:-0}" == 1 ]] && ! { command -v prometheus && command -v promtool; } >/dev/null; then
+  log "apt-get install prometheus"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 # KeyDB: no registry ships it. third_party/keydb/build.sh builds 6.3.4 from the source
 # tarball kept in this repository, once per machine (scripts/env.sh puts it on PATH).
 if [[ "${KELP_NEED_KEYDB:-0}" == 1 ]] && ! command -v keydb-server >/dev/null; then

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-export KELP_NEED_CSI_SANITY=1 KELP_NEED_VALKEY=1 KELP_NEED_KEYDB=1
+export KELP_NEED_CSI_SANITY=1 KELP_NEED_VALKEY=1 KELP_NEED_KEYDB=1 KELP_NEED_PROMETHEUS=1
 scripts/deps.sh
 source scripts/env.sh # KeyDB, if deps.sh just built it
 

@@ -3,20 +3,27 @@
 # and dockerd (vfs storage, private data/exec roots and socket), a one-node swarm,
 # redis-server and SeaweedFS on loopback, builds the kelp managed plugin once, pushes
 # it to a registry on loopback (Debian's docker-registry) and installs it from there,
-# then drives volumes and services through the docker CLI only. Stops everything it
-# started by pid. Skips (exit 0) only when this machine cannot run an engine.
+# then drives volumes and services through the docker CLI only, watched by a real
+# Prometheus with deploy/grafana's configuration, alert rules and dashboard. Stops
+# everything it started by pid. Skips the engine's part (exit 0 when the promtool
+# checks pass) only when this machine cannot run an engine.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/env.sh
 source tests/lib.sh
 source tests/swarm/engine.sh
+source tests/swarm/prometheus.sh
 
 work="$(pwd)/.kelp-test/swarm"
 
+{ command -v prometheus && command -v promtool; } >/dev/null || KELP_NEED_PROMETHEUS=1 scripts/deps.sh
+echo "== the shipped Prometheus configuration and alert rules, by promtool"
+prom_file_checks
+
 if ! dockerpath=$(scripts/install-docker.sh); then
   echo "SKIP: this machine cannot run a Docker engine (scripts/install-docker.sh failed)"
-  echo "swarm: 0 passed, 0 failed"
-  exit 0
+  echo "swarm: $passed passed, $failed failed"
+  exit $((failed > 0))
 fi
 export PATH="$dockerpath:$PATH"
 
@@ -29,6 +36,7 @@ ENGINE_DOCKERD= ENGINE_CONTAINERD=
 bridges_before=$(ip -o link show | awk -F': ' '{print $2}')
 
 cleanup() {
+  prom_stop
   docker service rm $(docker service ls -q) >/dev/null 2>&1
   sleep 3
   docker plugin disable -f kelp:latest >/dev/null 2>&1
@@ -44,8 +52,8 @@ trap cleanup EXIT
 
 if ! start_engine "$work" "" ""; then
   echo "SKIP: dockerd did not start here; see $work/dockerd.log"
-  echo "swarm: 0 passed, 0 failed"
-  exit 0
+  echo "swarm: $passed passed, $failed failed"
+  exit $((failed > 0))
 fi
 echo "engine: $(docker version --format '{{.Server.Version}}')"
 check "swarm init" sh -c "docker swarm init --advertise-addr 127.0.0.1 >/dev/null"
@@ -170,6 +178,15 @@ c=$(task_container kelpstack_app)
 check "stack task wrote through kelp" retry 20 sh -c "docker exec $c cat /data/stack.txt | grep -q from-stack"
 check "the volume has the size x-cluster-spec asked for" sh -c "docker exec $c df -k /data | grep -q ' 524288 '"
 docker stack rm kelpstack >/dev/null
+
+echo "== a real Prometheus scrapes the node: discovery, alert rules, every dashboard expression"
+# Its Swarm discovery asks this engine for the nodes, as on a manager with the Docker
+# socket mounted; the derived configuration only points it at this engine's socket
+# and the plugin's metrics port.
+if prom_start "$work/prometheus" "$work/run/docker.sock" "$METRICS_PORT"; then
+  prom_checks kelp
+fi
+prom_stop
 
 echo "== crashes inside the plugin: the task sees at most a stall"
 docker volume create -d kelp:latest --type mount --scope single --sharing none --required-bytes 1G v-crash >/dev/null
