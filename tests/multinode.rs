@@ -48,7 +48,11 @@ fn masters() -> Masters {
 
 struct Cluster {
     _weed: Weed,
-    _redis: Vec<Proc>,
+    /// Node `i`'s metadata master (KeyDB: deploy/swarm/kelp-keydb.sh, which runs it).
+    redis: Vec<Proc>,
+    /// Node `i`'s master's data directory and its peers (the delay proxies), to
+    /// start it again after a crash.
+    master_setup: Vec<(PathBuf, Vec<String>)>,
     masters: Masters,
     /// The replication link into node `i` from node `j`, by `(i, j)`.
     links: HashMap<(usize, usize), DelayProxy>,
@@ -71,6 +75,10 @@ impl Drop for Cluster {
         for dir in self.nodes.iter().flatten().map(|n| n.state_dir.clone()).chain(self.dead.clone()) {
             force_cleanup(&self.root, &dir);
         }
+        // The supervising scripts' servers: killing a script alone would orphan them.
+        for m in &self.redis {
+            kill_pids(&children(m.pid() as i32));
+        }
     }
 }
 
@@ -88,6 +96,7 @@ impl Cluster {
         let masters = masters();
         eprintln!("multinode: metadata masters are {masters:?}");
         let mut redis = Vec::new();
+        let mut master_setup = Vec::new();
         let mut links = HashMap::new();
         for (i, ip) in ips.iter().enumerate() {
             // Replicate from every other node (KeyDB) or from node 0 (Redis replicas).
@@ -96,28 +105,40 @@ impl Cluster {
                 Masters::RedisReplicas if i > 0 => vec![0],
                 Masters::RedisReplicas => vec![],
             };
-            let program = if masters == Masters::KeyDb { "keydb-server" } else { "redis-server" };
-            let mut cmd = net.command(i, program);
-            cmd.args(["--bind", "0.0.0.0", "--port", &META_PORT.to_string(), "--protected-mode", "no"])
-                .args(["--save", "", "--appendonly", "no", "--databases", &DATABASES.to_string()])
-                .arg("--dir")
-                .arg(scratch("mn-meta"))
-                // Full syncs start at once instead of after a 5 s batching delay.
-                .args(["--repl-diskless-sync-delay", "0"])
-                .stdout(std::process::Stdio::null());
-            if masters == Masters::KeyDb {
-                // Before any replicaof, or keydb-server refuses to start.
-                cmd.args(["--active-replica", "yes", "--multi-master", "yes"]);
-            } else if i > 0 {
-                cmd.args(["--replica-read-only", "no"]);
-            }
+            let mut peers = Vec::new();
             for j in sources {
                 let source: SocketAddr = format!("{}:{META_PORT}", ips[j]).parse().unwrap();
                 let link = DelayProxy::start(format!("{bridge}:0").parse().unwrap(), source, delay);
-                cmd.args(["--replicaof", &bridge, &link.addr.port().to_string()]);
+                peers.push(format!("{bridge}:{}", link.addr.port()));
                 links.insert((i, j), link);
             }
-            redis.push(Proc { child: cmd.spawn().unwrap(), name: program });
+            let dir = scratch("mn-meta");
+            let proc = match masters {
+                Masters::KeyDb => keydb_master(&net, i, &dir, &peers),
+                Masters::RedisReplicas => {
+                    let mut cmd = net.command(i, "redis-server");
+                    cmd.args([
+                        "--bind",
+                        "0.0.0.0",
+                        "--port",
+                        &META_PORT.to_string(),
+                        "--protected-mode",
+                        "no",
+                    ])
+                    .args(["--save", "", "--appendonly", "no", "--databases", &DATABASES.to_string()])
+                    .arg("--dir")
+                    .arg(&dir)
+                    .args(["--repl-diskless-sync-delay", "0"])
+                    .stdout(std::process::Stdio::null());
+                    for p in &peers {
+                        let (host, port) = p.split_once(':').unwrap();
+                        cmd.args(["--replicaof", host, port, "--replica-read-only", "no"]);
+                    }
+                    Proc { child: cmd.spawn().unwrap(), name: "redis-server" }
+                }
+            };
+            redis.push(proc);
+            master_setup.push((dir, peers));
             assert!(wait_addr(ip, META_PORT, Duration::from_secs(10)), "metadata master in node {i}");
         }
         let primary_url = format!("redis://{}:{META_PORT}", ips[0]);
@@ -147,7 +168,8 @@ impl Cluster {
         let controller_endpoint = controller.endpoint.clone();
         let c = Cluster {
             _weed: weed,
-            _redis: redis,
+            redis,
+            master_setup,
             masters,
             links,
             registry_links,
@@ -183,6 +205,30 @@ impl Cluster {
             lagging().is_empty().then_some(())
         });
         assert!(synced.is_some(), "replication into {:?} never came up", lagging());
+    }
+
+    /// Kills node `i`'s keydb-server with SIGKILL (a crash, an OOM kill); its
+    /// supervising script exits with it, as a Swarm task would.
+    fn crash_master(&mut self, i: usize) {
+        let sh = &mut self.redis[i];
+        let server: Vec<i32> = children(sh.pid() as i32)
+            .into_iter()
+            .filter(|p| cmdline(*p).is_some_and(|c| c.starts_with("keydb-server")))
+            .collect();
+        assert!(!server.is_empty(), "node {i}'s master is not running");
+        kill_pids(&server);
+        let _ = sh.child.wait();
+    }
+
+    /// Starts node `i`'s master again from its data directory, as Swarm starts a new
+    /// task, and returns once it serves on its port (after its rejoin).
+    fn restart_master(&mut self, i: usize) -> Duration {
+        let started = Instant::now();
+        let (dir, peers) = self.master_setup[i].clone();
+        self.redis[i] = keydb_master(&self.net, i, &dir, &peers);
+        let ip = self.net.nodes()[i].ip.to_string();
+        assert!(wait_addr(&ip, META_PORT, Duration::from_secs(60)), "node {i}'s master never served again");
+        started.elapsed()
     }
 
     /// Pauses or resumes the replication link into node `to` from node `from`.
@@ -341,6 +387,27 @@ impl Cluster {
         // cleaned when the cluster drops.
         self.dead.push(n.state_dir.clone());
     }
+}
+
+/// Node `i`'s KeyDB master as a real node runs it: through deploy/swarm/kelp-keydb.sh
+/// (the rejoin after a crash), persisting every commit before it is acknowledged.
+fn keydb_master(net: &Net, i: usize, dir: &Path, peers: &[String]) -> Proc {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/swarm/kelp-keydb.sh");
+    let log = dir.with_extension("log");
+    let mut cmd = net.command(i, "sh");
+    cmd.arg(script)
+        .args(["--bind", "0.0.0.0", "--protected-mode", "no", "--databases", &DATABASES.to_string()])
+        .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+        // Full syncs start at once instead of after a 5 s batching delay.
+        .args(["--repl-diskless-sync-delay", "0"])
+        .arg("--logfile")
+        .arg(&log)
+        .env("KEYDB_DIR", dir)
+        .env("KEYDB_PORT", META_PORT.to_string())
+        .env("KEYDB_PEERS", peers.join(" "))
+        .env("NODE", format!("n{i}"))
+        .env("KEYDB_RELEASE_WAIT", "5");
+    Proc { child: cmd.spawn().unwrap(), name: "kelp-keydb.sh" }
 }
 
 /// redis-cli against the server of a node; its standard output.

@@ -5,8 +5,8 @@
 #   kelp-keydb.sh [CONFIG-FILE] [keydb-server options...]
 #
 # Environment: KEYDB_DIR (data directory), KEYDB_PORT (default 6379), KEYDB_PEERS
-# (the other masters, "host" or "host:port" each, space-separated), NODE (this node's
-# kelp node id, for the stop hook), KEYDB_RELEASE_WAIT (seconds, default 90),
+# (every master, "host" or "host:port" each, space-separated; the one named NODE is
+# this one and skipped), NODE (this node's host name and kelp node id), KEYDB_RELEASE_WAIT (seconds, default 90),
 # REDISCLI_AUTH (the password, if any; also in CONFIG-FILE as requirepass/masterauth).
 #
 # The rule (README, "Pinning"): a master serves its own files only if it stopped
@@ -39,6 +39,7 @@ done
 # host:port of every peer.
 peers=
 for p in ${KEYDB_PEERS:-}; do
+  [ "$p" != "${NODE:-}" ] || continue
   case $p in *:*) ;; *) p=$p:6379 ;; esac
   peers="$peers $p"
 done
