@@ -1074,3 +1074,183 @@ async fn a_snapshot_is_taken_where_the_writer_commits() {
         .unwrap();
     assert!(mounts_under(&c.root).is_empty());
 }
+
+/// Mounts `vol` as its single writer on each of `nodes` in turn (a handover each,
+/// waiting for the previous writer's fence on that node's master), runs `check` on
+/// what that node sees, and releases it.
+async fn check_on_every_node(c: &Cluster, vol: &str, nodes: &[usize], check: impl Fn(usize, &Path)) {
+    for &i in nodes {
+        let ctx = c.controller_publish(vol, i, Mode::SingleNodeWriter).await.unwrap();
+        let t = c
+            .mount(vol, i, Mode::SingleNodeWriter, &ctx)
+            .await
+            .unwrap_or_else(|e| panic!("mount on node {i}: {e}"));
+        check(i, &t);
+        c.release(vol, i).await;
+    }
+}
+
+/// Node 1 (B) writes, hands over to node 2 (A; not the registry's master), A writes, and A's master is killed
+/// with SIGKILL mid-write and started again. Restarted from its own files, KeyDB
+/// dropped every write it had from its peers and its stale keys won the merge: all
+/// of B's files were gone on every master. With the rejoin (deploy/swarm/kelp-keydb.sh)
+/// A's master comes back empty, takes its peers' copy and only then serves: every
+/// file B wrote is there through every node, and so is every step A's writer
+/// acknowledged, but for those its master had not yet passed on when it died (the
+/// last few milliseconds: counted and printed).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_writers_master_rejoins_without_losing_the_previous_writers_files() {
+    let mut c = Cluster::start(Duration::from_millis(10), 20);
+    if !c.multi_master("a_crashed_writers_master_rejoins_without_losing_the_previous_writers_files") {
+        return;
+    }
+    for run in 0..2 {
+        let vol = c.create(&format!("crash-a{run}"), Mode::SingleNodeWriter, &[]).await;
+        let ctx = c.controller_publish(&vol, 1, Mode::SingleNodeWriter).await.unwrap();
+        let t1 = c.mount(&vol, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
+        write_set(&t1, "b", 100);
+        let wb = writer_running(&t1.join("wb"), &c.root.join(format!("journal-a{run}-b")), 100);
+        let b_acked: Vec<u64> = wb.acked().iter().map(|(n, _)| *n).collect();
+        let _ = wb.stop(Duration::from_secs(30));
+        let b_acked: Vec<u64> = {
+            // What it acknowledged up to its stop (the list read before may be short).
+            let all = std::fs::read_to_string(c.root.join(format!("journal-a{run}-b/journal"))).unwrap();
+            let n = all.lines().filter(|l| l.starts_with("ack ")).count() as u64;
+            assert!(n as usize >= b_acked.len());
+            (0..n).collect()
+        };
+        c.release(&vol, 1).await;
+
+        let ctx = c.controller_publish(&vol, 2, Mode::SingleNodeWriter).await.unwrap();
+        let t0 = c.mount(&vol, 2, Mode::SingleNodeWriter, &ctx).await.unwrap();
+        let wa = writer_running(&t0.join("wa"), &c.root.join(format!("journal-a{run}-a")), 80);
+        let crash = unix_secs();
+        c.crash_master(2);
+        let back = c.restart_master(2);
+        let back_at = unix_secs();
+        // The writer resumes (or reports errors); it must not hang.
+        let before = wa.acks();
+        let resumed = poll_until(Duration::from_secs(60), Duration::from_millis(100), || {
+            (wa.acks() >= before + 30).then_some(())
+        });
+        let a_acked = wa.acked();
+        let errors = wa.errors();
+        let summary = wa.stop(Duration::from_secs(60));
+        eprintln!(
+            "run {run}: A's master served again {:.2} s after the kill; A's writer {} ({} errors: {:?}); summary {summary:?}",
+            back.as_secs_f64(),
+            if resumed.is_some() { "resumed" } else { "did NOT resume within 60 s" },
+            errors.len(),
+            errors.iter().take(3).collect::<Vec<_>>(),
+        );
+        assert!(summary.is_some(), "A's writer hung after its master's crash");
+        let a_acked = {
+            let all = std::fs::read_to_string(c.root.join(format!("journal-a{run}-a/journal"))).unwrap();
+            let mut v = a_acked;
+            for l in all.lines().filter(|l| l.starts_with("ack ")) {
+                let f: Vec<&str> = l.split(' ').collect();
+                let (n, at) = (f[1].parse::<u64>().unwrap(), f[2].parse::<f64>().unwrap());
+                if !v.iter().any(|(m, _)| *m == n) {
+                    v.push((n, at));
+                }
+            }
+            v
+        };
+        // Steps acknowledged before the crash minus a second, or after the master
+        // was back, must all be there; of the last second before the crash, count.
+        let sure: Vec<u64> =
+            a_acked.iter().filter(|(_, at)| *at < crash - 1.0 || *at > back_at).map(|(n, _)| *n).collect();
+        let window: Vec<u64> =
+            a_acked.iter().filter(|(_, at)| *at >= crash - 1.0 && *at <= back_at).map(|(n, _)| *n).collect();
+        c.release(&vol, 2).await;
+        let db = live_db(&c, &vol);
+        assert_converged(&c, &[0, 1, 2], db);
+        let lost = std::sync::Mutex::new(Vec::new());
+        check_on_every_node(&c, &vol, &[0, 1, 2], |i, t| {
+            check_set(t, "b", 100);
+            let missing = check_steps(&t.join("wb"), b_acked.iter().copied(), true);
+            assert!(missing.is_empty(), "node {i}: B's acknowledged steps missing: {missing:?}");
+            let missing = check_steps(&t.join("wa"), sure.iter().copied(), true);
+            assert!(missing.is_empty(), "node {i}: A's acknowledged steps missing: {missing:?}");
+            let absent = check_steps(&t.join("wa"), window.iter().copied(), false);
+            *lost.lock().unwrap() = absent;
+            assert_no_shared_inodes(t);
+        })
+        .await;
+        eprintln!(
+            "run {run}: B {} steps + 100 files intact on every node; A {} steps intact, of {} acknowledged in the last second before the crash {} absent",
+            b_acked.len(),
+            sure.len(),
+            window.len(),
+            lost.lock().unwrap().len()
+        );
+        assert_converged(&c, &[0, 1, 2], db);
+    }
+}
+
+/// Node 2 (A) writes and hands over to node 1 (B); B deletes half of A's files and
+/// writes its own while A's master (not the writer's) crashes and restarts. Merged
+/// from its own files, A's master once handed out inodes twice and kept the masters
+/// diverged; with the rejoin nothing B did is lost or undone, nothing deleted comes
+/// back, and a handover back to A sees it all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_idle_master_rejoins_without_undoing_the_writers_deletes() {
+    let mut c = Cluster::start(Duration::from_millis(10), 20);
+    if !c.multi_master("a_crashed_idle_master_rejoins_without_undoing_the_writers_deletes") {
+        return;
+    }
+    for run in 0..2 {
+        let vol = c.create(&format!("crash-b{run}"), Mode::SingleNodeWriter, &[]).await;
+        let ctx = c.controller_publish(&vol, 2, Mode::SingleNodeWriter).await.unwrap();
+        let t0 = c.mount(&vol, 2, Mode::SingleNodeWriter, &ctx).await.unwrap();
+        write_set(&t0, "a", 200);
+        c.release(&vol, 2).await;
+
+        let ctx = c.controller_publish(&vol, 1, Mode::SingleNodeWriter).await.unwrap();
+        let t1 = c.mount(&vol, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
+        check_set(&t1, "a", 200);
+        for i in (0..200).step_by(2) {
+            std::fs::remove_file(t1.join(format!("a/f{i}"))).unwrap();
+        }
+        std::fs::File::open(t1.join("a")).unwrap().sync_all().unwrap();
+        let wb = writer_running(&t1.join("wb"), &c.root.join(format!("journal-b{run}")), 50);
+        c.crash_master(2);
+        let back = c.restart_master(2);
+        let before = wb.acks();
+        let more = poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
+            (wb.acks() >= before + 50).then_some(())
+        });
+        assert!(more.is_some(), "B's writer stalled while A's master rejoined");
+        let (summary, _) = wb.finish();
+        eprintln!(
+            "run {run}: A's master served again {:.2} s after the kill; B's writer: {summary}",
+            back.as_secs_f64()
+        );
+        let b_acked = summary["acked"].as_u64().unwrap();
+        c.release(&vol, 1).await;
+        let db = live_db(&c, &vol);
+        assert_converged(&c, &[0, 1, 2], db);
+        check_on_every_node(&c, &vol, &[2, 0, 1], |i, t| {
+            for f in 0..200 {
+                let p = t.join(format!("a/f{f}"));
+                if f % 2 == 0 {
+                    assert!(!p.exists(), "node {i}: a/f{f}, deleted on node 1, is back");
+                } else {
+                    assert_eq!(
+                        std::fs::read_to_string(&p).unwrap(),
+                        format!("content {f}"),
+                        "node {i}: a/f{f}"
+                    );
+                }
+            }
+            let missing = check_steps(&t.join("wb"), 0..b_acked, true);
+            assert!(missing.is_empty(), "node {i}: B's acknowledged steps missing: {missing:?}");
+            assert_no_shared_inodes(t);
+        })
+        .await;
+        eprintln!(
+            "run {run}: 100 of A's files kept, 100 deletes held, {b_acked} of B's steps intact on every node"
+        );
+        assert_converged(&c, &[0, 1, 2], db);
+    }
+}
