@@ -1085,6 +1085,7 @@ async fn check_on_every_node(c: &Cluster, vol: &str, nodes: &[usize], check: imp
             .mount(vol, i, Mode::SingleNodeWriter, &ctx)
             .await
             .unwrap_or_else(|e| panic!("mount on node {i}: {e}"));
+        eprintln!("checking through node {i}'s mount");
         check(i, &t);
         c.release(vol, i).await;
     }
@@ -1221,6 +1222,7 @@ async fn a_crashed_idle_master_rejoins_without_undoing_the_writers_deletes() {
             (wb.acks() >= before + 50).then_some(())
         });
         assert!(more.is_some(), "B's writer stalled while A's master rejoined");
+        eprintln!("checking B's steps through B's own mount (node 1)");
         let (summary, _) = wb.finish();
         eprintln!(
             "run {run}: A's master served again {:.2} s after the kill; B's writer: {summary}",
