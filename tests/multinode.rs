@@ -800,6 +800,22 @@ fn assert_converged(c: &Cluster, nodes: &[usize], db: u32) {
         let d = digests();
         d.windows(2).all(|w| w[0] == w[1]).then_some(d)
     });
+    if same.is_none() {
+        // Which keys differ, and how: what a failure needs to be understood.
+        let keys = |i: usize| -> std::collections::BTreeSet<String> {
+            let ip = c.net.nodes()[i].ip.to_string();
+            redis_cli(&ip, &["-n", &db.to_string(), "keys", "*"]).lines().map(String::from).collect()
+        };
+        let all: Vec<_> = nodes.iter().map(|&i| (i, keys(i))).collect();
+        for (i, k) in &all {
+            for (j, other) in &all {
+                let only: Vec<_> = k.difference(other).collect();
+                if i != j && !only.is_empty() {
+                    eprintln!("db {db}: on master {i}, not on master {j}: {only:?}");
+                }
+            }
+        }
+    }
     assert!(same.is_some(), "masters {nodes:?} never converged on database {db}: {:?}", digests());
     eprintln!("masters {nodes:?} converged on the live generation (db {db}): {:?}", same.unwrap()[0]);
 }

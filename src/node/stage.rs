@@ -419,7 +419,7 @@ impl NodeCore {
                     _ => format!("has replicated only up to {have}"),
                 };
                 Err(Error::FailedPrecondition(format!(
-                    "volume {id} was last written on another node (writer epoch {want}), and this node's metadata master {} {state} after {} s; check the masters and the replication between them (the CO retries this)",
+                    "volume {id} was last written on another node (writer epoch {want}), and this node's metadata master {} {state} after {} s; check replication between the masters, and that each is up (the CO retries this)",
                     meta.url(),
                     self.cfg.fence_wait.as_secs()
                 )))
