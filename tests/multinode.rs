@@ -693,9 +693,11 @@ async fn publish_until_granted(c: &Cluster, vol: &str, i: usize) -> (HashMap<Str
 
 /// The live generation's database of a volume, from the registry's holder record.
 fn live_db(c: &Cluster, vol: &str) -> u32 {
-    let fs = kelp::volume::VolumeId::parse(vol).unwrap().fs_name;
+    let id = kelp::volume::VolumeId::parse(vol).unwrap();
     let primary = c.net.nodes()[0].ip.to_string();
-    redis_cli(&primary, &["hget", &format!("kelp:holder:{fs}"), "db"]).trim().parse().unwrap()
+    // A volume never taken over has no generation in its holder record: its own.
+    let db = redis_cli(&primary, &["hget", &format!("kelp:holder:{}", id.fs_name), "db"]);
+    db.trim().parse().ok().filter(|db| *db > 0).unwrap_or(id.db)
 }
 
 /// A digest of database `db` on node `i`'s master by content, not encoding (keys,
