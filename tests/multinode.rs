@@ -1093,6 +1093,31 @@ async fn a_snapshot_is_taken_where_the_writer_commits() {
     assert!(mounts_under(&c.root).is_empty());
 }
 
+/// The first mount of a volume just made, on node `i`, retried while its master
+/// has not yet replicated the volume's format from the controller's (`NotFound`), as
+/// the CO retries; says how long that took.
+async fn first_mount(c: &Cluster, vol: &str, i: usize) -> PathBuf {
+    let started = Instant::now();
+    loop {
+        let ctx = c.controller_publish(vol, i, Mode::SingleNodeWriter).await.unwrap();
+        match c.mount(vol, i, Mode::SingleNodeWriter, &ctx).await {
+            Ok(t) => {
+                if started.elapsed() > Duration::from_millis(500) {
+                    eprintln!(
+                        "first mount on node {i} waited {:.1} s for the volume to replicate",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                return t;
+            }
+            Err(e) if e.code() == Code::NotFound && started.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(e) => panic!("first mount on node {i}: {e}"),
+        }
+    }
+}
+
 /// Mounts `vol` as its single writer on each of `nodes` in turn (a handover each,
 /// waiting for the previous writer's fence on that node's master), runs `check` on
 /// what that node sees, and releases it.
@@ -1125,8 +1150,7 @@ async fn a_crashed_writers_master_rejoins_without_losing_the_previous_writers_fi
     }
     for run in 0..2 {
         let vol = c.create(&format!("crash-a{run}"), Mode::SingleNodeWriter, &[]).await;
-        let ctx = c.controller_publish(&vol, 1, Mode::SingleNodeWriter).await.unwrap();
-        let t1 = c.mount(&vol, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
+        let t1 = first_mount(&c, &vol, 1).await;
         write_set(&t1, "b", 100);
         let wb = writer_running(&t1.join("wb"), &c.root.join(format!("journal-a{run}-b")), 100);
         let b_acked: Vec<u64> = wb.acked().iter().map(|(n, _)| *n).collect();
@@ -1220,8 +1244,7 @@ async fn a_crashed_idle_master_rejoins_without_undoing_the_writers_deletes() {
     }
     for run in 0..2 {
         let vol = c.create(&format!("crash-b{run}"), Mode::SingleNodeWriter, &[]).await;
-        let ctx = c.controller_publish(&vol, 2, Mode::SingleNodeWriter).await.unwrap();
-        let t0 = c.mount(&vol, 2, Mode::SingleNodeWriter, &ctx).await.unwrap();
+        let t0 = first_mount(&c, &vol, 2).await;
         write_set(&t0, "a", 200);
         c.release(&vol, 2).await;
 
@@ -1286,8 +1309,7 @@ async fn two_masters_crashing_one_after_the_other_lose_nothing() {
     }
     for run in 0..2 {
         let vol = c.create(&format!("crash-two{run}"), Mode::SingleNodeWriter, &[]).await;
-        let ctx = c.controller_publish(&vol, 1, Mode::SingleNodeWriter).await.unwrap();
-        let t1 = c.mount(&vol, 1, Mode::SingleNodeWriter, &ctx).await.unwrap();
+        let t1 = first_mount(&c, &vol, 1).await;
         write_set(&t1, "b", 50);
         let w = writer_running(&t1.join("w"), &c.root.join(format!("journal-two{run}")), 30);
         for crashed in [2, 0] {
