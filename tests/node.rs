@@ -192,7 +192,7 @@ async fn stage_publish_twice_read_only_and_clean_unmount() {
     c.stage(id, &s(&staging), Mode::MultiNodeMultiWriter).await.unwrap();
     c.stage(id, &s(&staging), Mode::MultiNodeMultiWriter).await.unwrap(); // idempotent
 
-    // The count a master's stop hook waits on (deploy/swarm/keydb.yml).
+    // The count a master's stop hook waits on (deploy/swarm/kelp-keydb.sh).
     let local_mounts = || b.redis.cli(0, &["GET", &kelp::meta::local_mounts_key("test-node")]);
     assert_eq!(local_mounts(), "1");
     c.publish(id, &s(&staging), &s(&t1), Mode::MultiNodeMultiWriter, false).await.unwrap();

@@ -17,6 +17,16 @@ pub struct Finding {
     pub problem: String,
 }
 
+impl Finding {
+    /// The master at `url` does not answer: down, or rejoining after a crash.
+    pub fn unreachable(url: &str) -> Finding {
+        Finding {
+            setting: "master",
+            problem: format!("{url} does not answer: it is down, or rejoining its peers after a crash (it opens its port once every peer's copy is in); nothing mounts against it until then"),
+        }
+    }
+}
+
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.setting, self.problem)

@@ -28,20 +28,21 @@ impl MetaServer {
         Ok(())
     }
 
-    /// Whether a fence read here can prove the writes before it: the server is not
-    /// loading its own data and takes no full copy from a peer. A fence arrives in
-    /// order after the writes before it over any one replication link, but a full
-    /// copy is loaded key by key, and a restarted KeyDB takes one from every peer
-    /// while it already answers. Links that are down do not matter: the fence came
-    /// over one that is up. This does not catch a restarted master that merged its
-    /// own older copy over newer writes (docs/notes.md): the fence key itself is new
-    /// then; deploy/swarm/keydb.yml keeps that from happening after a clean stop.
-    pub async fn settled(&self) -> Result<bool> {
+    /// Why a fence read here cannot yet prove the writes before it, or `None` when
+    /// it can: the server has loaded its data, takes no full copy from a peer, and
+    /// every replication link is up. A fence arrives in order after the writes before
+    /// it over any one link, but a full copy is loaded key by key, and a restarted
+    /// KeyDB takes one from every peer while it already answers. A link that is down
+    /// is a peer that is gone or restarting: when it comes back it sends a full copy
+    /// that KeyDB merges key by key, so nothing is handed over until it is back. A
+    /// master that crashed must not come back with its own files at all (it would
+    /// merge its stale keys over newer ones): deploy/swarm/kelp-keydb.sh makes it
+    /// rejoin empty, unreachable until every peer's copy is in (docs/pinning.md, "When a master crashes").
+    pub async fn unsettled(&self) -> Result<Option<String>> {
         let info: String =
             self.registry(|mut c| async move { redis::cmd("INFO").query_async(&mut c).await }).await?;
-        Ok(settled_info(&info))
+        Ok(unsettled_info(&info))
     }
-
     /// The fence this server holds for the volume in `db` (0 when none).
     pub async fn fence(&self, db: u32) -> Result<u64> {
         let mut c = self.database(db).await?;
@@ -51,32 +52,61 @@ impl MetaServer {
     }
 }
 
-/// [`MetaServer::settled`] from `INFO` output. KeyDB names a multi-master's links
-/// `master_sync_in_progress`, `master_1_sync_in_progress`, ...
-fn settled_info(info: &str) -> bool {
-    info.lines().filter_map(|l| l.trim().split_once(':')).all(|(k, v)| match k {
-        "loading" | "async_loading" => v == "0",
-        _ if k.starts_with("master") && k.ends_with("sync_in_progress") => v == "0",
-        _ => true,
-    })
+/// [`MetaServer::unsettled`] from `INFO` output. KeyDB names a multi-master's links
+/// `master_link_status`, `master_1_link_status`, ... (and `master_1_host`), plus a
+/// `master_global_link_status` summary.
+fn unsettled_info(info: &str) -> Option<String> {
+    let fields: Vec<(&str, &str)> = info.lines().filter_map(|l| l.trim().split_once(':')).collect();
+    let field = |k: &str| fields.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+    let mut why = Vec::new();
+    for (k, v) in &fields {
+        match *k {
+            "loading" | "async_loading" if *v != "0" => why.push("it is still loading its data".to_string()),
+            _ if k.starts_with("master") && k.ends_with("sync_in_progress") && *v != "0" => {
+                let host = field(&k.replace("sync_in_progress", "host")).unwrap_or("?");
+                why.push(format!("it is taking a full copy from {host}"));
+            }
+            _ if k.starts_with("master")
+                && k.ends_with("link_status")
+                && *k != "master_global_link_status"
+                && *v != "up" =>
+            {
+                let host = field(&k.replace("link_status", "host")).unwrap_or("?");
+                let port = field(&k.replace("link_status", "port")).unwrap_or("?");
+                why.push(format!("its replication link to {host}:{port} is {v}"));
+            }
+            _ => {}
+        }
+    }
+    (!why.is_empty()).then(|| why.join(", "))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::settled_info;
+    use super::unsettled_info;
 
     #[test]
-    fn a_master_is_settled_once_loaded_with_no_full_copy_coming_in() {
+    fn a_master_is_settled_once_loaded_with_every_link_up_and_no_full_copy_coming_in() {
         let plain = "# Persistence\r\nloading:0\r\n# Replication\r\nrole:master\r\nconnected_slaves:0\r\n";
-        assert!(settled_info(plain));
-        assert!(!settled_info("loading:1\r\nrole:master\r\n"));
+        assert_eq!(unsettled_info(plain), None);
+        assert_eq!(
+            unsettled_info("loading:1\r\nrole:master\r\n").as_deref(),
+            Some("it is still loading its data")
+        );
         let two = |l1: &str, s1: &str| {
             format!(
-                "loading:0\r\nrole:active-replica\r\nmaster_global_link_status:{l1}\r\nmaster_link_status:up\r\nmaster_sync_in_progress:0\r\nmaster_1_link_status:{l1}\r\nmaster_1_sync_in_progress:{s1}\r\n"
+                "loading:0\r\nrole:active-replica\r\nmaster_global_link_status:{l1}\r\nmaster_host:10.0.0.2\r\nmaster_port:6379\r\nmaster_link_status:up\r\nmaster_sync_in_progress:0\r\nmaster_1_host:10.0.0.3\r\nmaster_1_port:6379\r\nmaster_1_link_status:{l1}\r\nmaster_1_sync_in_progress:{s1}\r\n"
             )
         };
-        assert!(settled_info(&two("up", "0")));
-        assert!(settled_info(&two("down", "0")), "a peer it cannot reach does not matter");
-        assert!(!settled_info(&two("up", "1")), "a full copy still coming in");
+        assert_eq!(unsettled_info(&two("up", "0")), None);
+        assert_eq!(
+            unsettled_info(&two("down", "0")).as_deref(),
+            Some("its replication link to 10.0.0.3:6379 is down"),
+            "a peer that is gone or restarting will merge a full copy when it is back"
+        );
+        assert_eq!(
+            unsettled_info(&two("up", "1")).as_deref(),
+            Some("it is taking a full copy from 10.0.0.3")
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! master. A master run as a Swarm service is stopped together with the tasks when
 //! its node is drained, but a writer's release (unmount, then the fence) needs it
 //! afterwards: stopped first, the release cannot finish and the task can move
-//! nowhere. So the master's stop hook (deploy/swarm/keydb.yml) waits, bounded,
+//! nowhere. So the master's stop hook (deploy/swarm/kelp-keydb.sh) waits, bounded,
 //! until this count is zero. The key names the node because every master of a
 //! multi-master set holds every other node's count too.
 

@@ -92,7 +92,15 @@ impl NodeCore {
     pub async fn announce(&self) -> Result<Vec<Finding>> {
         // The checks must not stop the heartbeat: a master that cannot be read now is
         // reported by the heartbeat's own failure, or checked on the next beat.
-        let found = self.meta.master_config().await.map(|c| findings(&c)).unwrap_or_default();
+        // A master that does not answer is down, or rejoining its peers after a crash
+        // (deploy/swarm/kelp-keydb.sh keeps it unreachable until it is whole).
+        let found = match self.meta.master_config().await {
+            Ok(c) => findings(&c),
+            Err(crate::meta::Error::Unreachable { .. }) => {
+                vec![Finding::unreachable(&self.meta.url().to_string())]
+            }
+            Err(_) => Vec::new(),
+        };
         let record = NodeRecord {
             node_id: self.cfg.node_id.clone(),
             local_meta: self.cfg.advertise.clone(),

@@ -83,6 +83,14 @@ impl NodeCore {
             let ok = matches!(tokio::time::timeout(Duration::from_secs(2), server.ping()).await, Ok(Ok(())));
             up.get_or_create(&BackendLabels { backend: name.into() }).set(ok as u8 as f64);
         }
+        // Whether a handover may count a fence from this node's master now.
+        let whole =
+            matches!(tokio::time::timeout(Duration::from_secs(2), self.meta.unsettled()).await, Ok(Ok(None)));
+        snap.gauge(
+            "meta_whole",
+            "1 when this node's master answers, has loaded its data, takes no full copy and has every replication link up (0 while it rejoins after a crash)",
+            whole as u8 as f64,
+        );
         let mut out = metrics::encode(&snap.registry);
         out.push_str(&metrics::merge(juicefs));
         out

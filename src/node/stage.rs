@@ -390,9 +390,9 @@ impl NodeCore {
         m.fence_waits.get_or_create(&labels).inc();
         let got = crate::wait::poll_until(self.cfg.fence_wait, Duration::from_millis(100), || async move {
             match meta.fence(db).await {
-                Ok(have) if have >= want => match meta.settled().await {
-                    Ok(true) => Some(Ok(have)),
-                    Ok(false) => None,
+                Ok(have) if have >= want => match meta.unsettled().await {
+                    Ok(None) => Some(Ok(have)),
+                    Ok(Some(_)) => None,
                     Err(e) => Some(Err(e)),
                 },
                 Ok(_) => None,
@@ -409,13 +409,21 @@ impl NodeCore {
                 Ok(())
             }
             Some(Err(e)) => Err(e.into()),
-            None => Err(Error::FailedPrecondition(format!(
-                "volume {id} was last written on another node (writer epoch {want}), and this node's metadata master {} has replicated only up to {}{} after {} s; check replication between the masters (the CO retries this)",
-                meta.url(),
-                meta.fence(db).await.unwrap_or(0),
-                if meta.settled().await.unwrap_or(true) { "" } else { " and is still loading or taking a full copy from a peer" },
-                self.cfg.fence_wait.as_secs()
-            ))),
+            None => {
+                let have = meta.fence(db).await.unwrap_or(0);
+                let state = match meta.unsettled().await {
+                    Ok(Some(why)) if have >= want => {
+                        format!("holds the previous writer's fence but is not whole ({why})")
+                    }
+                    Ok(Some(why)) => format!("has replicated only up to {have} and is not whole ({why})"),
+                    _ => format!("has replicated only up to {have}"),
+                };
+                Err(Error::FailedPrecondition(format!(
+                    "volume {id} was last written on another node (writer epoch {want}), and this node's metadata master {} {state} after {} s; check replication between the masters, and that each is up (the CO retries this)",
+                    meta.url(),
+                    self.cfg.fence_wait.as_secs()
+                )))
+            }
         }
     }
 

@@ -293,7 +293,7 @@ check "node $to mounts c-move against its own master" retry 20 mounted_with "$to
 check "node $from wrote its fence when it let go" retry 20 plugin_log "$from" "fence written for the next writer"
 check "node $to waited for that fence before mounting" plugin_log "$to" "fence replicated; mounting"
 # The drain stopped node $from's KeyDB task too; its stop hook held the master up
-# until kelp there had let go (deploy/swarm/keydb.yml).
+# until kelp there had let go (deploy/swarm/kelp-keydb.sh).
 keydb_said() { # node, text: a KeyDB task there, current or stopped, logged it
   local c
   for c in $(dk "$1" ps -aq -f label=com.docker.swarm.service.name=keydb_keydb); do
@@ -308,7 +308,7 @@ check "10 more files written on node $to" test "$(wc -l <"$work/sums")" = 30
 admin volumes | grep -E '^(NAME|c-move)'
 dk 1 node update --availability active "kelp-n$from" >/dev/null
 check "node $from's KeyDB master is back and replicating" retry 120 back_again "$from" "$from_run"
-check "it started empty and took its peers' copy" retry 30 keydb_said "$from" "starting empty: peer"
+check "it started empty and took its peers' copy" retry 30 keydb_said "$from" "rejoining empty"
 to_run=$(run_id "$to")
 # And away again: drain the node it moved to, so it goes back to the first, whose
 # KeyDB master came back with it and caught up before the fence let the mount through.
