@@ -11,7 +11,8 @@
 # on node 1, a volume server on every node). The plugin is built once, pushed, and
 # installed on every node with `docker plugin install`; the tasks' image comes from
 # the registry too. Then volumes and services are driven through the manager's docker
-# CLI only. Everything started here is stopped by pid; the namespaces and the bridge
+# CLI only, and a real Prometheus (deploy/grafana) discovers and scrapes the three
+# nodes. Everything started here is stopped by pid; the namespaces and the bridge
 # are removed. Last line: "cluster: N passed, N failed". Skips (exit 0) only when this
 # machine cannot run an engine or has no keydb-server.
 set -uo pipefail
@@ -19,6 +20,7 @@ cd "$(dirname "$0")/../.."
 source scripts/env.sh
 source tests/lib.sh
 source tests/swarm/engine.sh
+source tests/swarm/prometheus.sh
 
 work="$(pwd)/.kelp-test/cluster"
 net=203.0.113
@@ -28,6 +30,7 @@ skip() {
   exit 0
 }
 command -v keydb-server >/dev/null || skip "no keydb-server (scripts/deps.sh builds it with KELP_NEED_KEYDB=1)"
+{ command -v prometheus && command -v promtool; } >/dev/null || KELP_NEED_PROMETHEUS=1 scripts/deps.sh
 dockerpath=$(scripts/install-docker.sh) || skip "this machine cannot run a Docker engine (scripts/install-docker.sh failed)"
 export PATH="$dockerpath:$PATH"
 ! ip -o addr | grep -q " $net\." || {
@@ -58,6 +61,7 @@ declare -A DOCKERD CONTAINERD
 
 cleanup() {
   local i
+  prom_stop
   dk 1 service rm $(dk 1 service ls -q 2>/dev/null) >/dev/null 2>&1
   sleep 3
   for i in "${nodes[@]}"; do
@@ -210,7 +214,7 @@ for i in "${nodes[@]}"; do
     "KELP_REGISTRY_URL=redis://$(node_ip 1):6379" "KELP_NODE_ID=kelp-n$i" \
     "KELP_FILER=$WEED_IP:$FILER_GRPC" "KELP_S3_ENDPOINT=http://$WEED_IP:$S3_PORT" \
     "KELP_S3_ACCESS_KEY=$KELP_S3_ACCESS_KEY" "KELP_S3_SECRET_KEY=$KELP_S3_SECRET_KEY" \
-    KELP_IDLE_RELEASE=5 KELP_METRICS_ADDR=127.0.0.1:9469 "state.source=$work/n$i/state"
+    KELP_IDLE_RELEASE=5 KELP_METRICS_ADDR=0.0.0.0:9469 "state.source=$work/n$i/state"
 done
 app="$registry/kelp-test-app:1"
 DOCKER_HOST="unix://$work/n1/run/docker.sock" import_app_image "$work/n1" "$app" >/dev/null
@@ -378,6 +382,15 @@ w2=$(dk "${web_nodes[1]}" ps -q -f label=com.docker.swarm.service.name=media_web
 dk "${web_nodes[0]}" exec "$w1" sh -c 'echo hello > /usr/share/nginx/html/index.html'
 served() { dk "${web_nodes[1]}" exec "$w2" cat /usr/share/nginx/html/index.html 2>/dev/null | grep -qx hello; }
 check "a page written by one replica is served by the other" retry 20 served
+
+echo "== a real Prometheus scrapes the three nodes: Swarm discovery, alert rules, every dashboard expression"
+# From the host, as on a manager with the Docker socket mounted: it discovers the
+# nodes through node 1's engine and scrapes each plugin at its node's address
+# (the plugin's default metrics address, 0.0.0.0:9469, on the host network).
+if prom_start "$work/prometheus" "$work/n1/run/docker.sock" 9469; then
+  prom_checks kelp
+fi
+prom_stop
 dk 1 stack rm media >/dev/null
 
 echo "== service rm and volume rm leave nothing on any node"
