@@ -591,7 +591,11 @@ async fn sigterm_ends_the_driver_despite_open_connections() {
 /// bucket's writes; `durability=relaxed` has none; DeleteVolume removes the rule.
 #[tokio::test(flavor = "multi_thread")]
 async fn durability_is_a_bucket_fsync_rule() {
-    let (redis, weed) = (shared_redis(), shared_weed());
+    // A SeaweedFS of its own: filer.conf is read-modify-written, and another test's
+    // controller editing the shared filer's at the same moment can write back a rule
+    // this test just removed (one controller acts at a time in a Swarm).
+    let weed = &Weed::start();
+    let redis = shared_redis();
     let kelp = controller(redis, weed);
     let mut c = csi::connect(&kelp.endpoint).await;
     let strict = c.create("durable-strict", GIB).await.unwrap();
