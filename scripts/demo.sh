@@ -36,7 +36,7 @@ work="$(pwd)/.kelp-demo"
 state="$work/demo.env" # the pids a --keep run leaves, for --stop and the next run
 node=kelp-demo         # the Swarm node's host name (dockerd gets a UTS namespace)
 # The stacks use the host network and fixed ports, as on a real node.
-ports=(6379 9333 19333 8080 18080 8888 18888 8333 9469)
+ports=(6379 9333 19333 8080 18080 8888 18888 8333)
 t_all=$(date +%s%N)
 step_name=
 ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
@@ -209,12 +209,13 @@ docker stack services --format '  {{.Name}}  {{.Mode}}  {{.Replicas}}' seaweedfs
 
 step "The plugin: built, pushed to the registry, installed from it (docker plugin install)"
 plugin_ref="$registry/kelp:demo"
+metrics_port=$(free_port)
 need "plugin built and pushed" sh -c "deploy/swarm/build-plugin.sh --push $plugin_ref >$work/build-plugin.log 2>&1"
 need "docker plugin install $plugin_ref --alias kelp:latest" sh -c "docker plugin install --grant-all-permissions \
   --alias kelp:latest $plugin_ref KELP_META_URL=redis://127.0.0.1:6379 KELP_META_PASSWORD='$meta_pw' \
   KELP_META_ADVERTISE=redis://127.0.0.1:6379 KELP_NODE_ID=$node KELP_FILER=127.0.0.1:$FILER_GRPC \
   KELP_S3_ENDPOINT=http://127.0.0.1:$S3_PORT KELP_S3_ACCESS_KEY=$KELP_S3_ACCESS_KEY \
-  KELP_S3_SECRET_KEY=$KELP_S3_SECRET_KEY KELP_IDLE_RELEASE=5 KELP_METRICS_ADDR=127.0.0.1:9469 \
+  KELP_S3_SECRET_KEY=$KELP_S3_SECRET_KEY KELP_IDLE_RELEASE=5 KELP_METRICS_ADDR=127.0.0.1:$metrics_port \
   state.source=$work/state >/dev/null"
 plugin_id=$(docker plugin inspect -f '{{.ID}}' kelp:latest)
 echo "plugin kelp:latest ($plugin_ref), enabled: $(docker plugin inspect -f '{{.Enabled}}' kelp:latest)"
@@ -289,7 +290,7 @@ echo "data:      SeaweedFS (stack seaweedfs), filer 127.0.0.1:8888, S3 http://12
 echo "           its files in the engine's local volumes seaweedfs_master, seaweedfs_volume, seaweedfs_filer"
 
 step "A real Prometheus scrapes the plugin (deploy/grafana/prometheus.yml)"
-need "prometheus started" prom_start "$work/prometheus" "$work/run/docker.sock" 9469
+need "prometheus started" prom_start "$work/prometheus" "$work/run/docker.sock" "$metrics_port"
 save_state
 need "the plugin's target is up" retry 60 tests/swarm/prometheus.py targets "$PROM_URL" kelp
 series() { # PromQL: each series and its value, one line each
