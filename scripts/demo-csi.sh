@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CSI-level demo (`scripts/demo.sh --csi`), for machines without Docker: starts
 # a local Redis-protocol metadata server, SeaweedFS (master, volume, filer, S3) and
-# `kelp serve` on free loopback ports, creates a volume through CSI, mounts it (stage + publish), writes and reads a file,
+# `kelp serve` on free loopback ports, creates a volume through CSI, mounts it (stage
+# + publish), writes and reads a file,
 # and shows where everything is. Then it unmounts, deletes and stops everything,
 # unless --keep is given (then it prints how to stop it).
 set -euo pipefail
