@@ -108,6 +108,16 @@ async fn publish(c: &mut Clients, id: &str, staging: &str, target: &str) -> Resu
     c.publish(id, staging, target, Mode::SingleNodeWriter, false).await
 }
 
+/// ControllerUnpublishVolume of `id` from this test's node (its release).
+async fn controller_unpublish_here(c: &Clients, id: &str) {
+    let req = csi::ControllerUnpublishVolumeRequest {
+        volume_id: id.into(),
+        node_id: "security-node".into(),
+        ..Default::default()
+    };
+    c.ctl.clone().controller_unpublish_volume(req).await.unwrap();
+}
+
 /// ControllerPublishVolume of `id` to this test's node as a single-node writer, once
 /// the node has announced itself: the publish context a CO would hand the node.
 async fn controller_publish_here(c: &Clients, id: &str) -> HashMap<String, String> {
@@ -326,14 +336,7 @@ async fn a_freed_database_stays_empty() {
     k.in_ns(&format!("echo a > {ta}/a.txt && sync"));
     c.unpublish(&a.volume_id, &ta).await.unwrap();
     c.unstage(&a.volume_id, &sa).await.unwrap();
-    c.ctl
-        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
-            volume_id: a.volume_id.clone(),
-            node_id: "security-node".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    controller_unpublish_here(&c, &a.volume_id).await;
     c.delete(&a.volume_id).await.unwrap();
     let freed = db_of(&a.volume_id);
 
@@ -473,14 +476,7 @@ async fn forged_generations_long_paths_and_secret_urls_change_nothing() {
     // The context the controller gave stages A as it should.
     c.node.node_stage_volume(stage_req(&a.volume_id, &staging, HashMap::new(), ctx.clone())).await.unwrap();
     c.unstage(&a.volume_id, &staging).await.unwrap();
-    c.ctl
-        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
-            volume_id: a.volume_id.clone(),
-            node_id: "security-node".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    controller_unpublish_here(&c, &a.volume_id).await;
     assert_eq!(digest(db), before[1], "B is as it was");
     for v in [&a, &b] {
         c.delete(&v.volume_id).await.unwrap();
