@@ -19,6 +19,7 @@ source scripts/env.sh
 count=${1:-200}
 what=${2:-all}
 scripts/deps.sh
+source scripts/env.sh # what deps.sh has just installed
 cargo build --release --locked --quiet -p kelp -p kelp-bench
 kelp="$(realpath "${CARGO_TARGET_DIR:-target}")/release/kelp"
 bench="$(realpath "${CARGO_TARGET_DIR:-target}")/release/kelp-bench"

@@ -15,6 +15,7 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 step "Installing what is missing"
 scripts/deps.sh
+source scripts/env.sh # what deps.sh has just installed
 step "Building kelp (release)"
 cargo build --release --locked --quiet -p kelp
 kelp="$(realpath "${CARGO_TARGET_DIR:-target}")/release/kelp"

@@ -115,6 +115,8 @@ fi
 
 step "Installing what is missing (scripts/deps.sh, scripts/install-docker.sh)"
 KELP_NEED_PROMETHEUS=1 KELP_NEED_KEYDB=1 scripts/deps.sh || die "scripts/deps.sh failed"
+source scripts/env.sh # on a fresh machine deps.sh has just built KeyDB: put it on PATH
+command -v keydb-server >/dev/null || die "no keydb-server after scripts/deps.sh (third_party/keydb/build.sh builds it)"
 dockerpath=$(scripts/install-docker.sh) || die "this machine cannot run a Docker engine; try scripts/demo.sh --csi"
 export PATH="$dockerpath:$PATH"
 command -v docker-registry >/dev/null || die "no docker-registry (scripts/install-docker.sh unpacks it)"
