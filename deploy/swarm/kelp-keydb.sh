@@ -9,24 +9,40 @@
 # this one and skipped), NODE (this node's host name and kelp node id), KEYDB_RELEASE_WAIT (seconds, default 90),
 # REDISCLI_AUTH (the password, if any; also in CONFIG-FILE as requirepass/masterauth).
 #
-# The rule (docs/pinning.md, "When a master crashes"): a master serves its own files only if it stopped
-# cleanly or no peer is up. Otherwise (a crash, or a clean stop while its peers went
-# on) its files are moved aside, never deleted, and it rejoins: it starts empty with
-# no TCP port (a private unix socket only), takes a full copy from every peer that
-# answers, and opens its real port only when every link to those peers is up and no
-# copy is in progress. Why: KeyDB keeps the writes it received from peers in its
-# append-only file as RREPLAY commands and refuses every one of them when it reloads
-# the file after a crash ("Command must be sent from a master"), so a master
-# restarted from its own files holds its snapshot plus its own writes only; the
-# peers then merge that key by key, and its stale keys (a directory's entry list,
-# the inode counter) overwrite newer ones on every master (docs/notes.md). A master
-# that nobody can reach cannot be mounted against or replicate anything stale.
+# The rule (docs/pinning.md, "When a master crashes"): a master serves its own files
+# only if it stopped cleanly or no peer is up. Otherwise (a crash, a clean stop while
+# its peers went on, or a new empty data directory) it joins: its files are moved
+# aside, never deleted, and it starts empty with no TCP port (a private unix socket
+# only). Why: KeyDB keeps the writes it received from peers in its append-only file
+# as RREPLAY commands and refuses every one of them when it reloads the file after a
+# crash ("Command must be sent from a master"), so a master restarted from its own
+# files holds its snapshot plus its own writes only, and its stale keys (a
+# directory's entry list, the inode counter) would overwrite newer ones on every
+# master (docs/notes.md).
+#
+# The join itself must not merge anything either. A KeyDB full sync merges the copy
+# key by key, keeping the side with the larger timestamp, and a key's timestamp is
+# the time the master holding it applied it, not the time it was written: a copy
+# taken from a peer that applied a write a few milliseconds after its writer wrote
+# the next one wins over that next one. So while a master joins, every master that
+# answers is quiesced: `replica-read-only yes` refuses its clients' writes with
+# READONLY, which juicefs and kelp retry with backoff, while replication still
+# flows. Once every stream is drained the masters hold the same data; the joiner
+# takes its copies, opens its port, its peers take theirs from it (equal data, so
+# the merges change nothing), the masters' digests are compared, and the quiesce is
+# lifted. A quiesce is held by a named connection to each peer
+# (kelp-quiesce-<node>); every master's watchdog lifts one whose holder is gone, so
+# a joiner that dies never leaves the cluster read-only. (CLIENT PAUSE WRITE would
+# stall writers instead of refusing them, but KeyDB 6.3.4 aborts when a peer's
+# replicated write reaches a paused master.)
 set -u
 dir=${KEYDB_DIR:?set KEYDB_DIR}
 port=${KEYDB_PORT:-6379}
 release_wait=${KEYDB_RELEASE_WAIT:-90}
 sock=$dir/kelp-rejoin.sock
+me=${NODE:-$$}
 cli() { keydb-cli -p "$port" "$@"; }
+scli() { keydb-cli -s "$sock" "$@"; }
 say() { echo "kelp-keydb: $*"; }
 
 # The previous server may still be stopping (host network: it holds the port).
@@ -48,69 +64,175 @@ peer_cli() {
   shift
   keydb-cli -h "${p%:*}" -p "${p##*:}" "$@"
 }
-# A peer to copy from: it answers on its port (a rejoining master does not), has
-# loaded its data, takes no full copy itself, and holds some data.
-whole() {
-  info=$(peer_cli "$1" info 2>/dev/null | tr -d '\r')
-  echo "$info" | grep -q '^loading:0' && ! echo "$info" | grep -q '^master[_0-9]*_sync_in_progress:1' &&
-    echo "$info" | grep -q '^db[0-9]*:keys='
+# INFO of a peer (or of this server through its socket: "self"), without CRs.
+info_of() {
+  if [ "$1" = self ]; then scli info 2>/dev/null | tr -d '\r'; else peer_cli "$1" info 2>/dev/null | tr -d '\r'; fi
+}
+# A peer that serves: it answers on its port (a joining master does not), has
+# loaded its data and takes no full copy itself.
+serving() {
+  info=$(info_of "$1")
+  echo "$info" | grep -q '^loading:0' && ! echo "$info" | grep -q '^master[_0-9]*_sync_in_progress:1'
+}
+# ... and holds some data (a master with files of its own joins only from such a one).
+whole() { serving "$1" && echo "$info" | grep -q '^db[0-9]*:keys='; }
+# Links of a server (peer or "self") that are up, with no full copy in progress.
+links_up() {
+  info=$(info_of "$1")
+  echo "$info" | grep -q '^loading:0' || { echo 0; return; }
+  if echo "$info" | grep -q '^master[_0-9]*_sync_in_progress:1'; then echo 0; return; fi
+  echo "$info" | grep -cE '^master(_[0-9]+)?_link_status:up'
+}
+# Whether everything a peer has sent is acknowledged by each of its replicas.
+drained() {
+  info=$(info_of "$1")
+  sent=$(echo "$info" | sed -n 's/^master_repl_offset://p')
+  [ -n "$sent" ] || return 1
+  for o in $(echo "$info" | sed -n 's/^slave[0-9]*:.*offset=\([0-9]*\).*/\1/p'); do
+    [ "$o" = "$sent" ] || return 1
+  done
+}
+# Waits up to $1 seconds (tenths) for a condition; false if it never held.
+within() {
+  n=$(($1 * 5))
+  shift
+  while ! "$@"; do
+    n=$((n - 1))
+    [ $n -gt 0 ] || return 1
+    sleep 0.2
+  done
+}
+
+# The quiesce. Held by a connection named kelp-quiesce-<node> that lives as long as
+# this script; lifted only when no other joiner holds one.
+quiesced=
+holders=
+quiesce() { # peer, or "self"
+  if [ "$1" = self ]; then c="scli"; else c="peer_cli $1"; fi
+  (echo "client setname kelp-quiesce-$me"; while kill -0 $$ 2>/dev/null && [ ! -f "$dir/kelp-quiesce-done" ]; do sleep 1; done) | $c >/dev/null 2>&1 &
+  holders="$holders $!"
+  if $c config set replica-read-only yes >/dev/null 2>&1; then
+    quiesced="$quiesced $1"
+  else
+    say "WARNING: could not quiesce $1 (CONFIG SET refused?): its clients' writes go on during the join"
+  fi
+}
+others_hold() { # peer or "self": another joiner's quiesce connection is there
+  if [ "$1" = self ]; then c="scli"; else c="peer_cli $1"; fi
+  $c client list 2>/dev/null | grep 'name=kelp-quiesce-' | grep -vq "name=kelp-quiesce-$me "
+}
+lift() {
+  touch "$dir/kelp-quiesce-done"
+  for q in $quiesced; do
+    if others_hold "$q"; then continue; fi
+    if [ "$q" = self ]; then scli config set replica-read-only no >/dev/null 2>&1; else peer_cli "$q" config set replica-read-only no >/dev/null 2>&1; fi
+  done
+  quiesced=
+  for h in $holders; do kill "$h" 2>/dev/null; done
+  holders=
+}
+# Every master: a quiesce whose holder is gone (its joiner died) is lifted.
+watchdog() {
+  left=0
+  while kill -0 "$1" 2>/dev/null; do
+    sleep 2
+    ro=$(cli config get replica-read-only 2>/dev/null | sed -n 2p)
+    if [ "$ro" = yes ] && ! cli client list 2>/dev/null | grep -q 'name=kelp-quiesce-'; then
+      left=$((left + 1))
+      if [ $left -ge 2 ]; then
+        cli config set replica-read-only no >/dev/null 2>&1 && say "lifted a quiesce its joiner left behind"
+        left=0
+      fi
+    else
+      left=0
+    fi
+  done
 }
 
 mkdir -p "$dir"
 clean=
 [ -f "$dir/kelp-clean-stop" ] && clean=1
 files=$(ls "$dir"/*.aof "$dir"/*.rdb 2>/dev/null)
-rejoin=
-if [ -n "$files" ]; then
-  for p in $peers; do
-    if whole "$p"; then rejoin=$p; break; fi
-  done
-  if [ -n "$rejoin" ]; then
+join=
+live=
+for p in $peers; do
+  if [ -n "$files" ]; then whole "$p" && live="$live $p"; else serving "$p" && live="$live $p"; fi
+done
+if [ -n "$live" ]; then
+  join=1
+  if [ -n "$files" ]; then
     aside=$dir/previous-$(date -u +%Y%m%dT%H%M%SZ)
     mkdir -p "$aside"
     mv $files "$aside"/
     if [ -n "$clean" ]; then
-      say "stopped cleanly but peer $rejoin is up: rejoining empty; the old files are in $aside"
+      say "stopped cleanly but peers are up: joining empty; the old files are in $aside"
     else
-      say "did not stop cleanly: rejoining empty from the peers; this master's files are in $aside"
+      say "did not stop cleanly: joining empty from the peers; this master's files are in $aside"
     fi
-  elif [ -z "$clean" ]; then
-    say "WARNING: did not stop cleanly and no peer is up: serving this master's own files, which lack the peers' writes since its last rewrite (docs/pinning.md)"
   fi
+elif [ -n "$files" ] && [ -z "$clean" ]; then
+  say "WARNING: did not stop cleanly and no peer is up: serving this master's own files, which lack the peers' writes since its last rewrite (docs/pinning.md)"
 fi
-rm -f "$dir/kelp-clean-stop" "$sock"
+rm -f "$dir/kelp-clean-stop" "$dir/kelp-quiesce-done" "$sock"
 
 set -- "$@" --dir "$dir" --active-replica yes --multi-master yes
-for p in $peers; do set -- "$@" --replicaof "${p%:*}" "${p##*:}"; done
-if [ -n "$rejoin" ]; then
+# A master that joined and was stopped before it had every copy must not call its
+# files clean: they are not whole.
+whole_now=
+[ -n "$join" ] || whole_now=1
+if [ -n "$join" ]; then
+  # No peer yet: the links are made below, once the peers are quiesced.
   keydb-server "$@" --port 0 --unixsocket "$sock" --unixsocketperm 700 &
 else
+  for p in $peers; do set -- "$@" --replicaof "${p%:*}" "${p##*:}"; done
   keydb-server "$@" --port "$port" &
 fi
 pid=$!
 stopping=
 trap 'stopping=1' TERM INT
+alive() { kill -0 $pid 2>/dev/null && [ -z "$stopping" ]; }
 
-if [ -n "$rejoin" ]; then
-  # Every peer that answers must have a link up with its full copy loaded.
-  synced() {
-    info=$(keydb-cli -s "$sock" info 2>/dev/null | tr -d '\r') || return 1
-    echo "$info" | grep -q '^loading:0' || return 1
-    echo "$info" | grep -q '^master[_0-9]*_sync_in_progress:1' && return 1
-    up=$(echo "$info" | grep -cE '^master(_[0-9]+)?_link_status:up')
-    want=0
-    for p in $peers; do peer_cli "$p" ping >/dev/null 2>&1 && want=$((want + 1)); done
-    [ "$want" -gt 0 ] && [ "$up" -ge "$want" ]
-  }
-  while ! synced; do
-    kill -0 $pid 2>/dev/null || break
-    [ -z "$stopping" ] || break
-    sleep 0.2
+if [ -n "$join" ]; then
+  sock_up() { scli ping >/dev/null 2>&1; }
+  within 30 sock_up
+  t0=$(date +%s)
+  # 1. Quiesce every master that serves, and wait until each has passed on
+  #    everything it has: then they all hold the same data.
+  live=
+  for p in $peers; do serving "$p" && live="$live $p"; done
+  for p in $live; do quiesce "$p"; done
+  for p in $live; do
+    within 10 drained "$p" || say "WARNING: peer $p did not drain within 10 s (a link between peers is down?); joining anyway"
   done
-  if [ -z "$stopping" ] && kill -0 $pid 2>/dev/null; then
-    keydb-cli -s "$sock" config set port "$port" >/dev/null && say "rejoined: every peer's copy is in; serving on port $port"
+  # 2. Take a copy from each (equal copies: the merge changes nothing).
+  for p in $peers; do scli replicaof "${p%:*}" "${p##*:}" >/dev/null; done
+  quiesce self
+  nlive=0
+  for p in $live; do nlive=$((nlive + 1)); done
+  copied() { [ "$(links_up self)" -ge $nlive ]; }
+  while alive && ! copied; do sleep 0.2; done
+  # 3. Open the port: each peer takes its copy from this one (equal again).
+  if alive; then
+    scli config set port "$port" >/dev/null
+    linked() {
+      for p in $live; do [ "$(links_up "$p")" -ge $nlive ] || return 1; done
+    }
+    within 60 linked || say "WARNING: not every peer linked back within 60 s"
+    # 4. Compare: with every master quiesced and drained, the digests must be equal.
+    for p in $live self; do within 10 drained "$p" >/dev/null || true; done
+    mine=$(scli debug digest 2>/dev/null)
+    for p in $live; do
+      theirs=$(peer_cli "$p" debug digest 2>/dev/null)
+      if [ "$theirs" != "$mine" ]; then
+        say "ERROR: after joining, this master's data differs from peer $p's (digest $mine, theirs $theirs): do not hand volumes over (docs/pinning.md)"
+      fi
+    done
   fi
+  lift
+  alive && whole_now=1
+  alive && say "joined: copies from$live taken and taken back, digests compared; serving on port $port after $(($(date +%s) - t0)) s of quiesce"
 fi
+watchdog $pid &
 
 # `wait` returns early when a trapped signal arrives; wait again for the server.
 while :; do
@@ -149,6 +271,7 @@ fi
 # The append-only file holds the peers' writes as RREPLAY commands, which KeyDB
 # refuses when it reloads the file; a rewrite writes the whole data set as plain
 # data, so a master that is the first up after the whole cluster stopped has it all.
+[ -n "$whole_now" ] || done_ok=0
 if [ $done_ok = 1 ]; then
   done_ok=0
   cli bgrewriteaof >/dev/null 2>&1
