@@ -6,8 +6,11 @@
 #
 # Environment: KEYDB_DIR (data directory), KEYDB_PORT (default 6379), KEYDB_PEERS
 # (every master, "host" or "host:port" each, space-separated; the one named NODE is
-# this one and skipped), NODE (this node's host name and kelp node id), KEYDB_RELEASE_WAIT (seconds, default 90),
-# REDISCLI_AUTH (the password, if any; also in CONFIG-FILE as requirepass/masterauth).
+# this one and skipped), NODE (this node's host name and kelp node id),
+# KEYDB_RELEASE_WAIT (seconds, default 90), KEYDB_JOIN_MAX (seconds a join may keep
+# its peers quiesced waiting for their copies, default 60), REDISCLI_AUTH (the
+# password, if any; also in CONFIG-FILE as requirepass/masterauth). Needs sh, grep,
+# sed, tr, sleep, seq, date, timeout, keydb-server and keydb-cli.
 #
 # The rule (docs/pinning.md, "When a master crashes"): a master serves its own files
 # only if it stopped cleanly or no peer is up. Otherwise (a crash, a clean stop while
@@ -41,8 +44,11 @@ port=${KEYDB_PORT:-6379}
 release_wait=${KEYDB_RELEASE_WAIT:-90}
 sock=$dir/kelp-rejoin.sock
 me=${NODE:-$$}
-cli() { keydb-cli -p "$port" "$@"; }
-scli() { keydb-cli -s "$sock" "$@"; }
+# Every call is bounded: KeyDB 6.3.4 sometimes never serves a new connection
+# ("epoll_ctl failed" on its standard error), and a join must never hang while its
+# peers refuse writes.
+cli() { timeout 10 keydb-cli -p "$port" "$@"; }
+scli() { timeout 10 keydb-cli -s "$sock" "$@"; }
 say() { echo "kelp-keydb: $*"; }
 
 # The previous server may still be stopping (host network: it holds the port).
@@ -62,7 +68,7 @@ done
 peer_cli() {
   p=$1
   shift
-  keydb-cli -h "${p%:*}" -p "${p##*:}" "$@"
+  timeout 10 keydb-cli -h "${p%:*}" -p "${p##*:}" "$@"
 }
 # INFO of a peer (or of this server through its socket: "self"), without CRs.
 info_of() {
@@ -108,8 +114,8 @@ within() {
 quiesced=
 holders=
 quiesce() { # peer, or "self"
-  if [ "$1" = self ]; then c="scli"; else c="peer_cli $1"; fi
-  (echo "client setname kelp-quiesce-$me"; while kill -0 $$ 2>/dev/null && [ ! -f "$dir/kelp-quiesce-done" ]; do sleep 1; done) | $c >/dev/null 2>&1 &
+  if [ "$1" = self ]; then c="scli"; h="-s $sock"; else c="peer_cli $1"; h="-h ${1%:*} -p ${1##*:}"; fi
+  (echo "client setname kelp-quiesce-$me"; while kill -0 $$ 2>/dev/null && [ ! -f "$dir/kelp-quiesce-done" ]; do sleep 1; done) | keydb-cli $h >/dev/null 2>&1 &
   holders="$holders $!"
   if $c config set replica-read-only yes >/dev/null 2>&1; then
     quiesced="$quiesced $1"
@@ -121,15 +127,22 @@ others_hold() { # peer or "self": another joiner's quiesce connection is there
   if [ "$1" = self ]; then c="scli"; else c="peer_cli $1"; fi
   $c client list 2>/dev/null | grep 'name=kelp-quiesce-' | grep -vq "name=kelp-quiesce-$me "
 }
+mine_gone() { # peer or "self": this joiner's quiesce connection is closed
+  if [ "$1" = self ]; then c="scli"; else c="peer_cli $1"; fi
+  ! $c client list 2>/dev/null | grep -q "name=kelp-quiesce-$me "
+}
+# Each joiner closes its own hold first and only then looks for others': of two
+# joiners lifting at once, the one that looks last sees neither and lifts.
 lift() {
   touch "$dir/kelp-quiesce-done"
+  for h in $holders; do kill "$h" 2>/dev/null; done
+  holders=
   for q in $quiesced; do
+    within 5 mine_gone "$q"
     if others_hold "$q"; then continue; fi
     if [ "$q" = self ]; then scli config set replica-read-only no >/dev/null 2>&1; else peer_cli "$q" config set replica-read-only no >/dev/null 2>&1; fi
   done
   quiesced=
-  for h in $holders; do kill "$h" 2>/dev/null; done
-  holders=
 }
 # Every master: a quiesce whose holder is gone (its joiner died) is lifted.
 watchdog() {
@@ -180,12 +193,15 @@ set -- "$@" --dir "$dir" --active-replica yes --multi-master yes
 # files clean: they are not whole.
 whole_now=
 [ -n "$join" ] || whole_now=1
+# The server's standard input is /dev/null, never closed: a task's may be closed,
+# and a KeyDB that hands descriptor 0 to a client never serves it ("epoll_ctl
+# failed", docs/notes.md).
 if [ -n "$join" ]; then
   # No peer yet: the links are made below, once the peers are quiesced.
-  keydb-server "$@" --port 0 --unixsocket "$sock" --unixsocketperm 700 &
+  keydb-server "$@" --port 0 --unixsocket "$sock" --unixsocketperm 700 </dev/null &
 else
   for p in $peers; do set -- "$@" --replicaof "${p%:*}" "${p##*:}"; done
-  keydb-server "$@" --port "$port" &
+  keydb-server "$@" --port "$port" </dev/null &
 fi
 pid=$!
 stopping=
@@ -210,14 +226,25 @@ if [ -n "$join" ]; then
   nlive=0
   for p in $live; do nlive=$((nlive + 1)); done
   copied() { [ "$(links_up self)" -ge $nlive ]; }
-  while alive && ! copied; do sleep 0.2; done
+  # The peers refuse writes meanwhile: bounded. A join that cannot finish in time
+  # lifts the quiesce and ends, to be started again (Swarm restarts the task).
+  deadline=$(($(date +%s) + ${KEYDB_JOIN_MAX:-60}))
+  while alive && ! copied; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      say "ERROR: the copies did not arrive within ${KEYDB_JOIN_MAX:-60} s (KEYDB_JOIN_MAX): lifting the quiesce and stopping; the next start joins again"
+      lift
+      kill -9 $pid
+      exit 1
+    fi
+    sleep 0.2
+  done
   # 3. Open the port: each peer takes its copy from this one (equal again).
   if alive; then
     scli config set port "$port" >/dev/null
     linked() {
       for p in $live; do [ "$(links_up "$p")" -ge $nlive ] || return 1; done
     }
-    within 60 linked || say "WARNING: not every peer linked back within 60 s"
+    within 30 linked || say "WARNING: not every peer linked back within 30 s; lifting the quiesce anyway"
     # 4. Compare: with every master quiesced and drained, the digests must be equal.
     for p in $live self; do within 10 drained "$p" >/dev/null || true; done
     mine=$(scli debug digest 2>/dev/null)
