@@ -199,7 +199,7 @@ deploy_seaweedfs() {
   SEAWEEDFS_IMAGE=$weed_image SEAWEEDFS_MASTER=$node SEAWEEDFS_REPLICATION=000 SEAWEEDFS_S3_CONFIG="$work/s3.json" stack_deploy seaweedfs
 }
 need "docker stack deploy seaweedfs (deploy/swarm/seaweedfs.yml)" deploy_seaweedfs
-rcli() { REDISCLI_AUTH=$meta_pw redis-cli -h 127.0.0.1 -p 6379 "$@"; }
+rcli() { REDISCLI_AUTH=$meta_pw timeout 10 redis-cli -h 127.0.0.1 -p 6379 "$@"; }
 pong() { rcli ping | grep -q PONG; }
 need "KeyDB answers on 127.0.0.1:6379" retry 120 pong
 WEED_IP=127.0.0.1 FILER_PORT=8888 FILER_GRPC=18888 S3_PORT=8333 # for kelp_buckets (tests/lib.sh)

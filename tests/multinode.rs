@@ -419,10 +419,12 @@ fn fsck_on_every_master(c: &Cluster, db: u32) {
     }
 }
 
-/// redis-cli against the server of a node; its standard output.
+/// redis-cli against the server of a node; its standard output. Bounded: KeyDB
+/// 6.3.4 sometimes never serves a new connection ("epoll_ctl failed" on its standard
+/// error; its issues #76 and #82), and a poll must not hang on it.
 fn redis_cli(ip: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-h", ip, "-p", &META_PORT.to_string()])
+    let out = std::process::Command::new("timeout")
+        .args(["10", "redis-cli", "-h", ip, "-p", &META_PORT.to_string()])
         .args(args)
         .output()
         .unwrap();

@@ -125,7 +125,7 @@ import_server_image() {
   local dir=$1 ref=$2 entry=$3 p
   shift 3
   rm -rf "$dir"
-  busybox_rootfs "$dir" sh cat sleep grep sed tr
+  busybox_rootfs "$dir" sh cat sleep grep sed tr seq date timeout # what deploy/swarm/kelp-keydb.sh runs
   mkdir -p "$dir/etc"
   echo "root:x:0:0:root:/:/bin/sh" >"$dir/etc/passwd"
   for p in "$@"; do copy_with_libs "$dir" "$p" "/usr/bin/$(basename "$p")"; done
