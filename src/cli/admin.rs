@@ -74,7 +74,7 @@ pub async fn run(a: AdminArgs) -> Result<()> {
 
 async fn orphans(meta: &MetaServer, filer: &Filer, delete: bool) -> Result<()> {
     let mut found = 0;
-    for bucket in filer.kelp_buckets().await? {
+    for bucket in filer.buckets_with_prefix(BUCKET_PREFIX).await? {
         let fs_name = &bucket[BUCKET_PREFIX.len()..];
         if meta.volume(fs_name).await?.is_some() {
             continue;

@@ -2,7 +2,7 @@
 //! Capacity (root layout) is the exact limit, which mounted clients pick up on their
 //! next refresh; the bucket quota follows it.
 
-use super::provision;
+use super::volumes;
 use super::Backends;
 use crate::error::Result;
 use crate::volume::VolumeId;
@@ -12,10 +12,10 @@ use tracing::info;
 /// unlimited, and kelp never shrinks a file system under its data. The caller holds
 /// the volume's operation guard.
 pub async fn expand(b: &Backends, id: &VolumeId, wanted: u64) -> Result<u64> {
-    let (record, mut spec) = provision::lookup(b, id).await?;
+    let (record, mut spec) = volumes::lookup(b, id).await?;
     if spec.capacity_bytes != 0 && wanted > spec.capacity_bytes {
         // The live generation's database: after a takeover, clients mount that one.
-        let db = provision::live_db(b, id).await?;
+        let db = volumes::live_db(b, id).await?;
         match id.tree_path() {
             Some(path) => {
                 b.meta.tree_with_quota(db, &path, wanted, spec.params.inodes).await?;

@@ -11,7 +11,7 @@
 //! objects may be shared with the others, and freeing them needs juicefs's own
 //! deletion path (docs/snapshots.md, "Left out").
 
-use super::provision::{destroy, lookup};
+use super::volumes::{destroy, lookup};
 use super::Backends;
 use crate::error::{Error, Result};
 use crate::failpoint;

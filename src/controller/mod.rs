@@ -12,6 +12,7 @@ mod list;
 mod provision;
 mod publish;
 mod snapshot;
+mod volumes;
 
 use crate::error::{require, Error};
 use crate::locks::VolumeLocks;
@@ -142,7 +143,7 @@ impl Controller for ControllerService {
         volume::validate_capabilities(std::slice::from_ref(&cap))?;
         let id = VolumeId::from_request(&r.volume_id)?;
         record_volume(&id);
-        let (_, spec) = provision::lookup(&self.backends, &id).await?;
+        let (_, spec) = volumes::lookup(&self.backends, &id).await?;
         if self.backends.meta.node(&r.node_id).await.map_err(Error::from)?.is_none() {
             let msg = format!(
                 "node {:?} is unknown; a node appears once its kelp node service has started",
@@ -181,7 +182,7 @@ impl Controller for ControllerService {
         volume::validate_capabilities(&r.volume_capabilities)?;
         let id = VolumeId::from_request(&r.volume_id)?;
         record_volume(&id);
-        provision::lookup(&self.backends, &id).await?;
+        volumes::lookup(&self.backends, &id).await?;
         let resp = match volume::unsupported_capability(&r.volume_capabilities) {
             Some(why) => ValidateVolumeCapabilitiesResponse { confirmed: None, message: why },
             None => ValidateVolumeCapabilitiesResponse {

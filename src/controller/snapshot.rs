@@ -7,7 +7,7 @@
 //! delete: forget the record -> the family goes if nothing else is left in it
 
 use super::family::{collect, copy_error, share_bucket, snapshot, writer_master};
-use super::provision::lookup;
+use super::volumes::lookup;
 use super::Backends;
 use crate::error::{Error, Result};
 use crate::failpoint;

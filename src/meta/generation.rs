@@ -11,7 +11,7 @@
 //! of content read through commands, never of `DUMP`: two masters holding the same
 //! value often encode it differently.
 
-use super::registry::{generations_key, GENERATIONS};
+use super::keys::{generations_key, GENERATIONS};
 use super::{MetaServer, Result};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
@@ -423,7 +423,7 @@ impl MetaServer {
 
     /// Gives a database that is already empty back to the free pool.
     pub async fn free_database(&self, db: u32) -> Result<()> {
-        self.registry(|mut c| async move { c.srem::<_, _, ()>(super::registry::DATABASES, db).await }).await
+        self.registry(|mut c| async move { c.srem::<_, _, ()>(super::keys::DATABASES, db).await }).await
     }
 
     /// Empties a retired generation and gives its database back (the operator is done
@@ -437,7 +437,7 @@ impl MetaServer {
                 redis::pipe()
                     .atomic()
                     .hdel(&key, db)
-                    .srem(super::registry::DATABASES, db)
+                    .srem(super::keys::DATABASES, db)
                     .query_async::<()>(&mut c)
                     .await?;
                 let left: u64 = c.hlen(&key).await?;

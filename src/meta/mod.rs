@@ -8,6 +8,7 @@ mod checks;
 mod family;
 mod fence;
 mod generation;
+mod keys;
 mod lease;
 mod mounts;
 mod registry;

@@ -4,29 +4,11 @@
 //! two volumes, and a released database is reused.
 
 use super::generation::Generation;
+use super::keys::{generations_key, GENERATIONS, NODES, QUARANTINE};
+pub(super) use super::keys::{holder_key, volume_key, DATABASES, VOLUMES};
 use super::{Error, MetaServer, Result};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-
-pub(super) const VOLUMES: &str = "kelp:volumes";
-pub(super) const DATABASES: &str = "kelp:dbs";
-const NODES: &str = "kelp:nodes";
-/// Databases held back from reuse while a JuiceFS client still writes to them.
-const QUARANTINE: &str = "kelp:quarantine";
-/// Volumes that have old metadata generations (see `generation`).
-pub(super) const GENERATIONS: &str = "kelp:generations";
-
-pub(super) fn generations_key(fs_name: &str) -> String {
-    format!("kelp:gens:{fs_name}")
-}
-
-pub(super) fn holder_key(fs_name: &str) -> String {
-    format!("kelp:holder:{fs_name}")
-}
-
-pub(super) fn volume_key(fs_name: &str) -> String {
-    format!("kelp:vol:{fs_name}")
-}
 
 /// Where a volume is in its life. A volume is usable only when `Ready`; the other two
 /// states mark work a crashed controller left for its retry to finish.

@@ -51,7 +51,7 @@ pub struct NodeCore {
     /// Serialises writes of the state file; each write takes the newest state.
     writer: tokio::sync::Mutex<()>,
     state_file: std::sync::Arc<StateFile>,
-    pub(super) lease: Mutex<super::lease::LeaseClock>,
+    pub(super) lease: Mutex<super::state::LeaseClock>,
     /// When the node last announced itself successfully (its heartbeat).
     pub(super) announced: Mutex<Option<std::time::Instant>>,
     /// Woken when a juicefs this driver started ends, so repair looks at once rather

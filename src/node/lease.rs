@@ -38,16 +38,6 @@ const TICK: Duration = Duration::from_millis(200);
 /// How long before the lease ends the fence goes up.
 const FENCE_EARLY: Duration = Duration::from_millis(500);
 
-/// When this node last renewed its lease, by its own monotonic clock.
-#[derive(Debug, Default)]
-pub struct LeaseClock {
-    /// When the last renewal that worked was sent (the lease runs from then at the
-    /// latest). `None` since start: nothing is known to be covered.
-    last_ok: Option<Instant>,
-    /// The run id of the registry server that renewal reached.
-    server: Option<String>,
-}
-
 impl NodeCore {
     /// Renews the lease once, bounded by [`RENEW_TIMEOUT`].
     pub async fn renew_lease(&self) -> Result<String> {

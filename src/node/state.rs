@@ -173,3 +173,14 @@ mod tests {
         assert_eq!(f.load().unwrap(), s);
     }
 }
+
+/// When this node last renewed its lease, by its own monotonic clock (kept by
+/// `lease`, read by every stage of a leased volume).
+#[derive(Debug, Default)]
+pub struct LeaseClock {
+    /// When the last renewal that worked was sent (the lease runs from then at the
+    /// latest). `None` since start: nothing is known to be covered.
+    pub(super) last_ok: Option<std::time::Instant>,
+    /// The run id of the registry server that renewal reached.
+    pub(super) server: Option<String>,
+}

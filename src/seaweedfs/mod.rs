@@ -130,14 +130,15 @@ impl Filer {
         }
     }
 
-    /// Names of the buckets kelp made (`kelp-*`), in name order.
-    pub async fn kelp_buckets(&self) -> Result<Vec<String>> {
+    /// Names of the buckets whose names start with `prefix`, in name order (kelp's
+    /// own start with its prefix; the naming is the caller's, not the filer's).
+    pub async fn buckets_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
         let mut names = Vec::new();
         let mut after = String::new();
         loop {
             let req = ListEntriesRequest {
                 directory: BUCKETS_DIR.into(),
-                prefix: crate::volume::BUCKET_PREFIX.into(),
+                prefix: prefix.into(),
                 start_from_file_name: after.clone(),
                 inclusive_start_from: false,
                 limit: 1000,
