@@ -140,7 +140,9 @@ impl Cluster {
             };
             redis.push(proc);
             master_setup.push((dir, peers));
-            assert!(wait_addr(ip, META_PORT, Duration::from_secs(10)), "metadata master in node {i}");
+            // A KeyDB master after the first joins it (quiesce, copies, digests) before
+            // it opens its port: seconds, more when KeyDB leaves a call unanswered.
+            assert!(wait_addr(ip, META_PORT, Duration::from_secs(60)), "metadata master in node {i}");
         }
         let primary_url = format!("redis://{}:{META_PORT}", ips[0]);
         let registry: SocketAddr = format!("{}:{META_PORT}", ips[0]).parse().unwrap();
