@@ -15,7 +15,21 @@ impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+    /// Kills it. A supervising script (`*.sh`) loses whatever it started first (its
+    /// server, its pollers), so a test that panics half-way leaves none of them
+    /// holding a port; other processes' children are left alone (a killed driver's
+    /// mounts must outlive it).
     pub fn kill(&mut self) {
+        if self.name.ends_with(".sh") && self.is_running() {
+            let mut below = children(self.pid() as i32);
+            let mut i = 0;
+            while i < below.len() {
+                let more = children(below[i]);
+                below.extend(more);
+                i += 1;
+            }
+            kill_pids(&below);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
