@@ -197,7 +197,20 @@ whole_now=
 # and a KeyDB that hands descriptor 0 to a client never serves it ("epoll_ctl
 # failed", docs/notes.md).
 if [ -n "$join" ]; then
-  # No peer yet: the links are made below, once the peers are quiesced.
+  t0=$(date +%s)
+  # 1. Quiesce every master that serves, and wait until each has passed on
+  #    everything it has: then they all hold the same data.
+  live=
+  for p in $peers; do serving "$p" && live="$live $p"; done
+  for p in $live; do quiesce "$p"; done
+  for p in $live; do
+    within 10 drained "$p" || say "WARNING: peer $p did not drain within 10 s (a link between peers is down?); joining anyway"
+  done
+  # 2. Only then start, linked to every peer but reachable by none (a private unix
+  #    socket), and take a copy from each (equal copies: the merge changes nothing).
+  #    The links are given at start: made at run time (REPLICAOF), a link was twice
+  #    left unserved in the multi-node bed ("epoll_ctl failed").
+  for p in $peers; do set -- "$@" --replicaof "${p%:*}" "${p##*:}"; done
   keydb-server "$@" --port 0 --unixsocket "$sock" --unixsocketperm 700 </dev/null &
 else
   for p in $peers; do set -- "$@" --replicaof "${p%:*}" "${p##*:}"; done
@@ -211,17 +224,6 @@ alive() { kill -0 $pid 2>/dev/null && [ -z "$stopping" ]; }
 if [ -n "$join" ]; then
   sock_up() { scli ping >/dev/null 2>&1; }
   within 30 sock_up
-  t0=$(date +%s)
-  # 1. Quiesce every master that serves, and wait until each has passed on
-  #    everything it has: then they all hold the same data.
-  live=
-  for p in $peers; do serving "$p" && live="$live $p"; done
-  for p in $live; do quiesce "$p"; done
-  for p in $live; do
-    within 10 drained "$p" || say "WARNING: peer $p did not drain within 10 s (a link between peers is down?); joining anyway"
-  done
-  # 2. Take a copy from each (equal copies: the merge changes nothing).
-  for p in $peers; do scli replicaof "${p%:*}" "${p##*:}" >/dev/null; done
   quiesce self
   nlive=0
   for p in $live; do nlive=$((nlive + 1)); done
