@@ -8,11 +8,14 @@ use super::core::{NodeCore, PROBE_TIMEOUT};
 use super::fuse_fd;
 use super::mount::{self, Health};
 use super::stage::StageRequest;
+use super::state::StagedVolume;
+use super::wedge::{self, Verdict};
 use crate::error::{Error, Result};
 use crate::meta::Finding;
 use crate::volume::VolumeId;
 use nix::sys::signal::Signal;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
@@ -52,6 +55,35 @@ impl NodeCore {
         since.elapsed() >= self.cfg.stuck_daemon_after
     }
 
+    /// Whether the volume's mount is wedged ([`wedge`]): probes its master, the
+    /// kernel's count of requests waiting on its FUSE connection and, only when
+    /// both say there may be one, juicefs's own counters.
+    async fn wedge_verdict(&self, id: &VolumeId, v: &StagedVolume, health: Health) -> Verdict {
+        let Some(bound) = self.cfg.wedged_after else { return Verdict::Fine };
+        let master = match self.server_for(v.home.as_deref()) {
+            Ok(server) => matches!(tokio::time::timeout(PROBE_TIMEOUT, server.ping()).await, Ok(Ok(()))),
+            Err(_) => false,
+        };
+        let waiting = match (master, mount::mount_at(&v.staging_path)) {
+            (true, Some(m)) => wedge::waiting(Path::new(wedge::FUSECTL), &m.device),
+            _ => None,
+        };
+        let progress = match (waiting, self.cfg.juicefs.metrics_addr(&id.mount_name())) {
+            (Some(w), Some(addr)) if w > 0 => {
+                crate::metrics::scrape_text(addr, PROBE_TIMEOUT).await.and_then(|t| wedge::progress(&t))
+            }
+            _ => None,
+        };
+        let seen = wedge::Seen { master, root: health != Health::Hung, waiting, progress };
+        let verdict = self.wedges.lock().expect("wedge watch").judge(id, seen, bound);
+        if let Verdict::Silent(d) = verdict {
+            if d >= self.cfg.repair_interval {
+                warn!(volume_id = %id, silent_secs = d.as_secs(), ?seen, "mount silent while its metadata master answers");
+            }
+        }
+        verdict
+    }
+
     /// Brings a staged volume back to health: remounts a dead or missing JuiceFS
     /// mount at the same path and re-binds every target. Returns whether it acted.
     pub async fn repair(&self, id: &VolumeId) -> Result<bool> {
@@ -70,6 +102,22 @@ impl NodeCore {
         } else {
             self.juicefs_health(id, &v.staging_path).await
         };
+        if daemon && matches!(health, Health::Hung | Health::Alive { root: true }) {
+            if let Verdict::Wedged(silent) = self.wedge_verdict(id, &v, health).await {
+                let ended =
+                    super::procs::signal(&self.cfg.juicefs.daemons(&id.mount_name()), Signal::SIGKILL);
+                error!(
+                    volume_id = %id,
+                    path = ?v.staging_path,
+                    silent_secs = silent.as_secs(),
+                    ended,
+                    "mount wedged: its metadata master answers, but it has answered nothing for --wedged-after; ended its juicefs, a new one answers the stuck requests (EINTR) on the held FUSE connection"
+                );
+                let labels = crate::metrics::VolumeLabels::new(id, &self.cfg.node_id, v.home.is_some());
+                crate::metrics::metrics().wedges_healed.get_or_create(&labels).inc();
+                return Ok(true);
+            }
+        }
         if health == Health::Hung && daemon {
             if self.daemon_stuck(id, &v.staging_path).await {
                 let ended =
@@ -265,6 +313,9 @@ pub async fn run(core: Arc<NodeCore>) {
     let mut heartbeat_ok: Option<bool> = None;
     let mut known: Vec<Finding> = Vec::new();
     let mut retries = Retries::default();
+    if core.cfg.wedged_after.is_some() && !wedge::ensure_fusectl() {
+        warn!(path = wedge::FUSECTL, "cannot read the kernel's FUSE connections (fusectl); a wedged mount is recognised only when its root does not answer a stat");
+    }
     loop {
         match core.announce().await {
             Ok(found) => {
