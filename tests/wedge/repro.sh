@@ -3,9 +3,11 @@
 # mount (no kelp), to catch the call that never returns (docs/notes.md, "A call in
 # flight across a metadata outage"). For each wedge it saves juicefs's goroutines
 # (its debug agent) and the kernel stacks of the writer, then ends that juicefs.
-# Usage: tests/wedge/repro.sh [cycles] [max outage s] [server binary]
+# Usage: tests/wedge/repro.sh [cycles] [max outage s] [server binary] [wait s]
+# A wedge is an outage after which the writer acknowledged nothing within the wait
+# (40 s by default); the script also says when, if ever, that step came.
 set -euo pipefail
-cycles=${1:-20} maxout=${2:-20} server=${3:-redis-server}
+cycles=${1:-20} maxout=${2:-20} server=${3:-redis-server} wait=${4:-40}
 dir=$(mktemp -d "${TMPDIR:-/tmp}/kelp-wedge.XXXX")
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mnt=$dir/mnt; mkdir -p "$mnt" "$dir/redis" "$dir/blob"
@@ -42,15 +44,17 @@ for i in $(seq "$cycles"); do
   sleep "$out"
   before=$(acks); start_server; back=$(date +%s.%N)
   t=0
-  while [[ $(acks) -le $before && $t -lt 400 ]]; do sleep 0.1; t=$((t+1)); done
+  while [[ $(acks) -le $before && $t -lt $((wait * 10)) ]]; do sleep 0.1; t=$((t+1)); done
   if [[ $(acks) -le $before ]]; then
     wedged=$((wedged+1))
-    echo "cycle $i: outage ${out}s: WEDGED (no ack 40 s after the server was back)"
+    echo "cycle $i: outage ${out}s: WEDGED (no ack ${wait} s after the server was back)"
     for a in $(ss -ltnpH | grep "pid=$jfs," | awk '{print $4}'); do
       curl -sf -m 5 "http://$a/debug/pprof/goroutine?debug=2" >"$dir/goroutines.$i.txt" && break
     done
     for p in "${pids[@]}"; do cat /proc/$p/stack >"$dir/writer-stack.$i.txt" 2>/dev/null || true; done
     timeout 3 stat "$mnt" >/dev/null 2>&1 && echo "  root answers" || echo "  root does not answer"
+    for _ in $(seq 600); do [[ $(acks) -gt $before ]] && break; sleep 1; done
+    echo "  next acknowledgement $(python3 -c "import time; print(round(time.time()-$back))") s after the server was back (stopped waiting at 600 s)"
     kill -9 "$jfs"; wait "$jfs" 2>/dev/null || true
     umount -l "$mnt" || true
     mount_jfs
