@@ -217,10 +217,10 @@ async fn soak_volume_lives_with_random_faults() {
         .start();
     let root = scratch("soak");
     let _left = Leftovers(root.clone(), kelp.state_dir.clone());
-    assert!(
-        mount_at(Path::new("/sys/fs/fuse/connections")).is_some(),
-        "kelp mounts fusectl at start; without it FUSE connections cannot be counted"
-    );
+    let fusectl = poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        mount_at(Path::new("/sys/fs/fuse/connections")).map(drop)
+    });
+    assert!(fusectl.is_some(), "kelp mounts fusectl at start; without it FUSE connections cannot be counted");
     let started = Instant::now();
     let (mut faults, mut errors) = (BTreeMap::<String, u64>::new(), BTreeMap::<String, u64>::new());
     let (mut acked, mut stalls) = (0u64, Vec::new());

@@ -102,7 +102,9 @@ impl NodeCore {
         } else {
             self.juicefs_health(id, &v.staging_path).await
         };
-        if daemon && matches!(health, Health::Hung | Health::Alive { root: true }) {
+        // Healed only on a held connection: without its holder, ending juicefs would
+        // end the kernel mount, and tasks in other mount namespaces would keep a dead one.
+        if daemon && held && matches!(health, Health::Hung | Health::Alive { root: true }) {
             if let Verdict::Wedged(silent) = self.wedge_verdict(id, &v, health).await {
                 let ended =
                     super::procs::signal(&self.cfg.juicefs.daemons(&id.mount_name()), Signal::SIGKILL);
