@@ -208,11 +208,10 @@ async fn soak_volume_lives_with_random_faults() {
     let mut redis = Redis::start(Some(META_PASSWORD));
     // Its own SeaweedFS: every bucket in it is this test's.
     let weed = Weed::start();
-    let addr = format!("127.0.0.1:{}", free_port());
     let mut kelp = KelpBuilder::new()
         .redis(&redis)
         .weed(&weed)
-        .args(["--repair-interval=1", "--idle-release=600", &format!("--metrics-addr={addr}")])
+        .args(["--repair-interval=1", "--idle-release=600"])
         .arg(format!("--wedged-after={SOAK_WEDGED_AFTER}"))
         .start();
     let root = scratch("soak");
@@ -287,7 +286,6 @@ async fn soak_volume_lives_with_random_faults() {
     }
     // Counted from the log: the counter starts afresh with every kelp the soak kills.
     let healed = kelp.log_text().matches("mount wedged").count();
-    let _ = scrape(&addr);
     eprintln!(
         "soak: {cycles} cycles in {:.0} s ({:.1} s each); faults {faults:?}; {acked} steps acknowledged, 0 lost; \
          errors by fault {errors:?}; wedges healed {healed}; from the fault to the next acknowledged step: p50 {:.2} s, max {:.2} s; 0 leftovers",
