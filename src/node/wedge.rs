@@ -13,7 +13,8 @@
 //! - the kernel has requests waiting on the mount's FUSE connection
 //!   (`/sys/fs/fuse/connections/<minor>/waiting`) at every pass, and juicefs has
 //!   completed no operation but the kinds kelp's own probes make (`getattr`,
-//!   `lookup`, `statfs`) and no object request, as its own counters say.
+//!   `lookup`, `statfs`), no object request and hardly a transaction, as its own
+//!   counters say ([`progress`]).
 //!
 //! The decision lives here, apart from the probes and the kill (`repair`), so the
 //! clock's rules are unit-tested: it starts at the first pass that sees the master
@@ -82,25 +83,44 @@ pub fn judge(prev: Option<Silence>, seen: Seen, now: Instant, bound: Duration) -
     (Some(silence), verdict)
 }
 
+/// How many metadata transactions count as one step of progress. A blocked lock
+/// request (`flock`, `F_SETLKW`) retries its transaction every 1 to 10 ms, so a
+/// waiting lock shows as progress within a second; juicefs's own background
+/// transactions (a session refresh every 12 s) cross a step about once in 13
+/// minutes, too seldom to hide a wedge.
+const TRANSACTIONS_PER_STEP: f64 = 64.0;
+
 /// The progress count in a juicefs scrape: its completed FUSE operations except
-/// those kelp's own probes and stats cause, plus its object requests (a long
-/// upload shows progress there while the FUSE call that waits for it does not).
+/// those kelp's own probes and stats cause, its object requests (a long upload
+/// shows progress there while the FUSE call that waits for it does not), and its
+/// metadata transactions in steps of [`TRANSACTIONS_PER_STEP`].
 pub fn progress(scrape: &str) -> Option<u64> {
     let mut found = false;
     let mut sum = 0f64;
     for line in scrape.lines() {
-        let counted = if let Some(rest) = line.strip_prefix("juicefs_fuse_ops_total{") {
+        let weight = if let Some(rest) = line.strip_prefix("juicefs_fuse_ops_total{") {
             found = true;
-            !["getattr", "lookup", "statfs"].iter().any(|m| rest.contains(&format!("method=\"{m}\"")))
+            let probe =
+                ["getattr", "lookup", "statfs"].iter().any(|m| rest.contains(&format!("method=\"{m}\"")));
+            if probe {
+                0.0
+            } else {
+                1.0
+            }
+        } else if line.starts_with("juicefs_object_request_durations_histogram_seconds_count{") {
+            1.0
+        } else if line.starts_with("juicefs_transaction_durations_histogram_seconds_count") {
+            1.0 / TRANSACTIONS_PER_STEP
         } else {
-            line.starts_with("juicefs_object_request_durations_histogram_seconds_count{")
+            0.0
         };
-        if let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).filter(|_| counted) {
+        if let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).filter(|_| weight > 0.0)
+        {
             found = true;
-            sum += v;
+            sum += v * weight;
         }
     }
-    found.then_some(sum as u64)
+    found.then_some(sum.floor() as u64)
 }
 
 /// Where fusectl lists the kernel's FUSE connections.
@@ -230,8 +250,9 @@ juicefs_fuse_ops_total{instance=\"vm\",method=\"write\"} 5
 juicefs_fuse_ops_totally_other 100
 juicefs_object_request_durations_histogram_seconds_count{instance=\"vm\",method=\"PUT\",storage_class=\"STANDARD\"} 2
 juicefs_object_request_durations_histogram_seconds_sum{method=\"PUT\"} 0.5
+juicefs_transaction_durations_histogram_seconds_count{instance=\"vm\"} 130
 ";
-        assert_eq!(progress(scrape), Some(8));
+        assert_eq!(progress(scrape), Some(10), "1 + 5 + 2, and 130 transactions are 2 steps");
         assert_eq!(progress("juicefs_fuse_ops_total{method=\"getattr\"} 4\n"), Some(0));
         assert_eq!(progress("juicefs_other 4\n"), None);
     }
