@@ -84,6 +84,40 @@ impl NodeCore {
         verdict
     }
 
+    /// Ends the volume's juicefs when its mount is wedged (`wedge`), so that a new
+    /// one answers the stuck requests on the held FUSE connection. Judged on every
+    /// repair pass, also for a volume whose upkeep is backing off after failures
+    /// (which a metadata outage causes): the bound counts from the master's return.
+    /// Returns whether it acted.
+    pub async fn heal_wedge(&self, id: &VolumeId) -> bool {
+        let Some(v) = self.staged(id) else { return false };
+        // Healed only on a held connection: without its holder, ending juicefs would
+        // end the kernel mount, and tasks in other mount namespaces would keep a dead one.
+        if v.fenced.is_some()
+            || self.cfg.wedged_after.is_none()
+            || !self.cfg.juicefs.daemon_running(&id.mount_name())
+            || !fuse_fd::holder_running(&self.fuse_socket(id))
+        {
+            return false;
+        }
+        let health = self.juicefs_health(id, &v.staging_path).await;
+        if !matches!(health, Health::Hung | Health::Alive { root: true }) {
+            return false;
+        }
+        let Verdict::Wedged(silent) = self.wedge_verdict(id, &v, health).await else { return false };
+        let ended = super::procs::signal(&self.cfg.juicefs.daemons(&id.mount_name()), Signal::SIGKILL);
+        error!(
+            volume_id = %id,
+            path = ?v.staging_path,
+            silent_secs = silent.as_secs(),
+            ended,
+            "mount wedged: its metadata master answers, but it has answered nothing for --wedged-after; ended its juicefs, a new one answers the stuck requests (EINTR) on the held FUSE connection"
+        );
+        let labels = crate::metrics::VolumeLabels::new(id, &self.cfg.node_id, v.home.is_some());
+        crate::metrics::metrics().wedges_healed.get_or_create(&labels).inc();
+        true
+    }
+
     /// Brings a staged volume back to health: remounts a dead or missing JuiceFS
     /// mount at the same path and re-binds every target. Returns whether it acted.
     pub async fn repair(&self, id: &VolumeId) -> Result<bool> {
@@ -102,24 +136,6 @@ impl NodeCore {
         } else {
             self.juicefs_health(id, &v.staging_path).await
         };
-        // Healed only on a held connection: without its holder, ending juicefs would
-        // end the kernel mount, and tasks in other mount namespaces would keep a dead one.
-        if daemon && held && matches!(health, Health::Hung | Health::Alive { root: true }) {
-            if let Verdict::Wedged(silent) = self.wedge_verdict(id, &v, health).await {
-                let ended =
-                    super::procs::signal(&self.cfg.juicefs.daemons(&id.mount_name()), Signal::SIGKILL);
-                error!(
-                    volume_id = %id,
-                    path = ?v.staging_path,
-                    silent_secs = silent.as_secs(),
-                    ended,
-                    "mount wedged: its metadata master answers, but it has answered nothing for --wedged-after; ended its juicefs, a new one answers the stuck requests (EINTR) on the held FUSE connection"
-                );
-                let labels = crate::metrics::VolumeLabels::new(id, &self.cfg.node_id, v.home.is_some());
-                crate::metrics::metrics().wedges_healed.get_or_create(&labels).inc();
-                return Ok(true);
-            }
-        }
         if health == Health::Hung && daemon {
             if self.daemon_stuck(id, &v.staging_path).await {
                 let ended =
@@ -266,14 +282,14 @@ pub async fn tick(core: &NodeCore, retries: &mut Retries) {
     let volumes = core.snapshot().volumes;
     retries.0.retain(|id, _| volumes.contains_key(id));
     for (id, v) in volumes {
-        if !retries.due(&id) {
-            continue;
-        }
         // A volume busy with an RPC is looked at on the next pass.
         let Ok(_guard) = core.locks.lock(&id.to_string(), Duration::from_millis(50)).await else { continue };
         let Some(v) = core.staged(&id).filter(|now| now.staging_path == v.staging_path) else { continue };
         if matches!(v.fenced, Some(super::state::Fenced::Stalled { .. })) {
             // Its juicefs is stopped: anything that reads the mount would hang.
+            continue;
+        }
+        if core.heal_wedge(&id).await || !retries.due(&id) {
             continue;
         }
         match core.drop_vanished(&id).await {
