@@ -166,8 +166,53 @@ fn fuse_connection(path: &Path) -> String {
     m.device.split(':').nth(1).unwrap().to_string()
 }
 
+/// Volumes unstaged but not yet deleted. DeleteVolume refuses (after 8 s) while a
+/// killed juicefs's session still looks live, about 24 s after its last beat; a CO
+/// retries, and so does the soak, at the end of a later cycle once that time has
+/// passed. Until then their databases and buckets are still owned.
+#[derive(Default, Clone)]
+struct Deleting(Vec<(String, String, Instant)>);
+
+/// How long after a juicefs died its session stops counting as live.
+const SESSION_GONE: Duration = Duration::from_secs(26);
+
+impl Deleting {
+    /// Tries each pending delete that is due once; keeps the ones not due or refused.
+    async fn retry(&mut self, c: &mut csi::Clients) {
+        let mut still = Vec::new();
+        for (id, fs, due) in self.0.drain(..) {
+            if Instant::now() < due {
+                still.push((id, fs, due));
+                continue;
+            }
+            match c.delete(&id).await {
+                Ok(()) => {}
+                Err(e) if e.code() == tonic::Code::FailedPrecondition => still.push((id, fs, due)),
+                Err(e) => panic!("DeleteVolume {id}: {e}"),
+            }
+        }
+        self.0 = still;
+    }
+
+    fn owns_db(&self, db: &str) -> bool {
+        self.0.iter().any(|(id, _, _)| format!("db{}", db_of(id)) == db)
+    }
+
+    fn owns_bucket(&self, bucket: &str) -> bool {
+        self.0.iter().any(|(_, fs, _)| format!("kelp-{fs}") == bucket)
+    }
+}
+
 /// What a finished cycle left that no volume owns; empty when nothing.
-fn leftovers(root: &Path, kelp: &Kelp, redis: &Redis, weed: &Weed, fs: &str, conn: &str) -> Vec<String> {
+fn leftovers(
+    root: &Path,
+    kelp: &Kelp,
+    redis: &Redis,
+    weed: &Weed,
+    deleting: &Deleting,
+    fs: &str,
+    conn: &str,
+) -> Vec<String> {
     let mut left = Vec::new();
     let daemons = juicefs_pids(fs);
     if !daemons.is_empty() {
@@ -185,11 +230,15 @@ fn leftovers(root: &Path, kelp: &Kelp, redis: &Redis, weed: &Weed, fs: &str, con
         left.push(format!("FUSE connection {conn}"));
     }
     let keyspace = redis.cli(0, &["info", "keyspace"]);
-    let dbs: Vec<&str> = keyspace.lines().filter(|l| l.starts_with("db") && !l.starts_with("db0:")).collect();
+    let dbs: Vec<&str> = keyspace
+        .lines()
+        .filter_map(|l| l.split(':').next())
+        .filter(|db| db.starts_with("db") && *db != "db0" && !deleting.owns_db(db))
+        .collect();
     if !dbs.is_empty() {
         left.push(format!("databases {dbs:?}"));
     }
-    let buckets = weed.buckets();
+    let buckets: Vec<String> = weed.buckets().into_iter().filter(|b| !deleting.owns_bucket(b)).collect();
     if !buckets.is_empty() {
         left.push(format!("buckets {buckets:?}"));
     }
@@ -223,7 +272,10 @@ async fn soak_volume_lives_with_random_faults() {
     let started = Instant::now();
     let (mut faults, mut errors) = (BTreeMap::<String, u64>::new(), BTreeMap::<String, u64>::new());
     let (mut acked, mut stalls) = (0u64, Vec::new());
+    let mut deleting = Deleting::default();
     for i in 0..cycles {
+        let cycle = Instant::now();
+        let mut phases = Vec::new();
         let mut c = csi::connect(&kelp.endpoint).await;
         let vol = c.create(&format!("soak-{i}"), GIB).await.unwrap();
         let (id, fs) = (vol.volume_id.clone(), vol.volume_context["fsName"].clone());
@@ -231,6 +283,8 @@ async fn soak_volume_lives_with_random_faults() {
         c.stage(&id, &s(&staging), Mode::SingleNodeWriter).await.unwrap();
         c.publish(&id, &s(&staging), &s(&t), Mode::SingleNodeWriter, false).await.unwrap();
         let conn = fuse_connection(&staging);
+        let daemon = juicefs_pids(&fs);
+        phases.push(("up", cycle.elapsed()));
         let writer = JournalWriter::start(&t, &root.join(format!("j{i}")), false);
         assert!(
             poll_until(Duration::from_secs(30), Duration::from_millis(50), || (writer.acks() >= 3)
@@ -238,6 +292,7 @@ async fn soak_volume_lives_with_random_faults() {
             .is_some(),
             "cycle {i}: the writer never started"
         );
+        phases.push(("writing", cycle.elapsed()));
         let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
         std::thread::sleep(Duration::from_millis(rng.below(300)));
         let at = unix_secs();
@@ -269,21 +324,47 @@ async fn soak_volume_lives_with_random_faults() {
             );
         };
         stalls.push(stall);
+        phases.push(("resumed", cycle.elapsed()));
         let (report, _) = writer.finish();
         acked += report["acked"].as_u64().unwrap();
         for (e, n) in report["errors"].as_object().unwrap() {
             *errors.entry(format!("{fault:?}:{e}")).or_default() += n.as_u64().unwrap();
         }
-        cleanup(&mut c, &id, &staging, &[&t]).await;
+        // A juicefs that died (killed, or ended by a heal) leaves a session that
+        // looks live for a while: that volume's delete waits until it does not. So
+        // does one that served without a holder: the unmount ends it, not a clean exit.
+        let died = juicefs_pids(&fs) != daemon || matches!(fault, Fault::KillHolder);
+        c.unpublish(&id, &s(&t)).await.unwrap();
+        c.unstage(&id, &s(&staging)).await.unwrap();
+        let due = Instant::now() + if died { SESSION_GONE } else { Duration::ZERO };
+        deleting.0.push((id.clone(), fs.clone(), due));
+        deleting.retry(&mut c).await;
+        phases.push(("released", cycle.elapsed()));
         let left = poll_until(Duration::from_secs(20), Duration::from_millis(200), || {
-            leftovers(&root, &kelp, &redis, &weed, &fs, &conn).is_empty().then_some(())
+            leftovers(&root, &kelp, &redis, &weed, &deleting, &fs, &conn).is_empty().then_some(())
         });
         assert!(
             left.is_some(),
             "cycle {i} ({fault:?}) left: {:?}",
-            leftovers(&root, &kelp, &redis, &weed, &fs, &conn)
+            leftovers(&root, &kelp, &redis, &weed, &deleting, &fs, &conn)
         );
+        let phases: Vec<String> = phases.iter().map(|(p, t)| format!("{p} {:.1}", t.as_secs_f64())).collect();
+        eprintln!("cycle {i}: {fault:?}, {:.1} s ({})", cycle.elapsed().as_secs_f64(), phases.join(", "));
     }
+    let mut c = csi::connect(&kelp.endpoint).await;
+    let deleted = poll_until_async(SESSION_GONE + Duration::from_secs(60), Duration::from_secs(1), || {
+        let (mut c, mut d) = (c.clone(), deleting.clone());
+        async move {
+            d.retry(&mut c).await;
+            d.0.is_empty().then_some(())
+        }
+    })
+    .await;
+    assert!(deleted.is_some(), "volumes never deletable: {:?}", deleting.0);
+    deleting.0.clear();
+    let left = leftovers(&root, &kelp, &redis, &weed, &deleting, "", "none");
+    assert!(left.is_empty(), "after the last delete: {left:?}");
+    c.identity.probe(csi::ProbeRequest {}).await.unwrap();
     // Counted from the log: the counter starts afresh with every kelp the soak kills.
     let healed = kelp.log_text().matches("mount wedged").count();
     eprintln!(
