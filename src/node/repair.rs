@@ -1,6 +1,7 @@
 //! Keeps this node's mounts as the state file says they should be: on start and then
 //! periodically it remounts dead JuiceFS mounts at the same path and re-binds their
-//! targets (so tasks get working I/O back without a new publish), forgets volumes
+//! targets (so tasks get working I/O back without a new publish), ends the juicefs
+//! of a stuck or wedged mount so a new one serves its held connection, forgets volumes
 //! that were deleted, and releases staged volumes nothing has published for a while,
 //! because Swarm may never send NodeUnstageVolume.
 
