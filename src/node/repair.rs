@@ -59,12 +59,18 @@ impl NodeCore {
     /// Whether the volume's mount is wedged ([`wedge`]): probes its master, the
     /// kernel's count of requests waiting on its FUSE connection and, only when
     /// both say there may be one, juicefs's own counters.
-    async fn wedge_verdict(&self, id: &VolumeId, v: &StagedVolume, health: Health) -> Verdict {
+    async fn wedge_verdict(&self, id: &VolumeId, v: &StagedVolume, master: bool) -> Verdict {
         let Some(bound) = self.cfg.wedged_after else { return Verdict::Fine };
-        let master = match self.server_for(v.home.as_deref()) {
-            Ok(server) => matches!(tokio::time::timeout(PROBE_TIMEOUT, server.ping()).await, Ok(Ok(()))),
-            Err(_) => false,
+        // Without its master a mount is judged without probing it: a stall, not a
+        // wedge, and a stat of a stalled mount would only wait out its timeout.
+        let health = match master {
+            true => self.juicefs_health(id, &v.staging_path).await,
+            false => Health::Hung,
         };
+        if !matches!(health, Health::Hung | Health::Alive { root: true }) {
+            self.wedges.lock().expect("wedge watch").judge(id, wedge::Seen::gone(), bound);
+            return Verdict::Fine;
+        }
         let waiting = match (master, mount::mount_at(&v.staging_path)) {
             (true, Some(m)) => wedge::waiting(Path::new(wedge::FUSECTL), &m.device),
             _ => None,
@@ -101,11 +107,11 @@ impl NodeCore {
         {
             return false;
         }
-        let health = self.juicefs_health(id, &v.staging_path).await;
-        if !matches!(health, Health::Hung | Health::Alive { root: true }) {
-            return false;
-        }
-        let Verdict::Wedged(silent) = self.wedge_verdict(id, &v, health).await else { return false };
+        let master = match self.server_for(v.home.as_deref()) {
+            Ok(server) => matches!(tokio::time::timeout(PROBE_TIMEOUT, server.ping()).await, Ok(Ok(()))),
+            Err(_) => false,
+        };
+        let Verdict::Wedged(silent) = self.wedge_verdict(id, &v, master).await else { return false };
         let ended = super::procs::signal(&self.cfg.juicefs.daemons(&id.mount_name()), Signal::SIGKILL);
         error!(
             volume_id = %id,

@@ -41,6 +41,13 @@ pub struct Seen {
     pub progress: Option<u64>,
 }
 
+impl Seen {
+    /// A mount that is not there to judge (dead or missing: repair remounts it).
+    pub fn gone() -> Seen {
+        Seen { master: false, root: false, waiting: None, progress: None }
+    }
+}
+
 /// What to do about a mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
