@@ -77,6 +77,7 @@ pub struct Metrics {
     pub rpcs: Family<RpcLabels, Counter>,
     pub rpc_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
     pub remounts: Family<VolumeLabels, Counter>,
+    pub wedges_healed: Family<VolumeLabels, Counter>,
     pub fence_waits: Family<VolumeLabels, Counter>,
     pub fence_wait_seconds: Family<VolumeLabels, Seconds>,
     pub fences: Family<EventLabels, Counter>,
@@ -99,6 +100,7 @@ pub fn metrics() -> &'static Metrics {
             rpcs: Family::default(),
             rpc_seconds: Family::new_with_constructor(rpc_histogram as fn() -> Histogram),
             remounts: Family::default(),
+            wedges_healed: Family::default(),
             fence_waits: Family::default(),
             fence_wait_seconds: Family::default(),
             fences: Family::default(),
@@ -112,6 +114,11 @@ pub fn metrics() -> &'static Metrics {
             "volume_remounts",
             "Dead or missing staged mounts this node mounted again (or resumed on their held FUSE connection)",
             m.remounts.clone(),
+        );
+        registry.register(
+            "volume_wedges_healed",
+            "Wedged staged mounts (the metadata master answers, the mount answered nothing for --wedged-after) whose juicefs this node ended, so a new one answers the stuck requests",
+            m.wedges_healed.clone(),
         );
         registry.register(
             "volume_fence_waits",
@@ -238,6 +245,11 @@ pub async fn juicefs_metrics(
 ) -> Option<Vec<ForeignFamily>> {
     let body = tokio::time::timeout(timeout, http_get(addr, "/metrics")).await.ok()??;
     Some(relabel(&body, labels))
+}
+
+/// The text of a juicefs scrape at `addr`, as it is.
+pub async fn scrape_text(addr: SocketAddr, timeout: Duration) -> Option<String> {
+    tokio::time::timeout(timeout, http_get(addr, "/metrics")).await.ok()?
 }
 
 /// One metric family of a foreign scrape: its HELP and TYPE lines, and its samples.

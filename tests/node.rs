@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::csi::{self, volume_capability::access_mode::Mode, Clients, ProbeRequest};
+use common::csi::{self, volume_capability::access_mode::Mode, ProbeRequest};
 use common::journal::JournalWriter;
+use common::life::*;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -43,20 +44,6 @@ fn bed_with(name: &str, extra: &[String]) -> Bed {
     Bed { redis, weed, kelp, root: scratch(name) }
 }
 
-/// One scrape of kelp's `/metrics` at `addr`.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
-    body.to_string()
-}
-
 /// Every metric the shipped Grafana dashboard queries is one kelp serves: a sample
 /// in `scrape`, or a declared family not yet observed.
 fn assert_dashboard_matches(scrape: &str) {
@@ -90,39 +77,6 @@ fn assert_dashboard_matches(scrape: &str) {
 }
 
 /// The value of the sample of `family` whose labels include every one of `labels`.
-fn sample(text: &str, family: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} ")))
-        .find(|l| labels.iter().all(|want| l.contains(want)))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
-/// Retries a write/read until it works or `within` passes (recovery is asynchronous).
-async fn eventually_io(path: &Path, within: Duration) {
-    let probe = path.join(format!("probe-{}", std::process::id()));
-    let back = poll_until_async(within, Duration::from_millis(300), || {
-        let probe = probe.clone();
-        async move {
-            // Until the target is a JuiceFS mount again, a write would land in the bare directory.
-            if !fs_type_at(path).is_some_and(|t| t.starts_with("fuse.juicefs")) {
-                return None;
-            }
-            let io = tokio::task::spawn_blocking(move || {
-                std::fs::write(&probe, b"alive").is_ok()
-                    && std::fs::read(&probe).map(|d| d == b"alive").unwrap_or(false)
-            });
-            let ok = tokio::time::timeout(Duration::from_secs(5), io).await.ok().and_then(|r| r.ok());
-            ok.unwrap_or(false).then_some(())
-        }
-    })
-    .await;
-    assert!(back.is_some(), "I/O at {} did not come back", path.display());
-}
-
 /// Waits until nothing is mounted at or below `root`; returns whether that happened.
 async fn all_released(root: &Path, within: Duration) -> bool {
     poll_until_async(within, Duration::from_millis(300), || async move {
@@ -130,12 +84,6 @@ async fn all_released(root: &Path, within: Duration) -> bool {
     })
     .await
     .is_some()
-}
-
-/// The juicefs daemons of the volumes of file system `fs_name` (their logs are
-/// `logs/<fs name>[.<member>].log`).
-fn juicefs_pids(fs_name: &str) -> Vec<i32> {
-    juicefs_pids_with(&format!("logs/{fs_name}."))
 }
 
 /// Removes a test's mounts and ends its juicefs daemons and FUSE holders when dropped,
@@ -148,34 +96,6 @@ struct Leftovers {
 impl Drop for Leftovers {
     fn drop(&mut self) {
         force_cleanup(&self.root, &self.state_dir);
-    }
-}
-
-/// The FUSE holders of a kelp with `state_dir` (their socket lies below it).
-fn holder_pids(state_dir: &Path) -> Vec<i32> {
-    pids_with_cmdline(&format!("hold-fuse --socket {}/fuse/", state_dir.display()))
-}
-
-async fn cleanup(c: &mut Clients, id: &str, staging: &Path, targets: &[&Path]) {
-    for t in targets {
-        c.unpublish(id, &s(t)).await.unwrap();
-    }
-    c.unstage(id, &s(staging)).await.unwrap();
-    // A juicefs killed by a test leaves its session until two heartbeats have passed;
-    // until then DeleteVolume refuses, and a CO retries, as this does.
-    let deleted = poll_until_async(Duration::from_secs(60), Duration::from_secs(1), || {
-        let (mut c, id) = (c.clone(), id.to_string());
-        async move {
-            match c.delete(&id).await {
-                Err(e) if e.code() == Code::FailedPrecondition => None,
-                done => Some(done),
-            }
-        }
-    })
-    .await;
-    match deleted {
-        Some(done) => done.unwrap(),
-        None => c.delete(id).await.unwrap(), // still refused: fails with kelp's reason
     }
 }
 
@@ -509,10 +429,13 @@ async fn restarted_metadata_server_loses_nothing() {
 }
 
 /// A metadata server that is gone for a minute is a stall, as on an NFS hard mount:
-/// the writer sees no error and loses nothing (`--meta-outage-wait`, default 300 s).
+/// the writer loses nothing (`--meta-outage-wait`, default 300 s), and resumes
+/// within `--wedged-after` of the server's return, also when juicefs keeps the call
+/// that was in flight (docs/notes.md): kelp then ends that juicefs, and the call
+/// gets `EINTR` from the next. `tests/soak.rs` repeats shorter outages twenty times.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_minute_without_the_metadata_server_is_only_a_stall() {
-    let mut b = bed("node-outage");
+    let mut b = bed_with("node-outage", &["--wedged-after=10".to_string()]);
     let mut c = csi::connect(&b.kelp.endpoint).await;
     let vol = c.create("node-outage", GIB).await.unwrap();
     let id = vol.volume_id.clone();
@@ -529,31 +452,28 @@ async fn a_minute_without_the_metadata_server_is_only_a_stall() {
     let before = acks();
     b.redis.restart();
     let back = Instant::now();
+    // The bound, a repair pass, a new juicefs and go-fuse's 3 s before it answers
+    // the lost request, with room for a busy machine.
     let resumed =
-        poll_until(Duration::from_secs(120), Duration::from_millis(50), || (acks() > before).then_some(()));
-    if resumed.is_some() {
-        eprintln!(
-            "outage: server down {:.1} s; the writer acknowledged again {:.2} s after it was back",
-            back.duration_since(down).as_secs_f64(),
-            back.elapsed().as_secs_f64()
-        );
-        let (report, summary) = writer.finish();
-        assert!(report["errors"].as_object().unwrap().is_empty(), "the writer saw errors: {summary}");
-    } else {
-        // Seen in three CI runs of about ten (docs/notes.md): juicefs 1.4.2 never
-        // answered the call that was in flight when the server went away, and at
-        // times the mount stayed stuck. What kelp owes then: the operator's remedy,
-        // ending that juicefs, brings the volume back (kelp remounts it and re-binds
-        // the target), and nothing that was acknowledged is lost.
-        eprintln!("outage: WEDGED: the writer's call in flight never returned; ending that juicefs, then checking the remount and the acknowledged steps");
-        let acked: Vec<u64> = writer.acked().into_iter().map(|(n, _)| n).collect();
-        writer.stop(Duration::from_secs(5));
-        let fs = vol.volume_context["fsName"].clone();
-        kill_pids(&[juicefs_pids(&fs), holder_pids(&b.kelp.state_dir)].concat());
-        eventually_io(&t, Duration::from_secs(60)).await;
-        let missing = common::journal::check_steps(&t, acked, true);
-        assert!(missing.is_empty(), "acknowledged steps lost across the outage: {missing:?}");
-    }
+        poll_until(Duration::from_secs(45), Duration::from_millis(50), || (acks() > before).then_some(()));
+    let healed = b.kelp.log_text().matches("mount wedged").count();
+    assert!(
+        resumed.is_some(),
+        "the writer did not resume within 45 s of the server's return (wedges healed: {healed}); kelp log tail:\n{}",
+        tail(&b.kelp.log_text(), 30)
+    );
+    eprintln!(
+        "outage: server down {:.1} s; the writer acknowledged again {:.2} s after it was back; wedges healed: {healed}",
+        back.duration_since(down).as_secs_f64(),
+        back.elapsed().as_secs_f64()
+    );
+    let (report, summary) = writer.finish();
+    let errors = report["errors"].as_object().unwrap();
+    // Only the call a heal interrupted may fail, and it fails with EINTR.
+    assert!(
+        errors.is_empty() || (healed > 0 && errors.keys().all(|e| e == "EINTR" || e == "EBADF")),
+        "the writer saw errors: {summary}"
+    );
     cleanup(&mut c, &id, &staging, &[&t]).await;
     assert!(mounts_under(&b.root).is_empty());
 }

@@ -112,6 +112,12 @@ pub struct ServeArgs {
     /// garbage or uploading a burst.
     #[arg(long, env = "KELP_STUCK_DAEMON_AFTER", default_value_t = 60)]
     stuck_daemon_after: u64,
+    /// Seconds a staged mount may answer nothing (its root no stat, or requests wait
+    /// on its FUSE connection while juicefs completes none) while its metadata
+    /// master answers, before the node ends its juicefs; a new one answers the stuck
+    /// requests with EINTR on the held FUSE connection. 0: never.
+    #[arg(long, env = "KELP_WEDGED_AFTER", default_value_t = 30)]
+    wedged_after: u64,
     /// MiB a volume's juicefs or FUSE holder log may reach before the node rotates it
     /// (one previous file is kept, as `<log>.1`).
     #[arg(long, env = "KELP_LOG_MAX_MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
@@ -238,6 +244,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
             idle_release: Duration::from_secs(a.idle_release),
             repair_interval: Duration::from_secs(a.repair_interval.max(1)),
             stuck_daemon_after: Duration::from_secs(a.stuck_daemon_after.max(1)),
+            wedged_after: (a.wedged_after > 0).then(|| Duration::from_secs(a.wedged_after)),
             fence_wait: Duration::from_secs(a.fence_wait),
             advertise: advertise.public_url(),
             paths: PathPolicy::new(a.allowed_roots.clone()),

@@ -29,6 +29,9 @@ pub struct NodeConfig {
     pub repair_interval: Duration,
     /// How long a juicefs may leave its own files unanswered before repair ends it.
     pub stuck_daemon_after: Duration,
+    /// How long a mount may answer nothing while its metadata master answers before
+    /// repair ends its juicefs (`wedge`); `None`: never.
+    pub wedged_after: Option<Duration>,
     /// How long a single-node writer waits for the previous writer's fence.
     pub fence_wait: Duration,
     /// This node's master as other nodes reach it (no password), announced.
@@ -59,6 +62,8 @@ pub struct NodeCore {
     pub(super) daemon_ended: std::sync::Arc<tokio::sync::Notify>,
     /// Since when each volume's juicefs has not answered its own files (repair).
     pub(super) stuck: Mutex<std::collections::HashMap<VolumeId, std::time::Instant>>,
+    /// The silences of mounts whose master answers (repair, `wedge`).
+    pub(super) wedges: Mutex<super::wedge::Watch>,
     /// Serialises reports of the local mount count, so an older count never lands
     /// after a newer one.
     mounts_report: tokio::sync::Mutex<()>,
@@ -82,6 +87,7 @@ impl NodeCore {
             announced: Default::default(),
             daemon_ended: Default::default(),
             stuck: Default::default(),
+            wedges: Default::default(),
             reap_seen: Default::default(),
             mounts_report: Default::default(),
         })

@@ -19,6 +19,7 @@ pub mod repair;
 pub mod stage;
 pub mod state;
 pub mod stats;
+pub mod wedge;
 
 use self::core::NodeCore;
 use crate::error::{require, Error, Result};

@@ -1,6 +1,7 @@
 //! Keeps this node's mounts as the state file says they should be: on start and then
 //! periodically it remounts dead JuiceFS mounts at the same path and re-binds their
-//! targets (so tasks get working I/O back without a new publish), forgets volumes
+//! targets (so tasks get working I/O back without a new publish), ends the juicefs
+//! of a stuck or wedged mount so a new one serves its held connection, forgets volumes
 //! that were deleted, and releases staged volumes nothing has published for a while,
 //! because Swarm may never send NodeUnstageVolume.
 
@@ -8,11 +9,14 @@ use super::core::{NodeCore, PROBE_TIMEOUT};
 use super::fuse_fd;
 use super::mount::{self, Health};
 use super::stage::StageRequest;
+use super::state::StagedVolume;
+use super::wedge::{self, Verdict};
 use crate::error::{Error, Result};
 use crate::meta::Finding;
 use crate::volume::VolumeId;
 use nix::sys::signal::Signal;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
@@ -50,6 +54,75 @@ impl NodeCore {
         let since = *stuck.entry(id.clone()).or_insert_with(Instant::now);
         warn!(volume_id = %id, stuck_for_secs = since.elapsed().as_secs(), "juicefs does not answer its own files");
         since.elapsed() >= self.cfg.stuck_daemon_after
+    }
+
+    /// Whether the volume's mount is wedged ([`wedge`]): probes its master, the
+    /// kernel's count of requests waiting on its FUSE connection and, only when
+    /// both say there may be one, juicefs's own counters.
+    async fn wedge_verdict(&self, id: &VolumeId, v: &StagedVolume, master: bool) -> Verdict {
+        let Some(bound) = self.cfg.wedged_after else { return Verdict::Fine };
+        // Without its master a mount is judged without probing it: a stall, not a
+        // wedge, and a stat of a stalled mount would only wait out its timeout.
+        let health = match master {
+            true => self.juicefs_health(id, &v.staging_path).await,
+            false => Health::Hung,
+        };
+        if !matches!(health, Health::Hung | Health::Alive { root: true }) {
+            self.wedges.lock().expect("wedge watch").judge(id, wedge::Seen::gone(), bound);
+            return Verdict::Fine;
+        }
+        let waiting = match (master, mount::mount_at(&v.staging_path)) {
+            (true, Some(m)) => wedge::waiting(Path::new(wedge::FUSECTL), &m.device),
+            _ => None,
+        };
+        let progress = match (waiting, self.cfg.juicefs.metrics_addr(&id.mount_name())) {
+            (Some(w), Some(addr)) if w > 0 => {
+                crate::metrics::scrape_text(addr, PROBE_TIMEOUT).await.and_then(|t| wedge::progress(&t))
+            }
+            _ => None,
+        };
+        let seen = wedge::Seen { master, root: health != Health::Hung, waiting, progress };
+        let verdict = self.wedges.lock().expect("wedge watch").judge(id, seen, bound);
+        if let Verdict::Silent(d) = verdict {
+            if d >= self.cfg.repair_interval {
+                warn!(volume_id = %id, silent_secs = d.as_secs(), ?seen, "mount silent while its metadata master answers");
+            }
+        }
+        verdict
+    }
+
+    /// Ends the volume's juicefs when its mount is wedged (`wedge`), so that a new
+    /// one answers the stuck requests on the held FUSE connection. Judged on every
+    /// repair pass, also for a volume whose upkeep is backing off after failures
+    /// (which a metadata outage causes): the bound counts from the master's return.
+    /// Returns whether it acted.
+    pub async fn heal_wedge(&self, id: &VolumeId) -> bool {
+        let Some(v) = self.staged(id) else { return false };
+        // Healed only on a held connection: without its holder, ending juicefs would
+        // end the kernel mount, and tasks in other mount namespaces would keep a dead one.
+        if v.fenced.is_some()
+            || self.cfg.wedged_after.is_none()
+            || !self.cfg.juicefs.daemon_running(&id.mount_name())
+            || !fuse_fd::holder_running(&self.fuse_socket(id))
+        {
+            return false;
+        }
+        let master = match self.server_for(v.home.as_deref()) {
+            Ok(server) => matches!(tokio::time::timeout(PROBE_TIMEOUT, server.ping()).await, Ok(Ok(()))),
+            Err(_) => false,
+        };
+        let Verdict::Wedged(silent) = self.wedge_verdict(id, &v, master).await else { return false };
+        let ended = super::procs::signal(&self.cfg.juicefs.daemons(&id.mount_name()), Signal::SIGKILL);
+        error!(
+            volume_id = %id,
+            path = ?v.staging_path,
+            silent_secs = silent.as_secs(),
+            ended,
+            "mount wedged: its metadata master answers, but it has answered nothing for --wedged-after; ended its juicefs, a new one answers the stuck requests (EINTR) on the held FUSE connection"
+        );
+        let labels = crate::metrics::VolumeLabels::new(id, &self.cfg.node_id, v.home.is_some());
+        crate::metrics::metrics().wedges_healed.get_or_create(&labels).inc();
+        true
     }
 
     /// Brings a staged volume back to health: remounts a dead or missing JuiceFS
@@ -216,14 +289,14 @@ pub async fn tick(core: &NodeCore, retries: &mut Retries) {
     let volumes = core.snapshot().volumes;
     retries.0.retain(|id, _| volumes.contains_key(id));
     for (id, v) in volumes {
-        if !retries.due(&id) {
-            continue;
-        }
         // A volume busy with an RPC is looked at on the next pass.
         let Ok(_guard) = core.locks.lock(&id.to_string(), Duration::from_millis(50)).await else { continue };
         let Some(v) = core.staged(&id).filter(|now| now.staging_path == v.staging_path) else { continue };
         if matches!(v.fenced, Some(super::state::Fenced::Stalled { .. })) {
             // Its juicefs is stopped: anything that reads the mount would hang.
+            continue;
+        }
+        if core.heal_wedge(&id).await || !retries.due(&id) {
             continue;
         }
         match core.drop_vanished(&id).await {
@@ -265,6 +338,9 @@ pub async fn run(core: Arc<NodeCore>) {
     let mut heartbeat_ok: Option<bool> = None;
     let mut known: Vec<Finding> = Vec::new();
     let mut retries = Retries::default();
+    if core.cfg.wedged_after.is_some() && !wedge::ensure_fusectl() {
+        warn!(path = wedge::FUSECTL, "cannot read the kernel's FUSE connections (fusectl); a wedged mount is recognised only when its root does not answer a stat");
+    }
     loop {
         match core.announce().await {
             Ok(found) => {

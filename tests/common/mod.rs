@@ -15,6 +15,7 @@
 pub mod csi;
 mod driver;
 pub mod journal;
+pub mod life;
 mod mounts;
 mod procs;
 mod servers;

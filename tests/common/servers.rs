@@ -124,6 +124,20 @@ impl Redis {
         }
     }
 
+    /// A clean stop: SIGTERM, and the server saves and exits (killed if it has not
+    /// within 10 s).
+    pub fn terminate(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            unsafe { libc::kill(p.pid() as i32, libc::SIGTERM) };
+            let gone = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+                (!p.is_running()).then_some(())
+            });
+            if gone.is_none() {
+                p.kill();
+            }
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
