@@ -5,14 +5,17 @@
 //! The checks are decided in [`plan`] before anything is written; then the database is
 //! loaded (JuiceFS's `setting` last), the fence raised over the last holder's epoch,
 //! and the registry records written back. What the backup cannot bring back is
-//! counted in the bucket: data objects whose slice ids are above the backup's
-//! `nextchunk` were written after it, and belonged to files or changes now lost.
+//! counted in the bucket: data objects of slices no file of the backup references
+//! were written after it (or deleted just before it, and not yet freed), and belonged
+//! to files or changes now lost. (`nextchunk` cannot tell: clients take slice ids in
+//! batches, so ids used after the backup are often below its counter.)
 
-use super::format::{self, Key, Manifest};
+use super::format::{self, Key, Kind, Manifest};
 use super::{take, Error, Result};
 use crate::meta::{MetaServer, COUNTER_JUMP};
 use crate::seaweedfs::Filer;
 use crate::volume::BUCKET_PREFIX;
+use std::collections::HashSet;
 use tracing::info;
 
 /// A backup read back: its object name, manifest and keys.
@@ -117,8 +120,8 @@ pub struct Restored {
     pub volumes: Vec<String>,
     pub inodes: u64,
     pub keys: u64,
-    /// Data objects written after the backup (slice id above its `nextchunk`), and
-    /// their bytes: what the restore cannot bring back.
+    /// Data objects of slices no restored file references, and their bytes: what the
+    /// restore cannot bring back.
     pub lost_objects: u64,
     pub lost_bytes: u64,
 }
@@ -169,9 +172,9 @@ pub async fn restore(
         })
         .collect();
     meta.restore_family_records(fs, &f.manifest.volumes, &snapshots).await?;
+    let name = setting_name(&f.keys).unwrap_or(fs.to_string());
     let (lost_objects, lost_bytes) =
-        objects_after(filer, fs, &setting_name(&f.keys).unwrap_or(fs.to_string()), f.manifest.next_chunk)
-            .await?;
+        unreferenced_objects(filer, fs, &name, &referenced_slices(&f.keys)).await?;
     info!(volume = %fs, object = %f.object, db = plan.db, keys = f.keys.len(), lost_objects, "metadata restored");
     Ok(Restored {
         family: fs.to_string(),
@@ -213,9 +216,28 @@ fn setting_name(keys: &[Key]) -> Option<String> {
     v["Name"].as_str().map(String::from)
 }
 
-/// Data objects (`<name>/chunks/<a>/<b>/<id>_<index>_<size>`) whose slice id is above
-/// `next_chunk`, and their bytes.
-async fn objects_after(filer: &Filer, fs: &str, name: &str, next_chunk: u64) -> Result<(u64, u64)> {
+/// The slice ids the file system's chunk lists (`c<inode>_<index>`, 24-byte slices
+/// whose bytes 4..12 are the id) reference.
+fn referenced_slices(keys: &[Key]) -> HashSet<u64> {
+    let chunk_list =
+        |n: &[u8]| n.first() == Some(&b'c') && n[1..].iter().all(|b| b.is_ascii_digit() || *b == b'_');
+    keys.iter()
+        .filter(|k| k.kind == Kind::List && k.name.len() > 1 && chunk_list(&k.name))
+        .flat_map(|k| k.elements.iter())
+        .filter(|s| s.len() == 24)
+        .map(|s| u64::from_be_bytes(s[4..12].try_into().expect("8 bytes")))
+        .filter(|&id| id > 0)
+        .collect()
+}
+
+/// Data objects (`<name>/chunks/<a>/<b>/<id>_<index>_<size>`) of slices not in
+/// `referenced`, and their bytes.
+async fn unreferenced_objects(
+    filer: &Filer,
+    fs: &str,
+    name: &str,
+    referenced: &HashSet<u64>,
+) -> Result<(u64, u64)> {
     let bucket = format!("{BUCKET_PREFIX}{fs}");
     let (mut count, mut bytes) = (0, 0);
     let mut dirs = vec![format!("{name}/chunks")];
@@ -223,7 +245,7 @@ async fn objects_after(filer: &Filer, fs: &str, name: &str, next_chunk: u64) -> 
         for (entry, is_dir, size) in filer.list_dir(&bucket, &dir).await? {
             if is_dir {
                 dirs.push(format!("{dir}/{entry}"));
-            } else if slice_id(&entry).is_some_and(|id| id > next_chunk) {
+            } else if slice_id(&entry).is_some_and(|id| !referenced.contains(&id)) {
                 count += 1;
                 bytes += size;
             }
@@ -240,7 +262,7 @@ fn slice_id(object: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::format::{Kind, VolumeEntry};
+    use crate::backup::format::VolumeEntry;
 
     fn manifest(db: u32, uuid: &str) -> Manifest {
         Manifest {
@@ -296,5 +318,16 @@ mod tests {
         assert_eq!(keys[1].elements[0], b"7");
         assert_eq!(slice_id("1234_0_4096"), Some(1234));
         assert_eq!(slice_id("x_0_4096"), None);
+    }
+
+    #[test]
+    fn the_slices_chunk_lists_reference_are_found() {
+        let slice = |id: u64| [&[0u8; 4][..], &id.to_be_bytes(), &[0u8; 12]].concat();
+        let keys = vec![
+            Key { name: b"c7_0".to_vec(), kind: Kind::List, elements: vec![slice(5), slice(0), slice(9)] },
+            Key { name: b"c7_1".to_vec(), kind: Kind::List, elements: vec![slice(11)] },
+            Key { name: b"custom".to_vec(), kind: Kind::List, elements: vec![slice(13)] },
+        ];
+        assert_eq!(referenced_slices(&keys), HashSet::from([5, 9, 11]));
     }
 }

@@ -1,0 +1,237 @@
+//! Metadata backups on real servers (docs/operations.md, "Metadata backups"): files
+//! written through kelp mounts, a backup, more writes, the whole metadata server
+//! wiped (`FLUSHALL`), then the documented recovery: every file from before the
+//! backup reads back with its checksum, the writes after it are reported lost, juicefs
+//! fsck calls the file systems clean, and the same volume ids stage and take writes
+//! again. And the schedule: one controller of two takes the backups, and the last
+//! one's time is in `kelp admin volumes` and `/metrics`.
+
+mod common;
+
+use common::csi::{self, volume_capability::access_mode::Mode, Clients};
+use common::*;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const GIB: i64 = 1 << 30;
+const MODE: Mode = Mode::MultiNodeMultiWriter;
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `kelp admin ... ARGS` against `redis` and `weed`: (success, stdout + stderr).
+fn admin(redis: &Redis, weed: &Weed, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(kelp_bin());
+    cmd.args(["admin", "--meta-url", &redis.url()]);
+    if let Some(first) = args.first().filter(|a| **a == "backup") {
+        cmd.args([*first, "--filer", &weed.filer_addr()]).args(&args[1..]);
+    } else {
+        cmd.args(args);
+    }
+    cmd.env("KELP_META_PASSWORD", redis.password.as_deref().unwrap_or_default());
+    let out = cmd.output().expect("kelp admin");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Writes `count` files of distinct content named `<prefix>-<i>` and fsyncs each;
+/// returns their names and SHA-256s.
+fn write_files(dir: &Path, prefix: &str, count: usize) -> Vec<(String, String)> {
+    (0..count)
+        .map(|i| {
+            let name = format!("{prefix}-{i}");
+            // Sizes from a few bytes to past one 4 MiB block, so files span several
+            // slices and objects.
+            let len = 100 + i * 97_003 % (5 << 20);
+            let data: Vec<u8> = (0..len).map(|j| ((j * 31 + i * 7) % 251) as u8).collect();
+            let mut f = std::fs::File::create(dir.join(&name)).unwrap();
+            std::io::Write::write_all(&mut f, &data).unwrap();
+            f.sync_all().unwrap();
+            (name, hex(&Sha256::digest(&data)))
+        })
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn checksum(path: &Path) -> Option<String> {
+    std::fs::read(path).ok().map(|d| hex(&Sha256::digest(&d)))
+}
+
+struct Vol {
+    id: String,
+    fs: String,
+    staging: PathBuf,
+    target: PathBuf,
+}
+
+async fn mount(c: &mut Clients, v: &Vol) {
+    c.stage(&v.id, &s(&v.staging), MODE).await.unwrap();
+    c.publish(&v.id, &s(&v.staging), &s(&v.target), MODE, false).await.unwrap();
+}
+
+async fn unmount(c: &mut Clients, v: &Vol) {
+    c.unpublish(&v.id, &s(&v.target)).await.unwrap();
+    c.unstage(&v.id, &s(&v.staging)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wiped_metadata_server_is_restored_from_the_last_backup() {
+    let redis = Redis::start(Some(META_PASSWORD));
+    let weed = shared_weed();
+    // Backups on demand only: the test decides which writes come before the backup.
+    let kelp = KelpBuilder::new()
+        .redis(&redis)
+        .weed(weed)
+        .args(["--repair-interval=1", "--idle-release=3", "--backup-interval=0"])
+        .start();
+    let root = scratch("backup-wipe");
+    let mut c = csi::connect(&kelp.endpoint).await;
+    let mut vols = Vec::new();
+    for name in ["bk-alpha", "bk-beta"] {
+        let v = c.create(name, GIB).await.unwrap();
+        vols.push(Vol {
+            id: v.volume_id.clone(),
+            fs: v.volume_context["fsName"].clone(),
+            staging: root.join(format!("{name}-staging")),
+            target: root.join(format!("{name}-target")),
+        });
+    }
+    let mut before = Vec::new();
+    for v in &vols {
+        mount(&mut c, v).await;
+        std::fs::create_dir_all(v.target.join("sub")).unwrap();
+        let mut files = write_files(&v.target, "before", 12);
+        files.extend(
+            write_files(&v.target.join("sub"), "deep", 3).into_iter().map(|(n, h)| (format!("sub/{n}"), h)),
+        );
+        before.push(files);
+    }
+
+    let (ok, out) = admin(&redis, weed, &["backup", "now"]);
+    assert!(ok, "{out}");
+    for v in &vols {
+        assert!(out.contains(&format!("{}: kelp-backups/", v.fs)), "{out}");
+    }
+    let (ok, listing) = admin(&redis, weed, &["backup", "list"]);
+    assert!(ok && vols.iter().all(|v| listing.contains(&v.fs)), "{listing}");
+    let (ok, table) = admin(&redis, weed, &["volumes"]);
+    assert!(ok && table.contains(" s ago") && !table.contains("never"), "{table}");
+
+    // Writes after the backup: new files and a change to an old one.
+    let mut after = Vec::new();
+    for v in &vols {
+        after.push(write_files(&v.target, "after", 4));
+        unmount(&mut c, v).await;
+    }
+
+    // The whole metadata server is lost.
+    assert_eq!(redis.cli(0, &["FLUSHALL"]), "OK");
+    assert_eq!(redis.cli(0, &["DBSIZE"]), "0");
+
+    let started = std::time::Instant::now();
+    let (ok, summary) = admin(&redis, weed, &["backup", "restore", "--all"]);
+    let restore_secs = started.elapsed().as_secs_f64();
+    assert!(ok, "{summary}");
+    println!("restore of 2 volumes: {restore_secs:.2} s\n{summary}");
+    for v in &vols {
+        assert!(summary.contains(&format!("{}: restored from kelp-backups/", v.fs)), "{summary}");
+        assert!(
+            summary.contains(&format!("{}: LOST: ", v.fs)),
+            "writes after the backup must be reported: {summary}"
+        );
+    }
+    // A second restore over the restored databases is refused without --force.
+    let (ok, again) = admin(&redis, weed, &["backup", "restore", &vols[0].fs]);
+    assert!(!ok && again.contains("--force"), "{again}");
+
+    for v in &vols {
+        assert_fsck_clean(&redis.url(), redis.password.as_deref(), db_of(&v.id));
+    }
+    // The same ids, as Swarm keeps them, list, stage and take writes again.
+    let listed = c.ctl.list_volumes(csi::ListVolumesRequest::default()).await.unwrap().into_inner();
+    for v in &vols {
+        assert!(listed.entries.iter().any(|e| e.volume.as_ref().unwrap().volume_id == v.id), "{listed:?}");
+    }
+    for (i, v) in vols.iter().enumerate() {
+        mount(&mut c, v).await;
+        for (name, sum) in &before[i] {
+            assert_eq!(checksum(&v.target.join(name)).as_deref(), Some(sum.as_str()), "{name} of {}", v.fs);
+        }
+        for (name, _) in &after[i] {
+            assert!(!v.target.join(name).exists(), "{name} was written after the backup");
+        }
+        let again = write_files(&v.target, "again", 2);
+        for (name, sum) in &again {
+            assert_eq!(checksum(&v.target.join(name)).as_deref(), Some(sum.as_str()));
+        }
+        unmount(&mut c, v).await;
+        assert_fsck_clean(&redis.url(), redis.password.as_deref(), db_of(&v.id));
+    }
+    for v in &vols {
+        c.delete(&v.id).await.unwrap();
+    }
+    force_cleanup(&root, &kelp.state_dir);
+}
+
+/// One scrape of kelp's `/metrics` at `addr`.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_controller_of_two_takes_scheduled_backups_and_their_time_is_exported() {
+    let redis = Redis::start(Some(META_PASSWORD));
+    let weed = shared_weed();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let start = |node: &str, metrics: Option<&str>| {
+        let mut b = KelpBuilder::new().redis(&redis).weed(weed).services("controller").args([
+            "--backup-interval=5".to_string(),
+            "--backup-keep-hourly=1".to_string(),
+            "--backup-keep-daily=0".to_string(),
+            format!("--node-id={node}"),
+        ]);
+        if let Some(m) = metrics {
+            b = b.arg(format!("--metrics-addr={m}"));
+        }
+        b.start()
+    };
+    let first = start("ctl-1", Some(&addr));
+    let second = start("ctl-2", None);
+    let mut c = csi::connect(&first.endpoint).await;
+    let vol = c.create("bk-scheduled", GIB).await.unwrap();
+    let fs = vol.volume_context["fsName"].clone();
+    let exported = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("kelp_volume_last_backup_timestamp_seconds{") && l.contains(&fs))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    // Three backups, 5 s apart, from one controller only.
+    let taken = poll_until(Duration::from_secs(60), Duration::from_secs(1), || {
+        let logs = [first.log_text(), second.log_text()];
+        let counts: Vec<usize> = logs.iter().map(|l| l.matches("metadata backed up").count()).collect();
+        (counts.iter().sum::<usize>() >= 3).then_some(counts)
+    });
+    let counts = taken.expect("three scheduled backups within a minute");
+    assert!(counts.contains(&0), "both controllers took backups: {counts:?}");
+    let metrics = scrape(&addr);
+    let t = exported(&metrics).unwrap_or_else(|| panic!("no last-backup time for {fs}:\n{metrics}"));
+    assert!((kelp::unix_now() as f64 - t) < 30.0, "{t}");
+    let interval = metrics.lines().find_map(|l| l.strip_prefix("kelp_backup_interval_seconds "));
+    assert_eq!(interval.and_then(|v| v.parse::<f64>().ok()), Some(5.0), "{metrics}");
+    // Retention: one hourly, no daily: only the newest object stays.
+    let objects = objects_under(weed, &format!("/buckets/kelp-{fs}/kelp-backups"));
+    assert!(objects <= 2, "retention keeps the newest (and one being written): {objects}");
+    c.delete(&vol.volume_id).await.unwrap();
+}
