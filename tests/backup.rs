@@ -235,3 +235,79 @@ async fn one_controller_of_two_takes_scheduled_backups_and_their_time_is_exporte
     assert!(objects <= 2, "retention keeps the newest (and one being written): {objects}");
     c.delete(&vol.volume_id).await.unwrap();
 }
+
+/// The cost of a backup and a restore of a volume of `KELP_BENCH_FILES` (default
+/// 10,000) files of 4 KiB in 100 directories: time, bytes, and the longest a client
+/// of the same server waited meanwhile (its stall). Not part of the suite:
+/// `cargo test --test backup -- --ignored --nocapture backup_cost` (docs/benchmarks.md).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn backup_cost() {
+    let files: usize = std::env::var("KELP_BENCH_FILES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let redis = Redis::start(Some(META_PASSWORD));
+    let weed = shared_weed();
+    let kelp = KelpBuilder::new().redis(&redis).weed(weed).args(["--backup-interval=0"]).start();
+    let root = scratch("backup-cost");
+    let mut c = csi::connect(&kelp.endpoint).await;
+    let v = c.create("bk-cost", GIB).await.unwrap();
+    let vol = Vol {
+        id: v.volume_id.clone(),
+        fs: v.volume_context["fsName"].clone(),
+        staging: root.join("staging"),
+        target: root.join("target"),
+    };
+    mount(&mut c, &vol).await;
+    let started = std::time::Instant::now();
+    for d in 0..100 {
+        let dir = vol.target.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..files / 100 {
+            std::fs::write(dir.join(format!("f{f}")), [d as u8; 4096]).unwrap();
+        }
+    }
+    println!("wrote {files} files in {:.1} s", started.elapsed().as_secs_f64());
+    unmount(&mut c, &vol).await;
+
+    // A client of the same server pings throughout; its longest wait is the stall.
+    let url = format!("redis://:{META_PASSWORD}@127.0.0.1:{}/0", redis.url().rsplit(':').next().unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let mut worst = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                let _: String = redis::cmd("PING").query(&mut con).unwrap();
+                worst = worst.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            worst
+        })
+    };
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let (ok, out) = admin(&redis, weed, &["backup", "now", &vol.fs]);
+        assert!(ok, "{out}");
+        rounds.push((t.elapsed().as_secs_f64(), out.trim().to_string()));
+        std::thread::sleep(Duration::from_millis(1100)); // one object per second
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = prober.join().unwrap();
+    for (secs, out) in &rounds {
+        println!("backup now: {secs:.2} s: {out}");
+    }
+    println!("longest PING of another client during the backups: {:.1} ms", worst.as_secs_f64() * 1000.0);
+
+    assert_eq!(redis.cli(0, &["FLUSHALL"]), "OK");
+    let t = std::time::Instant::now();
+    let (ok, out) = admin(&redis, weed, &["backup", "restore", "--all"]);
+    assert!(ok, "{out}");
+    println!("restore after FLUSHALL: {:.2} s\n{out}", t.elapsed().as_secs_f64());
+    mount(&mut c, &vol).await;
+    assert_eq!(std::fs::read_dir(vol.target.join("d99")).unwrap().count(), files / 100);
+    unmount(&mut c, &vol).await;
+    c.delete(&vol.id).await.unwrap();
+    force_cleanup(&root, &kelp.state_dir);
+}
