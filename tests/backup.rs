@@ -70,6 +70,29 @@ struct Vol {
     target: PathBuf,
 }
 
+/// A fresh metadata server, a kelp that backs up only on demand, and `names` volumes.
+async fn bed(scratch_name: &str, names: &[&str]) -> (Redis, Kelp, Clients, PathBuf, Vec<Vol>) {
+    let redis = Redis::start(Some(META_PASSWORD));
+    let kelp = KelpBuilder::new()
+        .redis(&redis)
+        .weed(shared_weed())
+        .args(["--repair-interval=1", "--idle-release=3", "--backup-interval=0"])
+        .start();
+    let root = scratch(scratch_name);
+    let mut c = csi::connect(&kelp.endpoint).await;
+    let mut vols = Vec::new();
+    for name in names {
+        let v = c.create(name, GIB).await.unwrap();
+        vols.push(Vol {
+            id: v.volume_id.clone(),
+            fs: v.volume_context["fsName"].clone(),
+            staging: root.join(format!("{name}-staging")),
+            target: root.join(format!("{name}-target")),
+        });
+    }
+    (redis, kelp, c, root, vols)
+}
+
 async fn mount(c: &mut Clients, v: &Vol) {
     c.stage(&v.id, &s(&v.staging), MODE).await.unwrap();
     c.publish(&v.id, &s(&v.staging), &s(&v.target), MODE, false).await.unwrap();
@@ -82,26 +105,9 @@ async fn unmount(c: &mut Clients, v: &Vol) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wiped_metadata_server_is_restored_from_the_last_backup() {
-    let redis = Redis::start(Some(META_PASSWORD));
-    let weed = shared_weed();
     // Backups on demand only: the test decides which writes come before the backup.
-    let kelp = KelpBuilder::new()
-        .redis(&redis)
-        .weed(weed)
-        .args(["--repair-interval=1", "--idle-release=3", "--backup-interval=0"])
-        .start();
-    let root = scratch("backup-wipe");
-    let mut c = csi::connect(&kelp.endpoint).await;
-    let mut vols = Vec::new();
-    for name in ["bk-alpha", "bk-beta"] {
-        let v = c.create(name, GIB).await.unwrap();
-        vols.push(Vol {
-            id: v.volume_id.clone(),
-            fs: v.volume_context["fsName"].clone(),
-            staging: root.join(format!("{name}-staging")),
-            target: root.join(format!("{name}-target")),
-        });
-    }
+    let (redis, kelp, mut c, root, vols) = bed("backup-wipe", &["bk-alpha", "bk-beta"]).await;
+    let weed = shared_weed();
     let mut before = Vec::new();
     for v in &vols {
         mount(&mut c, v).await;
@@ -179,17 +185,6 @@ async fn a_wiped_metadata_server_is_restored_from_the_last_backup() {
     force_cleanup(&root, &kelp.state_dir);
 }
 
-/// One scrape of kelp's `/metrics` at `addr`.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn one_controller_of_two_takes_scheduled_backups_and_their_time_is_exported() {
     let redis = Redis::start(Some(META_PASSWORD));
@@ -244,18 +239,9 @@ async fn one_controller_of_two_takes_scheduled_backups_and_their_time_is_exporte
 #[ignore]
 async fn backup_cost() {
     let files: usize = std::env::var("KELP_BENCH_FILES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let redis = Redis::start(Some(META_PASSWORD));
+    let (redis, kelp, mut c, root, mut vols) = bed("backup-cost", &["bk-cost"]).await;
     let weed = shared_weed();
-    let kelp = KelpBuilder::new().redis(&redis).weed(weed).args(["--backup-interval=0"]).start();
-    let root = scratch("backup-cost");
-    let mut c = csi::connect(&kelp.endpoint).await;
-    let v = c.create("bk-cost", GIB).await.unwrap();
-    let vol = Vol {
-        id: v.volume_id.clone(),
-        fs: v.volume_context["fsName"].clone(),
-        staging: root.join("staging"),
-        target: root.join("target"),
-    };
+    let vol = vols.remove(0);
     mount(&mut c, &vol).await;
     let started = std::time::Instant::now();
     for d in 0..100 {
@@ -314,18 +300,9 @@ async fn backup_cost() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_taken_while_a_writer_runs_is_a_consistent_point_in_time() {
-    let redis = Redis::start(Some(META_PASSWORD));
+    let (redis, kelp, mut c, root, mut vols) = bed("backup-writer", &["bk-writer"]).await;
     let weed = shared_weed();
-    let kelp = KelpBuilder::new().redis(&redis).weed(weed).args(["--backup-interval=0"]).start();
-    let root = scratch("backup-writer");
-    let mut c = csi::connect(&kelp.endpoint).await;
-    let v = c.create("bk-writer", GIB).await.unwrap();
-    let vol = Vol {
-        id: v.volume_id.clone(),
-        fs: v.volume_context["fsName"].clone(),
-        staging: root.join("staging"),
-        target: root.join("target"),
-    };
+    let vol = vols.remove(0);
     mount(&mut c, &vol).await;
     // The writer: files of up to 1.5 MiB, each fsynced; (name, sha256, unix time of
     // the fsync's return).

@@ -43,20 +43,6 @@ fn bed_with(name: &str, extra: &[String]) -> Bed {
     Bed { redis, weed, kelp, root: scratch(name) }
 }
 
-/// One scrape of kelp's `/metrics` at `addr`.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
-    body.to_string()
-}
-
 /// Every metric the shipped Grafana dashboard queries is one kelp serves: a sample
 /// in `scrape`, or a declared family not yet observed.
 fn assert_dashboard_matches(scrape: &str) {
