@@ -82,7 +82,7 @@ pub fn plan(m: &Manifest, now: &Current) -> std::result::Result<Plan, String> {
     if let Some((db, cur_uuid)) = &now.founder {
         if *cur_uuid != uuid || *db != founder.db {
             return Err(format!(
-                "the registry has another volume named {} (database {db}); the backup's was in database {}: restore it as a new volume instead",
+                "the registry has another volume named {} (database {db}); the backup's was in database {}: delete that volume first (restoring a backup under another name is not built)",
                 m.family, founder.db
             ));
         }
@@ -144,7 +144,7 @@ pub async fn restore(
     let plan = plan(&f.manifest, &now).map_err(|why| Error::Refused(format!("volume {fs}: {why}")))?;
     if let Some(other) = db_owner(meta, plan.db, &f.manifest).await? {
         return Err(Error::Refused(format!(
-            "volume {fs}: database {} now belongs to volume {other}; restore it as a new volume instead",
+            "volume {fs}: database {} now belongs to volume {other}, made after the loss; delete it first (restoring a backup into another database is not built)",
             plan.db
         )));
     }
