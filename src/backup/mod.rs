@@ -7,10 +7,12 @@
 //!   place or as a new database after a wipe;
 //! - the schedule that calls [`take`] runs in the controller (`controller::backup`).
 
+pub mod clone;
 pub mod format;
 pub mod policy;
 pub mod restore;
 pub mod take;
+pub mod tree;
 
 /// Errors of backups and restores; mapped to a gRPC code once, in `crate::error`.
 #[derive(Debug, thiserror::Error)]

@@ -51,6 +51,14 @@ enum BackupCommand {
         /// write made since the backup).
         #[arg(long)]
         force: bool,
+        /// Restore as a new volume of this name instead, beside the running original
+        /// (a clone from the past, in the same family); one volume only.
+        #[arg(long = "as", value_name = "NAME")]
+        as_new: Option<String>,
+        /// With --as: the largest tree it copies (the copy is one script its master
+        /// runs alone, as a snapshot's; see --snapshot-max-entries).
+        #[arg(long, env = "KELP_SNAPSHOT_MAX_ENTRIES", default_value_t = 100_000)]
+        max_entries: u64,
     },
 }
 
@@ -61,7 +69,29 @@ pub async fn run(meta: &MetaServer, a: BackupArgs) -> Result<()> {
         BackupCommand::Now { volumes, keep_hourly, keep_daily } => {
             now(meta, &filer, volumes, Retention { hourly: keep_hourly, daily: keep_daily }).await
         }
-        BackupCommand::Restore { volumes, all, at, force } => {
+        BackupCommand::Restore { volumes, all, at, force, as_new: Some(name), max_entries } => {
+            let [fs] = &volumes[..] else {
+                return Err(Error::Refused("--as restores one volume as a new one; name exactly one".into()));
+            };
+            if all || force {
+                return Err(Error::Refused("--as takes neither --all nor --force".into()));
+            }
+            let c = kelp::backup::clone::restore_as_new(meta, &filer, fs, at.as_deref(), &name, max_entries)
+                .await
+                .map_err(backup_error)?;
+            println!(
+                "{fs}: restored from {} taken {} as the new volume {name} ({} entries): {}",
+                c.object,
+                when(c.taken_unix),
+                c.entries,
+                c.id
+            );
+            println!(
+                "on a Swarm: docker volume create -d kelp:latest --type mount --opt clone-of={name} <volume>"
+            );
+            Ok(())
+        }
+        BackupCommand::Restore { volumes, all, at, force, as_new: None, .. } => {
             if all != volumes.is_empty() {
                 return Err(Error::Refused("name the volumes to restore, or give --all".into()));
             }
