@@ -72,10 +72,19 @@ struct Vol {
 
 /// A fresh metadata server, a kelp that backs up only on demand, and `names` volumes.
 async fn bed(scratch_name: &str, names: &[&str]) -> (Redis, Kelp, Clients, PathBuf, Vec<Vol>) {
+    bed_on(shared_weed(), scratch_name, names).await
+}
+
+/// [`bed`] on `weed`.
+async fn bed_on(
+    weed: &Weed,
+    scratch_name: &str,
+    names: &[&str],
+) -> (Redis, Kelp, Clients, PathBuf, Vec<Vol>) {
     let redis = Redis::start(Some(META_PASSWORD));
     let kelp = KelpBuilder::new()
         .redis(&redis)
-        .weed(shared_weed())
+        .weed(weed)
         .args(["--repair-interval=1", "--idle-release=3", "--backup-interval=0"])
         .start();
     let root = scratch(scratch_name);
@@ -93,6 +102,26 @@ async fn bed(scratch_name: &str, names: &[&str]) -> (Redis, Kelp, Clients, PathB
     (redis, kelp, c, root, vols)
 }
 
+/// DeleteVolume, retried while it refuses because a JuiceFS session is still counted
+/// (a client's session outlives its exit by up to two heartbeats, and a restore brings
+/// back the sessions its backup saw, which then expire), as a CO retries.
+async fn delete(c: &mut Clients, id: &str) {
+    let done = poll_until_async(Duration::from_secs(90), Duration::from_secs(1), || {
+        let (mut c, id) = (c.clone(), id.to_string());
+        async move {
+            match c.delete(&id).await {
+                Err(e) if e.code() == tonic::Code::FailedPrecondition => None,
+                done => Some(done),
+            }
+        }
+    })
+    .await;
+    match done {
+        Some(done) => done.unwrap(),
+        None => c.delete(id).await.unwrap(),
+    }
+}
+
 async fn mount(c: &mut Clients, v: &Vol) {
     c.stage(&v.id, &s(&v.staging), MODE).await.unwrap();
     c.publish(&v.id, &s(&v.staging), &s(&v.target), MODE, false).await.unwrap();
@@ -106,8 +135,9 @@ async fn unmount(c: &mut Clients, v: &Vol) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wiped_metadata_server_is_restored_from_the_last_backup() {
     // Backups on demand only: the test decides which writes come before the backup.
-    let (redis, kelp, mut c, root, vols) = bed("backup-wipe", &["bk-alpha", "bk-beta"]).await;
-    let weed = shared_weed();
+    // A SeaweedFS of its own: `restore --all` finds every bucket with a backup.
+    let weed = &Weed::start();
+    let (redis, kelp, mut c, root, vols) = bed_on(weed, "backup-wipe", &["bk-alpha", "bk-beta"]).await;
     let mut before = Vec::new();
     for v in &vols {
         mount(&mut c, v).await;
@@ -138,7 +168,9 @@ async fn a_wiped_metadata_server_is_restored_from_the_last_backup() {
 
     // The whole metadata server is lost.
     assert_eq!(redis.cli(0, &["FLUSHALL"]), "OK");
-    assert_eq!(redis.cli(0, &["DBSIZE"]), "0");
+    for v in &vols {
+        assert_eq!(redis.cli(db_of(&v.id), &["DBSIZE"]), "0");
+    }
 
     let started = std::time::Instant::now();
     let (ok, summary) = admin(&redis, weed, &["backup", "restore", "--all"]);
@@ -180,7 +212,7 @@ async fn a_wiped_metadata_server_is_restored_from_the_last_backup() {
         assert_fsck_clean(&redis.url(), redis.password.as_deref(), db_of(&v.id));
     }
     for v in &vols {
-        c.delete(&v.id).await.unwrap();
+        delete(&mut c, &v.id).await;
     }
     force_cleanup(&root, &kelp.state_dir);
 }
@@ -288,13 +320,13 @@ async fn backup_cost() {
 
     assert_eq!(redis.cli(0, &["FLUSHALL"]), "OK");
     let t = std::time::Instant::now();
-    let (ok, out) = admin(&redis, weed, &["backup", "restore", "--all"]);
+    let (ok, out) = admin(&redis, weed, &["backup", "restore", &vol.fs]);
     assert!(ok, "{out}");
     println!("restore after FLUSHALL: {:.2} s\n{out}", t.elapsed().as_secs_f64());
     mount(&mut c, &vol).await;
     assert_eq!(std::fs::read_dir(vol.target.join("d99")).unwrap().count(), files / 100);
     unmount(&mut c, &vol).await;
-    c.delete(&vol.id).await.unwrap();
+    delete(&mut c, &vol.id).await;
     force_cleanup(&root, &kelp.state_dir);
 }
 
@@ -357,6 +389,83 @@ async fn a_backup_taken_while_a_writer_runs_is_a_consistent_point_in_time() {
         }
     }
     unmount(&mut c, &vol).await;
-    c.delete(&vol.id).await.unwrap();
+    delete(&mut c, &vol.id).await;
+    force_cleanup(&root, &kelp.state_dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_is_restored_as_a_new_volume_while_its_original_is_written() {
+    let (redis, kelp, mut c, root, mut vols) = bed("backup-clone", &["bk-orig"]).await;
+    let weed = shared_weed();
+    let orig = vols.remove(0);
+    mount(&mut c, &orig).await;
+    let before = write_files(&orig.target, "before", 6);
+    let (ok, out) = admin(&redis, weed, &["backup", "now", &orig.fs]);
+    assert!(ok, "{out}");
+    // After the backup the original grows (a file appended to, new files), and a
+    // writer keeps writing it while the past is restored beside it. (Rewriting or
+    // deleting a file would free objects the backup's tree still names.)
+    let appended = orig.target.join("before-1");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&appended).unwrap();
+    std::io::Write::write_all(&mut f, b"after the backup").unwrap();
+    f.sync_all().unwrap();
+    let appended_sum = checksum(&appended).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, dir) = (stop.clone(), orig.target.clone());
+        std::thread::spawn(move || {
+            let mut written = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                written.extend(write_files(&dir, &format!("live{}", written.len()), 1));
+            }
+            written
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, out) = admin(&redis, weed, &["backup", "restore", &orig.fs, "--as", "bk-past"]);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let live = writer.join().unwrap();
+    assert!(ok, "{out}");
+    assert!(live.len() >= 2, "the writer ran across the restore: {live:?}");
+    let past = Vol {
+        id: out.split_whitespace().find(|w| w.starts_with("kelp1:")).unwrap().to_string(),
+        fs: "bk-past".into(),
+        staging: root.join("past-staging"),
+        target: root.join("past-target"),
+    };
+
+    // The past: the files as they were at the backup, and nothing later.
+    mount(&mut c, &past).await;
+    for (name, sum) in &before {
+        assert_eq!(checksum(&past.target.join(name)).as_deref(), Some(sum.as_str()), "{name} in the past");
+    }
+    let names = |dir: &Path| {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.retain(|n| !n.starts_with('.'));
+        n.sort();
+        n
+    };
+    assert_eq!(names(&past.target).len(), before.len(), "{:?}", names(&past.target));
+    // Both are independent: a write to the past is not in the original.
+    let only_past = write_files(&past.target, "only-past", 1);
+    assert!(!orig.target.join(&only_past[0].0).exists());
+    // The original is untouched: its later writes all whole.
+    assert_eq!(checksum(&appended).as_deref(), Some(appended_sum.as_str()));
+    for (name, sum) in &live {
+        assert_eq!(
+            checksum(&orig.target.join(name)).as_deref(),
+            Some(sum.as_str()),
+            "{name} in the original"
+        );
+    }
+    unmount(&mut c, &past).await;
+    unmount(&mut c, &orig).await;
+    assert_fsck_clean(&redis.url(), redis.password.as_deref(), db_of(&orig.id));
+    delete(&mut c, &past.id).await;
+    delete(&mut c, &orig.id).await;
     force_cleanup(&root, &kelp.state_dir);
 }

@@ -101,11 +101,14 @@ pub fn metrics_source(b: Backends, interval: u64) -> crate::metrics::Source {
         let b = b.clone();
         Box::pin(async move {
             let mut snap = crate::metrics::Snapshot::default();
-            let every = snap.family::<Vec<(String, String)>>(
+            let every =
+                prometheus_client::metrics::gauge::Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+            every.set(interval as f64);
+            snap.registry.register(
                 "backup_interval_seconds",
                 "Seconds between two metadata backups of a volume family (--backup-interval; 0: off)",
+                every,
             );
-            every.get_or_create(&Vec::new()).set(interval as f64);
             if interval > 0 {
                 let last = snap.family::<Family>(
                     "volume_last_backup_timestamp_seconds",
