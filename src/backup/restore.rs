@@ -82,7 +82,7 @@ pub fn plan(m: &Manifest, now: &Current) -> std::result::Result<Plan, String> {
     if let Some((db, cur_uuid)) = &now.founder {
         if *cur_uuid != uuid || *db != founder.db {
             return Err(format!(
-                "the registry has another volume named {} (database {db}); the backup's was in database {}: delete that volume first (restoring a backup under another name is not built)",
+                "the registry has another volume named {} (database {db}); the backup's was in database {}: delete that volume first (`--as` restores a backup only into its own family while that lives)",
                 m.family, founder.db
             ));
         }
