@@ -2,6 +2,7 @@
 //! data lives in a SeaweedFS bucket and whose metadata lives in a database of a
 //! Redis-protocol server (KeyDB), mounted on every node against that node's own master.
 
+pub mod backup;
 pub mod controller;
 pub mod endpoint;
 pub mod error;

@@ -7,6 +7,8 @@ use kelp::meta::{MetaServer, MetaUrl, VolumeState};
 use kelp::seaweedfs::Filer;
 use kelp::volume::{Spec, BUCKET_PREFIX};
 
+pub use super::backup::BackupArgs;
+
 #[derive(Args)]
 pub struct AdminArgs {
     /// The metadata server holding the registry (the controller's --meta-url).
@@ -30,6 +32,10 @@ enum AdminCommand {
         /// One JSON object per volume, one per line, with every field.
         #[arg(long)]
         json: bool,
+        /// The controllers' --backup-interval: a family whose last backup is older
+        /// than twice this is shown STALE.
+        #[arg(long, env = "KELP_BACKUP_INTERVAL", default_value_t = 600)]
+        backup_interval: u64,
     },
     /// Metadata generations retired by takeovers: how many keys of files each holds
     /// that were written after its takeover, and which files, as the controller last
@@ -47,6 +53,9 @@ enum AdminCommand {
     /// when it last renewed its lease at this server, and what it found wrong with its
     /// master's configuration.
     Nodes,
+    /// Metadata backups: list them, take one now, or restore from them
+    /// (docs/operations.md, "Metadata backups").
+    Backup(BackupArgs),
     /// Buckets kelp made (`kelp-*`) that no registry entry owns, e.g. after
     /// `docker volume rm -f` and a manual cleanup; `--delete` removes them with their
     /// data. Not automatic: several kelp clusters may share one filer, and a bucket is
@@ -64,10 +73,13 @@ enum AdminCommand {
 pub async fn run(a: AdminArgs) -> Result<()> {
     let meta = MetaServer::new(MetaUrl::parse(&a.meta_url)?.with_password(a.meta_password.as_deref()));
     match a.command {
-        AdminCommand::Volumes { wide, json } => volumes(&meta, wide, json).await,
+        AdminCommand::Volumes { wide, json, backup_interval } => {
+            volumes(&meta, wide, json, backup_interval).await
+        }
         AdminCommand::Nodes => nodes(&meta).await,
         AdminCommand::Generations => generations(&meta).await,
         AdminCommand::DropGeneration { volume, db } => drop_generation(&meta, &volume, db).await,
+        AdminCommand::Backup(b) => super::backup::run(&meta, b).await,
         AdminCommand::Orphans { filer, delete } => orphans(&meta, &Filer::new(&filer)?, delete).await,
     }
 }
@@ -177,9 +189,23 @@ struct VolumeRow {
     capacity_bytes: Option<u64>,
     files: Option<u64>,
     mounted_on: Option<Vec<String>>,
+    /// The family's last good metadata backup (clones share their founder's).
+    last_backup_unix: Option<i64>,
+    backup_stale: bool,
 }
 
-async fn volume_row(meta: &MetaServer, fs_name: &str, wide: bool) -> Result<Option<VolumeRow>> {
+/// The volumes' last backups and the schedule, for the BACKUP column.
+struct Backups {
+    last: std::collections::HashMap<String, i64>,
+    interval: u64,
+}
+
+async fn volume_row(
+    meta: &MetaServer,
+    fs_name: &str,
+    wide: bool,
+    backups: &Backups,
+) -> Result<Option<VolumeRow>> {
     let Some(rec) = meta.volume(fs_name).await? else { return Ok(None) };
     let spec: Option<Spec> = serde_json::from_str(&rec.spec).ok();
     let (name, id, home) = match &spec {
@@ -204,7 +230,13 @@ async fn volume_row(meta: &MetaServer, fs_name: &str, wide: bool) -> Result<Opti
         capacity_bytes: None,
         files: None,
         mounted_on: None,
+        last_backup_unix: None,
+        backup_stale: false,
     };
+    let family = spec.as_ref().and_then(|s| s.family.clone()).unwrap_or_else(|| fs_name.to_string());
+    row.last_backup_unix = backups.last.get(&family).copied();
+    row.backup_stale =
+        ready && kelp::backup::policy::stale(row.last_backup_unix, kelp::unix_now(), backups.interval);
     if wide && ready {
         let vid = spec.as_ref().map(|s| s.id(rec.db, fs_name));
         let tree = vid.as_ref().and_then(|v| v.tree_path());
@@ -226,11 +258,15 @@ fn gib(b: Option<u64>) -> String {
     b.map(|b| format!("{:.1}G", b as f64 / (1u64 << 30) as f64)).unwrap_or_else(|| "-".into())
 }
 
-async fn volumes(meta: &MetaServer, wide: bool, json: bool) -> Result<()> {
+async fn volumes(meta: &MetaServer, wide: bool, json: bool, backup_interval: u64) -> Result<()> {
+    let backups = Backups {
+        last: meta.last_backups().await?.into_iter().map(|(fs, r)| (fs, r.taken_unix)).collect(),
+        interval: backup_interval,
+    };
     if !json {
         print!(
-            "{:<28} {:<44} {:<9} {:<26} {:<14} {:>5} {:<8} {:>5} {:>4}",
-            "NAME", "ID", "STATE", "HOME", "WRITER", "EPOCH", "RELEASED", "FENCE", "DB"
+            "{:<28} {:<44} {:<9} {:<26} {:<14} {:>5} {:<8} {:>5} {:>4} {:<16}",
+            "NAME", "ID", "STATE", "HOME", "WRITER", "EPOCH", "RELEASED", "FENCE", "DB", "BACKUP"
         );
         if wide {
             print!(" {:>8} {:>8} {:>8}  MOUNTED ON", "USED", "CAPACITY", "FILES");
@@ -241,14 +277,19 @@ async fn volumes(meta: &MetaServer, wide: bool, json: bool) -> Result<()> {
     loop {
         let names = meta.volume_names_after(after.as_deref(), 200).await?;
         for fs_name in &names {
-            let Some(r) = volume_row(meta, fs_name, wide || json).await? else { continue };
+            let Some(r) = volume_row(meta, fs_name, wide || json, &backups).await? else { continue };
             if json {
                 println!("{}", serde_json::to_string(&r).expect("row serialises"));
                 continue;
             }
             let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            let backup = match r.last_backup_unix {
+                Some(t) => format!("{} s ago", kelp::unix_now() - t),
+                None => "never".into(),
+            };
+            let backup = if r.backup_stale { format!("{backup} STALE") } else { backup };
             print!(
-                "{:<28} {:<44} {:<9} {:<26} {:<14} {:>5} {:<8} {:>5} {:>4}",
+                "{:<28} {:<44} {:<9} {:<26} {:<14} {:>5} {:<8} {:>5} {:>4} {backup:<16}",
                 r.name,
                 r.id,
                 r.state,

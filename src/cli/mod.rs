@@ -3,6 +3,7 @@
 //! operators and scripts.
 
 pub mod admin;
+pub mod backup;
 pub mod client;
 pub mod init;
 pub mod serve;

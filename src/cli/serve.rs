@@ -73,6 +73,17 @@ pub struct ServeArgs {
     /// default (about 3 s) bounds how long every mount on that server waits.
     #[arg(long, env = "KELP_SNAPSHOT_MAX_ENTRIES", default_value_t = 100_000)]
     snapshot_max_entries: u64,
+    /// Seconds between two metadata backups of each volume family (its database and
+    /// registry records, as one object in its bucket): the most a lost metadata
+    /// cluster costs. One controller takes them, by a lease; 0 turns them off.
+    #[arg(long, env = "KELP_BACKUP_INTERVAL", default_value_t = 600)]
+    backup_interval: u64,
+    /// Backups kept per family: the newest of each of this many last hours...
+    #[arg(long, env = "KELP_BACKUP_KEEP_HOURLY", default_value_t = 24)]
+    backup_keep_hourly: usize,
+    /// ...and of each of this many last days.
+    #[arg(long, env = "KELP_BACKUP_KEEP_DAILY", default_value_t = 7)]
+    backup_keep_daily: usize,
     /// SeaweedFS filer gRPC address, host:port (the filer's HTTP port + 10000).
     #[arg(long, env = "KELP_FILER", default_value = "127.0.0.1:18888")]
     filer: String,
@@ -223,6 +234,16 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         };
         tokio::spawn(kelp::controller::generations::watch(backends.clone()));
         sources.push(kelp::controller::generations::metrics_source(backends.clone()));
+        let schedule = kelp::controller::backup::Schedule {
+            interval: a.backup_interval,
+            keep: kelp::backup::policy::Retention {
+                hourly: a.backup_keep_hourly,
+                daily: a.backup_keep_daily,
+            },
+            owner: node_id.clone(),
+        };
+        tokio::spawn(kelp::controller::backup::run(backends.clone(), schedule));
+        sources.push(kelp::controller::backup::metrics_source(backends.clone(), a.backup_interval));
         router = router.add_service(ControllerServer::new(ControllerService::new(backends)));
     }
     if node {

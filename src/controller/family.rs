@@ -273,7 +273,7 @@ fn compatible(r: &VolumeRecord, req: &CloneRequest<'_>, source: &str, capacity: 
 /// The copy itself, on the master that holds the family's writes; a repeated call
 /// after a crash finds the tree made and only sets its quota.
 async fn copy(b: &Backends, family: &VolumeId, from: &[String], id: &VolumeId, spec: &Spec) -> Result<()> {
-    let (server, db) = writer_master(b, family).await?;
+    let (server, db) = writer_master(&b.meta, family).await?;
     let from: Vec<&str> = from.iter().map(String::as_str).collect();
     let to = id.tree_path().expect("a clone has a member");
     match server.copy_tree(db, &from, &to, b.snapshot_max_entries).await {
@@ -315,36 +315,34 @@ pub fn copy_error(e: crate::meta::Error) -> Error {
 /// while a node holds the family (held or just released: it has everything the
 /// holder committed), the home master while shared writers write, else this
 /// controller's.
-pub async fn writer_master(b: &Backends, family: &VolumeId) -> Result<(MetaServer, u32)> {
-    let holder = b.meta.holder(&family.fs_name).await?;
+pub async fn writer_master(meta: &MetaServer, family: &VolumeId) -> Result<(MetaServer, u32)> {
+    let holder = meta.holder(&family.fs_name).await?;
     let db = holder.as_ref().map(|h| h.db).filter(|&d| d != 0).unwrap_or(family.db);
     let shared =
-        b.meta.publications(&family.fs_name).await?.iter().any(|(_, _, role)| *role == Role::SharedWriter);
+        meta.publications(&family.fs_name).await?.iter().any(|(_, _, role)| *role == Role::SharedWriter);
     if shared {
-        return Ok((home_master(b, &family.fs_name).await?, db));
+        return Ok((home_master(meta, &family.fs_name).await?, db));
     }
     let url = match holder {
-        Some(h) => b.meta.node(&h.node).await?.map(|n| n.local_meta),
+        Some(h) => meta.node(&h.node).await?.map(|n| n.local_meta),
         None => None,
     };
-    Ok((master_at(b, url.as_deref())?, db))
+    Ok((master_at(meta, url.as_deref())?, db))
 }
 
 /// The family's home master, where its shared writers send their metadata.
-pub async fn home_master(b: &Backends, fs: &str) -> Result<MetaServer> {
-    let founder = b.meta.volume(fs).await?;
+pub async fn home_master(meta: &MetaServer, fs: &str) -> Result<MetaServer> {
+    let founder = meta.volume(fs).await?;
     let home = founder.map(|r| Spec::of(&r)).transpose()?.map(|s| s.home_meta);
-    master_at(b, home.as_deref())
+    master_at(meta, home.as_deref())
 }
 
 /// The master at `url` as the registry names it, or this controller's own when `url`
 /// is none or its own.
-fn master_at(b: &Backends, url: Option<&str>) -> Result<MetaServer> {
-    match url.filter(|u| !u.is_empty() && *u != b.meta.url().public_url()) {
-        None => Ok(b.meta.clone()),
-        Some(u) => {
-            b.meta.peer(u).map_err(|e| Error::Internal(format!("the registry names master {u:?}: {e}")))
-        }
+fn master_at(meta: &MetaServer, url: Option<&str>) -> Result<MetaServer> {
+    match url.filter(|u| !u.is_empty() && *u != meta.url().public_url()) {
+        None => Ok(meta.clone()),
+        Some(u) => meta.peer(u).map_err(|e| Error::Internal(format!("the registry names master {u:?}: {e}"))),
     }
 }
 

@@ -5,8 +5,9 @@
 //! restores and the end of a shared file system), `snapshot`, `publish`, `list`,
 //! `expand`.
 
+pub mod backup;
 mod expand;
-mod family;
+pub(crate) mod family;
 pub mod generations;
 mod list;
 mod provision;

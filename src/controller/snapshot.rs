@@ -69,7 +69,7 @@ pub async fn create(b: &Backends, name: &str, source: &VolumeId) -> Result<Snaps
         record = e;
     }
     failpoint::hit("snapshot:reserved");
-    let (server, db) = writer_master(b, source).await?;
+    let (server, db) = writer_master(&b.meta, source).await?;
     let started = std::time::Instant::now();
     match server.copy_tree(db, &tree, &id.tree_path(), b.snapshot_max_entries).await {
         Ok(c) => {

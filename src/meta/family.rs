@@ -18,13 +18,13 @@ use crate::pinning::Role;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-const SNAPSHOTS: &str = "kelp:snaps";
+pub(super) const SNAPSHOTS: &str = "kelp:snaps";
 
-fn members_key(fs: &str) -> String {
+pub(super) fn members_key(fs: &str) -> String {
     format!("kelp:members:{fs}")
 }
 
-fn family_snapshots_key(fs: &str) -> String {
+pub(super) fn family_snapshots_key(fs: &str) -> String {
     format!("kelp:fsnaps:{fs}")
 }
 

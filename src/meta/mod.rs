@@ -4,6 +4,7 @@
 //! allocation, known nodes); every volume's JuiceFS metadata lives alone in a database
 //! of its own, so destroying a volume is one `FLUSHDB` and nothing else is touched.
 
+mod backup;
 mod checks;
 mod family;
 mod fence;
@@ -15,6 +16,7 @@ mod registry;
 mod trees;
 mod url;
 
+pub use backup::{BackupRecord, Dump, SETTING};
 pub use checks::{findings, Finding, MasterConfig};
 pub use family::{Claim, SnapshotRecord};
 pub use generation::{inode_of_key, Generation, Tail, TailFile, COUNTER_JUMP, TAIL_FILES};
@@ -191,6 +193,6 @@ impl MetaServer {
     }
 }
 
-fn unreachable(url: &MetaUrl, e: redis::RedisError) -> Error {
+pub(crate) fn unreachable(url: &MetaUrl, e: redis::RedisError) -> Error {
     Error::Unreachable { server: url.to_string(), detail: e.to_string() }
 }

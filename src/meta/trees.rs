@@ -13,6 +13,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const COPY: &str = concat!(include_str!("lua/records.lua"), include_str!("lua/tree_copy.lua"));
+const IMPORT: &str = concat!(include_str!("lua/records.lua"), include_str!("lua/tree_import.lua"));
 const QUOTA: &str = concat!(include_str!("lua/records.lua"), include_str!("lua/tree_quota.lua"));
 
 /// A walk of this many entries is already seconds of a server doing nothing else; a
@@ -99,6 +100,33 @@ impl MetaServer {
         let inode = inode.parse().map_err(|_| Error::Corrupt {
             key: "nextinode".into(),
             detail: format!("the copy returned inode {inode:?}"),
+        })?;
+        Ok(Copied { inode, entries })
+    }
+
+    /// Writes a tree read from a backup (`tree`: the import script's arguments after
+    /// its destination) at the new path `to` of the file system in `db`.
+    pub async fn import_tree(&self, db: u32, to: &[&str], tree: &[Vec<u8>]) -> Result<Copied> {
+        let mut c = self.database(db).await?;
+        let script = redis::Script::new(IMPORT);
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(now_secs()).arg(to.len()).arg(to).arg(tree);
+        let run = invocation.invoke_async::<(String, u64)>(&mut c);
+        let (inode, entries) = match tokio::time::timeout(COPY_TIMEOUT, run).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                return Err(self.script_err(e, || format!("cannot import a tree to /{}", to.join("/"))))
+            }
+            Err(_) => {
+                return Err(Error::Command {
+                    server: self.url().to_string(),
+                    detail: format!("the import to /{} did not answer within {COPY_TIMEOUT:?}", to.join("/")),
+                })
+            }
+        };
+        let inode = inode.parse().map_err(|_| Error::Corrupt {
+            key: "nextinode".into(),
+            detail: format!("the import returned inode {inode:?}"),
         })?;
         Ok(Copied { inode, entries })
     }

@@ -18,6 +18,8 @@ use tonic::transport::{Channel, Endpoint};
 const BUCKETS_DIR: &str = "/buckets";
 const CONF_DIR: &str = "/etc/seaweedfs";
 const CONF_NAME: &str = "filer.conf";
+/// The largest filer message kelp sends or accepts (SeaweedFS's own is 1 GiB).
+const MAX_MESSAGE: usize = 512 << 20;
 /// Go's `os.ModeDir`, which the filer expects in a directory's mode.
 const MODE_DIR: u32 = 1 << 31;
 
@@ -76,7 +78,11 @@ impl Filer {
             .timeout(Duration::from_secs(10));
         Ok(Filer {
             addr: grpc_addr.to_string(),
-            client: SeaweedFilerClient::new(endpoint.connect_lazy()),
+            // A backup object travels whole in one message (`put_small_file`), and tonic
+            // refuses a reply above 4 MiB by default; SeaweedFS's own limit is 1 GiB.
+            client: SeaweedFilerClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
             conf_lock: Default::default(),
         })
     }
@@ -175,6 +181,81 @@ impl Filer {
         let full = format!("{BUCKETS_DIR}/{bucket}/{}", path.trim_start_matches('/'));
         let (dir, name) = full.rsplit_once('/').expect("path has a slash");
         self.create(dir, file_entry(name, content.to_vec()), "write file").await
+    }
+
+    /// The content of a file written by [`Filer::put_small_file`]; `None` when missing.
+    pub async fn get_small_file(&self, bucket: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        let full = format!("{BUCKETS_DIR}/{bucket}/{}", path.trim_start_matches('/'));
+        let (dir, name) = full.rsplit_once('/').expect("path has a slash");
+        match self.lookup(dir, name).await? {
+            Some(e)
+                if !e.is_directory
+                    && e.attributes.as_ref().is_none_or(|a| a.file_size == e.content.len() as u64) =>
+            {
+                Ok(Some(e.content))
+            }
+            Some(_) => Err(self.refused("read file", format!("{full} is a directory or stored in chunks"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Names and sizes of the files (not directories) in `dir` of the bucket, in name
+    /// order; none when the directory does not exist.
+    pub async fn list_files(&self, bucket: &str, dir: &str) -> Result<Vec<(String, u64)>> {
+        let all = self.list_dir(bucket, dir).await?;
+        Ok(all.into_iter().filter(|(_, is_dir, _)| !is_dir).map(|(n, _, size)| (n, size)).collect())
+    }
+
+    /// Every entry of `dir` of the bucket: name, whether a directory, size; none when
+    /// the directory does not exist.
+    pub async fn list_dir(&self, bucket: &str, dir: &str) -> Result<Vec<(String, bool, u64)>> {
+        let directory = format!("{BUCKETS_DIR}/{bucket}/{}", dir.trim_matches('/'));
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let req = ListEntriesRequest {
+                directory: directory.clone(),
+                start_from_file_name: after.clone(),
+                inclusive_start_from: false,
+                limit: 1000,
+                ..Default::default()
+            };
+            let mut stream = match self.client.clone().list_entries(req).await {
+                Ok(r) => r.into_inner(),
+                Err(s) if s.code() == tonic::Code::NotFound || is_not_found(s.message()) => return Ok(out),
+                Err(s) => return Err(self.status("list files", s)),
+            };
+            let mut got = 0;
+            while let Some(r) = stream.message().await.map_err(|s| self.status("list files", s))? {
+                if let Some(e) = r.entry {
+                    got += 1;
+                    after = e.name.clone();
+                    let size = e.attributes.map_or(0, |a| a.file_size);
+                    out.push((e.name, e.is_directory, size));
+                }
+            }
+            if got < 1000 {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Deletes one file of the bucket; a missing one is already deleted.
+    pub async fn delete_file(&self, bucket: &str, path: &str) -> Result<()> {
+        let full = format!("{BUCKETS_DIR}/{bucket}/{}", path.trim_start_matches('/'));
+        let (dir, name) = full.rsplit_once('/').expect("path has a slash");
+        let req = DeleteEntryRequest {
+            directory: dir.into(),
+            name: name.into(),
+            is_delete_data: true,
+            ..Default::default()
+        };
+        let resp = self.client.clone().delete_entry(req).await.map_err(|s| self.status("delete file", s))?;
+        let err = resp.into_inner().error;
+        if !err.is_empty() && !is_not_found(&err) {
+            return Err(self.refused("delete file", err));
+        }
+        Ok(())
     }
 
     /// Deletes the bucket with every object in it; the filer drops the bucket's
