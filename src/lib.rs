@@ -10,6 +10,7 @@ pub mod failpoint;
 pub mod identity;
 pub mod juicefs;
 pub mod locks;
+pub mod masters;
 pub mod meta;
 pub mod metrics;
 pub mod node;

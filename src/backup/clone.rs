@@ -73,7 +73,7 @@ pub async fn restore_as_new(
     let made = async {
         let tree = tree::export(&f.keys, &from, max_entries)
             .map_err(|why| Error::Refused(format!("{}: {why}", f.object)))?;
-        let (server, db) = crate::controller::family::writer_master(meta, &family.family()).await?;
+        let (server, db) = crate::masters::writer_master(meta, &family.family()).await?;
         let to = id.tree_path().expect("a clone has a member");
         let copied = server.import_tree(db, &to, &tree.to_args()).await?;
         server.tree_with_quota(db, &to, spec.capacity_bytes, spec.params.inodes).await?;

@@ -8,7 +8,8 @@
 //! - the schedule that calls [`take`] runs in the controller (`controller::backup`).
 
 pub mod clone;
-pub mod format;
+/// The object's bytes live with the metadata client that reads and writes the keys.
+pub use crate::meta::dump as format;
 pub mod policy;
 pub mod restore;
 pub mod take;

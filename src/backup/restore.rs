@@ -262,7 +262,7 @@ fn slice_id(object: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::format::VolumeEntry;
+    use crate::meta::dump::VolumeEntry;
 
     fn manifest(db: u32, uuid: &str) -> Manifest {
         Manifest {

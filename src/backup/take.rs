@@ -26,7 +26,7 @@ pub async fn take(meta: &MetaServer, filer: &Filer, fs: &str, keep: Retention) -
     let spec: Spec = serde_json::from_str(&founder.spec)
         .map_err(|e| Error::Refused(format!("volume {fs}: its registry record's spec is unreadable: {e}")))?;
     let family = spec.id(founder.db, fs);
-    let (server, db) = crate::controller::family::writer_master(meta, &family).await?;
+    let (server, db) = crate::masters::writer_master(meta, &family).await?;
     let taken_unix = crate::unix_now();
     let dump = server.dump_database(db).await?;
     // A family whose database lost its file system (a wipe of that one database) must

@@ -116,7 +116,7 @@ fn backup_error(e: kelp::backup::Error) -> Error {
 /// registry is gone.
 async fn families_with_backups(filer: &Filer) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for bucket in filer.kelp_buckets().await? {
+    for bucket in filer.buckets_with_prefix(kelp::volume::BUCKET_PREFIX).await? {
         let fs = bucket[BUCKET_PREFIX.len()..].to_string();
         if !take::list(filer, &fs).await.map_err(backup_error)?.is_empty() {
             out.push(fs);

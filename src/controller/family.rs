@@ -15,8 +15,8 @@ use super::volumes::{destroy, lookup};
 use super::Backends;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::meta::{Claim, MetaServer, Refusal, SnapshotRecord, VolumeRecord, VolumeState};
-use crate::pinning::Role;
+use crate::masters::writer_master;
+use crate::meta::{Claim, Refusal, SnapshotRecord, VolumeRecord, VolumeState};
 use crate::proto::csi::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 use crate::proto::csi::{CapacityRange, VolumeContentSource};
 use crate::volume::{Params, SnapshotId, Spec, VolumeId};
@@ -306,43 +306,6 @@ pub fn copy_error(e: crate::meta::Error) -> Error {
         }
         crate::meta::Error::TreeRefused { .. } => Error::FailedPrecondition(e.to_string()),
         e => e.into(),
-    }
-}
-
-/// The master that holds the family's writes and the database of its live
-/// generation: a copy made anywhere else could miss writes its writer has had
-/// acknowledged but that have not replicated yet. That is the holder's own master
-/// while a node holds the family (held or just released: it has everything the
-/// holder committed), the home master while shared writers write, else this
-/// controller's.
-pub async fn writer_master(meta: &MetaServer, family: &VolumeId) -> Result<(MetaServer, u32)> {
-    let holder = meta.holder(&family.fs_name).await?;
-    let db = holder.as_ref().map(|h| h.db).filter(|&d| d != 0).unwrap_or(family.db);
-    let shared =
-        meta.publications(&family.fs_name).await?.iter().any(|(_, _, role)| *role == Role::SharedWriter);
-    if shared {
-        return Ok((home_master(meta, &family.fs_name).await?, db));
-    }
-    let url = match holder {
-        Some(h) => meta.node(&h.node).await?.map(|n| n.local_meta),
-        None => None,
-    };
-    Ok((master_at(meta, url.as_deref())?, db))
-}
-
-/// The family's home master, where its shared writers send their metadata.
-pub async fn home_master(meta: &MetaServer, fs: &str) -> Result<MetaServer> {
-    let founder = meta.volume(fs).await?;
-    let home = founder.map(|r| Spec::of(&r)).transpose()?.map(|s| s.home_meta);
-    master_at(meta, home.as_deref())
-}
-
-/// The master at `url` as the registry names it, or this controller's own when `url`
-/// is none or its own.
-fn master_at(meta: &MetaServer, url: Option<&str>) -> Result<MetaServer> {
-    match url.filter(|u| !u.is_empty() && *u != meta.url().public_url()) {
-        None => Ok(meta.clone()),
-        Some(u) => meta.peer(u).map_err(|e| Error::Internal(format!("the registry names master {u:?}: {e}"))),
     }
 }
 

@@ -189,7 +189,7 @@ const SHARED_WRITERS: &str = "(shared writers)";
 /// crash between the two leaves a fence nobody waits for, not a wait for a fence
 /// that never comes.
 async fn fence_shared_writers(b: &Backends, id: &VolumeId) -> Result<()> {
-    let server = super::family::home_master(&b.meta, &id.fs_name).await?;
+    let server = crate::masters::home_master(&b.meta, &id.fs_name).await?;
     let databases = match b.databases {
         Some(n) => n,
         None => b.meta.database_count().await?,

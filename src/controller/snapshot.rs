@@ -6,11 +6,12 @@
 //! create: claim the name (record not ready) -> copy the tree -> record ready
 //! delete: forget the record -> the family goes if nothing else is left in it
 
-use super::family::{collect, copy_error, share_bucket, snapshot, writer_master};
+use super::family::{collect, copy_error, share_bucket, snapshot};
 use super::volumes::lookup;
 use super::Backends;
 use crate::error::{Error, Result};
 use crate::failpoint;
+use crate::masters::writer_master;
 use crate::meta::{Claim, Refusal, SnapshotRecord};
 use crate::proto::csi::{list_snapshots_response::Entry, ListSnapshotsResponse, Snapshot};
 use crate::volume::{SnapshotId, VolumeId};

@@ -4,10 +4,10 @@
 //! backed up, and the lease that lets one controller take backups (docs/operations.md,
 //! "Metadata backups").
 
+use super::dump::{Key, Kind, VolumeEntry};
 use super::family::{family_snapshots_key, members_key, publications_key, SNAPSHOTS};
 use super::registry::{holder_key, volume_key, DATABASES, VOLUMES};
 use super::{Error, MetaServer, Result};
-use crate::backup::format::{Key, Kind, VolumeEntry};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

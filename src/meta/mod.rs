@@ -6,6 +6,7 @@
 
 mod backup;
 mod checks;
+pub mod dump;
 mod family;
 mod fence;
 mod generation;

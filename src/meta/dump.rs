@@ -1,6 +1,7 @@
-//! The backup object's bytes: a manifest (JSON) and every key of one volume family's
-//! database, each with its type and elements as commands read them, then a SHA-256
-//! of everything before it. Typed elements rather than `DUMP` payloads, because a
+//! A family database's dump as kelp stores it (the backup object's bytes; `backup`
+//! stores and restores it, this client reads and writes its keys): a manifest
+//! (JSON) and every key of one volume family's database, each with its type and
+//! elements as commands read them, then a SHA-256 of everything before it. Typed elements rather than `DUMP` payloads, because a
 //! `DUMP` payload carries its server's RDB version and `RESTORE` refuses one from a
 //! newer server: a backup taken on Valkey 8 must load into KeyDB 6 and back.
 //!
