@@ -36,7 +36,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl From<meta::Error> for Error {
     fn from(e: meta::Error) -> Error {
         match e {
-            meta::Error::Unreachable { .. } => Error::Unavailable(e.to_string()),
+            meta::Error::Unreachable { .. } | meta::Error::Busy { .. } => Error::Unavailable(e.to_string()),
             meta::Error::NoFreeDatabase { .. } => Error::ResourceExhausted(e.to_string()),
             meta::Error::BadUrl { .. } => Error::InvalidArgument(e.to_string()),
             meta::Error::NoSuchDatabase { .. } => Error::NotFound(e.to_string()),

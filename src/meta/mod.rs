@@ -39,6 +39,10 @@ pub enum Error {
     Unreachable { server: String, detail: String },
     #[error("metadata server {server} failed: {detail}")]
     Command { server: String, detail: String },
+    /// The server answers but takes no writes for a moment: loading its data, or
+    /// quiesced while a master joins its peers (deploy/swarm/kelp-keydb.sh).
+    #[error("metadata server {server} takes no writes for now ({detail}); a master is loading or joining its peers, retry in a few seconds")]
+    Busy { server: String, detail: String },
     #[error("metadata server {server} has no free database for a new volume (it has {databases}); raise `databases` in its configuration")]
     NoFreeDatabase { server: String, databases: u32 },
     #[error("metadata server {server} has no database {db}; the volume id names a database the server was never configured with")]
@@ -188,9 +192,20 @@ impl MetaServer {
     pub(crate) fn err(&self, e: redis::RedisError) -> Error {
         if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
             unreachable(&self.url, e)
+        } else if is_busy(&e) {
+            Error::Busy { server: self.url.to_string(), detail: e.to_string() }
         } else {
             Error::Command { server: self.url.to_string(), detail: e.to_string() }
         }
+    }
+}
+
+/// A refusal that passes by itself: `READONLY` (a join's quiesce), `LOADING`, and the
+/// same inside a script's error (`-READONLY` in its message).
+fn is_busy(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("READONLY" | "LOADING" | "TRYAGAIN" | "MASTERDOWN")) || {
+        let s = e.to_string();
+        s.contains("READONLY ") || s.contains("LOADING ")
     }
 }
 
