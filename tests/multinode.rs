@@ -168,10 +168,6 @@ impl Cluster {
                     "--repair-interval=1".into(),
                     "--idle-release=600".into(),
                     format!("--fence-wait={fence_wait}"),
-                    // A writer whose own master crashed can keep a call juicefs never
-                    // answers (docs/notes.md, the wedge); healed sooner than in
-                    // production so the crash tests see it within their bound.
-                    "--wedged-after=10".into(),
                 ]);
                 Some(node.start())
             })
