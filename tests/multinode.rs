@@ -143,10 +143,9 @@ impl Cluster {
             // A KeyDB master after the first joins it (quiesce, copies, digests) before
             // it opens its port: seconds, more when KeyDB leaves a call unanswered.
             assert!(wait_addr(ip, META_PORT, Duration::from_secs(60)), "metadata master in node {i}");
-            // One join at a time: the next master joins only once this one is done.
-            if masters == Masters::KeyDb {
-                wait_unquiesced(&net, &format!("node {i}'s master started"));
-            }
+        }
+        if masters == Masters::KeyDb {
+            wait_unquiesced(&net, "the masters started");
         }
         let primary_url = format!("redis://{}:{META_PORT}", ips[0]);
         let registry: SocketAddr = format!("{}:{META_PORT}", ips[0]).parse().unwrap();
