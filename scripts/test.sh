@@ -32,7 +32,8 @@ if ! command -v keydb-server >/dev/null; then
   exit 1
 fi
 echo "== multi-node tests on KeyDB multi-master: $(keydb-server --version | cut -d' ' -f1-3)"
-cargo test --locked -- --test-threads=2 || status=1
+# --no-fail-fast: one failing test binary must not hide the results of the ones after it.
+cargo test --locked --no-fail-fast -- --test-threads=2 || status=1
 tests/csi-sanity/run.sh || status=1
 # The same driver on Valkey 8: provisioning, the node service and conformance.
 echo "== on Valkey: $(valkey-server --version | cut -d' ' -f1-3)"
