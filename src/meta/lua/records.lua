@@ -161,3 +161,37 @@ local function account()
   redis.call('INCRBY', 'usedSpace', used_space)
   redis.call('INCRBY', 'totalInodes', inodes)
 end
+
+-- Appends `slices` to the chunk list `key` and counts one more reference to each
+-- object they name, so the object outlives whichever tree deletes it first.
+local function add_slices(key, slices)
+  for i = 1, #slices, BATCH do
+    local part = {}
+    for j = i, math.min(i + BATCH - 1, #slices) do part[#part + 1] = slices[j] end
+    redis.call('RPUSH', key, unpack(part))
+  end
+  for _, s in ipairs(slices) do
+    local id = be_get(s, 5, 8)
+    if id > 0 then
+      redis.call('HINCRBY', 'sliceRef', 'k' .. num(id) .. '_' .. num(be_get(s, 13, 4)), 1)
+    end
+  end
+end
+
+-- Writes the new tree's directory entries ({dir, name, type, inode} of the old tree,
+-- `new` mapping old inodes to new) and the parent counts of files with several
+-- links, which JuiceFS keeps for hard links.
+local function link_entries(entries, new, links)
+  local parents = {}
+  for _, e in ipairs(entries) do
+    local dir, name, t, ino = e[1], e[2], e[3], e[4]
+    redis.call('HSET', 'd' .. num(new[dir]), name, string.char(t) .. be_put(new[ino], 8))
+    if links[ino] > 1 and t ~= 2 then
+      parents[ino] = parents[ino] or {}
+      parents[ino][new[dir]] = (parents[ino][new[dir]] or 0) + 1
+    end
+  end
+  for ino, by in pairs(parents) do
+    for dir, k in pairs(by) do redis.call('HINCRBY', 'p' .. num(new[ino]), num(dir), k) end
+  end
+end

@@ -100,17 +100,7 @@ local function copy_node(ino, parent)
   if t == 1 and len > 0 then
     for c = 0, math.floor(len / CHUNK) do
       local slices = redis.call('LRANGE', 'c' .. num(ino) .. '_' .. c, 0, -1)
-      for i = 1, #slices, BATCH do
-        local part = {}
-        for j = i, math.min(i + BATCH - 1, #slices) do part[#part + 1] = slices[j] end
-        redis.call('RPUSH', 'c' .. num(to) .. '_' .. c, unpack(part))
-      end
-      for _, s in ipairs(slices) do
-        local id = be_get(s, 5, 8)
-        if id > 0 then
-          redis.call('HINCRBY', 'sliceRef', 'k' .. num(id) .. '_' .. num(be_get(s, 13, 4)), 1)
-        end
-      end
+      add_slices('c' .. num(to) .. '_' .. c, slices)
     end
   elseif t == 3 then
     local target = redis.call('GET', 's' .. num(ino))
@@ -122,18 +112,7 @@ end
 
 copy_node(src, dst)
 for _, ino in ipairs(order) do copy_node(ino, new[first[ino]]) end
-local parents = {}
-for _, e in ipairs(entries) do
-  local dir, name, t, ino = e[1], e[2], e[3], e[4]
-  redis.call('HSET', 'd' .. num(new[dir]), name, string.char(t) .. be_put(new[ino], 8))
-  if links[ino] > 1 and t ~= 2 then
-    parents[ino] = parents[ino] or {}
-    parents[ino][new[dir]] = (parents[ino][new[dir]] or 0) + 1
-  end
-end
-for ino, by in pairs(parents) do
-  for dir, k in pairs(by) do redis.call('HINCRBY', 'p' .. num(new[ino]), num(dir), k) end
-end
+link_entries(entries, new, links)
 add_subdir(dst, new_name, new[src])
 account()
 -- A copy of a tree with a directory quota (a volume, or a snapshot of one) gets the

@@ -87,18 +87,7 @@ local function import(nd, parent)
     redis.call('HSET', 'x' .. num(to), unpack(part))
   end
   for _, chunk in ipairs(nd.chunks) do
-    local key, slices = 'c' .. num(to) .. '_' .. chunk[1], chunk[2]
-    for i = 1, #slices, BATCH do
-      local part = {}
-      for j = i, math.min(i + BATCH - 1, #slices) do part[#part + 1] = slices[j] end
-      redis.call('RPUSH', key, unpack(part))
-    end
-    for _, s in ipairs(slices) do
-      local id = be_get(s, 5, 8)
-      if id > 0 then
-        redis.call('HINCRBY', 'sliceRef', 'k' .. num(id) .. '_' .. num(be_get(s, 13, 4)), 1)
-      end
-    end
+    add_slices('c' .. num(to) .. '_' .. chunk[1], chunk[2])
   end
   if t == 3 and nd.symlink then redis.call('SET', 's' .. num(to), nd.symlink) end
   used_space = used_space + align4k(len)
@@ -108,18 +97,7 @@ end
 local top = nodes[1].ino
 import(nodes[1], dst)
 for i = 2, #nodes do import(nodes[i], new[first[nodes[i].ino]]) end
-local parents = {}
-for _, e in ipairs(entries) do
-  local dir, name, t, ino = e[1], e[2], e[3], e[4]
-  redis.call('HSET', 'd' .. num(new[dir]), name, string.char(t) .. be_put(new[ino], 8))
-  if links[ino] > 1 and t ~= 2 then
-    parents[ino] = parents[ino] or {}
-    parents[ino][new[dir]] = (parents[ino][new[dir]] or 0) + 1
-  end
-end
-for ino, by in pairs(parents) do
-  for dir, k in pairs(by) do redis.call('HINCRBY', 'p' .. num(new[ino]), num(dir), k) end
-end
+link_entries(entries, new, links)
 add_subdir(dst, new_name, new[top])
 account()
 if quota then
