@@ -69,6 +69,8 @@ pub struct NodeCore {
     mounts_report: tokio::sync::Mutex<()>,
     /// What the reaper's last pass found orphaned (`reap`).
     pub(super) reap_seen: Mutex<std::collections::HashSet<String>>,
+    /// When the reaper first sent each orphaned process SIGTERM (`reap`).
+    pub(super) reap_termed: Mutex<std::collections::HashMap<nix::unistd::Pid, std::time::Instant>>,
 }
 
 impl NodeCore {
@@ -89,6 +91,7 @@ impl NodeCore {
             stuck: Default::default(),
             wedges: Default::default(),
             reap_seen: Default::default(),
+            reap_termed: Default::default(),
             mounts_report: Default::default(),
         })
     }

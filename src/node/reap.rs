@@ -8,16 +8,35 @@
 //! the mount table per pass; it runs only while no volume operation does, so nothing
 //! an operation made but has not recorded yet counts as an orphan, and it ends only
 //! what two passes in a row found orphaned, so a juicefs still on its way out after
-//! its unmount is not counted.
+//! its unmount is not counted. A process is asked to end with SIGTERM and, if it is
+//! still there [`KILL_AFTER`] later, killed: a juicefs wedged by a metadata outage
+//! (docs/notes.md, "the wedge") logs the SIGTERM and never exits, and while it lives
+//! its FUSE connection and its session do too, so the volume cannot be deleted. Its
+//! mount is gone by then (an orphan's mounts go first), so no task writes through it.
 
 use super::core::NodeCore;
 use super::mount::{self, MountEntry};
 use super::procs::{self, Process};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use tracing::warn;
+
+/// How long an orphan may take to end after SIGTERM before it is killed.
+pub const KILL_AFTER: Duration = Duration::from_secs(10);
+
+/// What to send an orphaned process on this pass, given when it was first sent
+/// SIGTERM (`None`: never): SIGTERM the first time, nothing while it may still be on
+/// its way out, SIGKILL once it has outlived SIGTERM by [`KILL_AFTER`].
+pub fn signal_for(first_term: Option<Instant>, now: Instant) -> Option<Signal> {
+    match first_term {
+        None => Some(Signal::SIGTERM),
+        Some(t) if now.duration_since(t) >= KILL_AFTER => Some(Signal::SIGKILL),
+        Some(_) => None,
+    }
+}
 
 /// What the staged volumes own.
 #[derive(Debug, Default)]
@@ -171,6 +190,13 @@ impl NodeCore {
             *seen = keys;
             o
         };
+        let now = Instant::now();
+        let termed: HashMap<Pid, Instant> = {
+            // Forget what is no longer an orphan (ended, or its pid reused since).
+            let mut termed = self.reap_termed.lock().expect("reaper's signals");
+            termed.retain(|pid, _| o.juicefs.contains(pid) || o.holders.contains(pid));
+            termed.clone()
+        };
         if o.is_empty() {
             return;
         }
@@ -190,9 +216,29 @@ impl NodeCore {
         // reaped all the same.
         for (kind, pids) in [("juicefs", &o.juicefs), ("holder", &o.holders)] {
             for pid in pids {
-                let signalled = procs::signal(&[*pid], Signal::SIGTERM) == 1;
-                warn!(pid = pid.as_raw(), kind, signalled, "reaped a process no staged volume owns");
-                count(kind, 1);
+                let first = termed.get(pid).copied();
+                match signal_for(first, now) {
+                    Some(Signal::SIGTERM) => {
+                        let signalled = procs::signal(&[*pid], Signal::SIGTERM) == 1;
+                        warn!(pid = pid.as_raw(), kind, signalled, "reaped a process no staged volume owns");
+                        count(kind, 1);
+                        self.reap_termed.lock().expect("reaper's signals").insert(*pid, now);
+                    }
+                    Some(sig) => {
+                        let killed = procs::signal(&[*pid], sig) == 1;
+                        warn!(
+                            pid = pid.as_raw(),
+                            kind,
+                            killed,
+                            after_secs = first.map_or(0, |t| now.duration_since(t).as_secs()),
+                            "a reaped process ignored SIGTERM; killed it"
+                        );
+                        // Once more only after another while (a process in D state
+                        // outlives SIGKILL until its I/O returns).
+                        self.reap_termed.lock().expect("reaper's signals").insert(*pid, now);
+                    }
+                    None => {}
+                }
             }
         }
     }
@@ -214,6 +260,19 @@ mod tests {
             fs_type: "fuse.juicefs".into(),
             source: "JuiceFS:vol".into(),
         }
+    }
+
+    #[test]
+    fn an_orphan_is_asked_to_end_then_killed_if_it_does_not() {
+        let t = Instant::now();
+        assert_eq!(signal_for(None, t), Some(Signal::SIGTERM));
+        assert_eq!(signal_for(Some(t), t + Duration::from_secs(1)), None, "on its way out");
+        assert_eq!(signal_for(Some(t), t + KILL_AFTER), Some(Signal::SIGKILL));
+        assert_eq!(
+            signal_for(Some(t), t + KILL_AFTER * 3),
+            Some(Signal::SIGKILL),
+            "again, if it is still there"
+        );
     }
 
     #[test]
