@@ -84,6 +84,13 @@ async fn one_mounted(scratch_name: &str, name: &str) -> (Redis, Kelp, Clients, P
     (redis, kelp, c, root, vol)
 }
 
+/// The end of a [`one_mounted`] test: `vol` unmounted and deleted, nothing left mounted.
+async fn finish(c: &mut Clients, vol: &Vol, root: &Path, kelp: &Kelp) {
+    unmount(c, vol).await;
+    delete(c, &vol.id).await;
+    force_cleanup(root, &kelp.state_dir);
+}
+
 /// DeleteVolume, retried while it refuses because a JuiceFS session is still counted
 /// (a client's session outlives its exit by up to two heartbeats, and a restore brings
 /// back the sessions its backup saw, which then expire), as a CO retries.
@@ -320,9 +327,7 @@ async fn backup_cost() {
     println!("restore after FLUSHALL: {:.2} s\n{out}", t.elapsed().as_secs_f64());
     mount(&mut c, &vol).await;
     assert_eq!(std::fs::read_dir(vol.target.join("d99")).unwrap().count(), files / 100);
-    unmount(&mut c, &vol).await;
-    delete(&mut c, &vol.id).await;
-    force_cleanup(&root, &kelp.state_dir);
+    finish(&mut c, &vol, &root, &kelp).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -381,9 +386,7 @@ async fn a_backup_taken_while_a_writer_runs_is_a_consistent_point_in_time() {
             ),
         }
     }
-    unmount(&mut c, &vol).await;
-    delete(&mut c, &vol.id).await;
-    force_cleanup(&root, &kelp.state_dir);
+    finish(&mut c, &vol, &root, &kelp).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
