@@ -37,32 +37,6 @@ fn admin(redis: &Redis, weed: &Weed, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Writes `count` files of distinct content named `<prefix>-<i>` and fsyncs each;
-/// returns their names and SHA-256s.
-fn write_files(dir: &Path, prefix: &str, count: usize) -> Vec<(String, String)> {
-    (0..count)
-        .map(|i| {
-            let name = format!("{prefix}-{i}");
-            // Sizes from a few bytes to past one 4 MiB block, so files span several
-            // slices and objects.
-            let len = 100 + i * 97_003 % (5 << 20);
-            let data: Vec<u8> = (0..len).map(|j| ((j * 31 + i * 7) % 251) as u8).collect();
-            let mut f = std::fs::File::create(dir.join(&name)).unwrap();
-            std::io::Write::write_all(&mut f, &data).unwrap();
-            f.sync_all().unwrap();
-            (name, hex(&Sha256::digest(&data)))
-        })
-        .collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn checksum(path: &Path) -> Option<String> {
-    std::fs::read(path).ok().map(|d| hex(&Sha256::digest(&d)))
-}
-
 struct Vol {
     id: String,
     fs: String,
@@ -100,6 +74,21 @@ async fn bed_on(
         });
     }
     (redis, kelp, c, root, vols)
+}
+
+/// [`bed`] with one volume, staged and published.
+async fn one_mounted(scratch_name: &str, name: &str) -> (Redis, Kelp, Clients, PathBuf, Vol) {
+    let (redis, kelp, mut c, root, mut vols) = bed(scratch_name, &[name]).await;
+    let vol = vols.remove(0);
+    mount(&mut c, &vol).await;
+    (redis, kelp, c, root, vol)
+}
+
+/// The end of a [`one_mounted`] test: `vol` unmounted and deleted, nothing left mounted.
+async fn finish(c: &mut Clients, vol: &Vol, root: &Path, kelp: &Kelp) {
+    unmount(c, vol).await;
+    delete(c, &vol.id).await;
+    force_cleanup(root, &kelp.state_dir);
 }
 
 /// DeleteVolume, retried while it refuses because a JuiceFS session is still counted
@@ -142,9 +131,9 @@ async fn a_wiped_metadata_server_is_restored_from_the_last_backup() {
     for v in &vols {
         mount(&mut c, v).await;
         std::fs::create_dir_all(v.target.join("sub")).unwrap();
-        let mut files = write_files(&v.target, "before", 12);
+        let mut files = write_summed(&v.target, "before", 12);
         files.extend(
-            write_files(&v.target.join("sub"), "deep", 3).into_iter().map(|(n, h)| (format!("sub/{n}"), h)),
+            write_summed(&v.target.join("sub"), "deep", 3).into_iter().map(|(n, h)| (format!("sub/{n}"), h)),
         );
         before.push(files);
     }
@@ -162,7 +151,7 @@ async fn a_wiped_metadata_server_is_restored_from_the_last_backup() {
     // Writes after the backup: new files and a change to an old one.
     let mut after = Vec::new();
     for v in &vols {
-        after.push(write_files(&v.target, "after", 4));
+        after.push(write_summed(&v.target, "after", 4));
         unmount(&mut c, v).await;
     }
 
@@ -204,7 +193,7 @@ async fn a_wiped_metadata_server_is_restored_from_the_last_backup() {
         for (name, _) in &after[i] {
             assert!(!v.target.join(name).exists(), "{name} was written after the backup");
         }
-        let again = write_files(&v.target, "again", 2);
+        let again = write_summed(&v.target, "again", 2);
         for (name, sum) in &again {
             assert_eq!(checksum(&v.target.join(name)).as_deref(), Some(sum.as_str()));
         }
@@ -271,18 +260,25 @@ async fn one_controller_of_two_takes_scheduled_backups_and_their_time_is_exporte
 #[ignore]
 async fn backup_cost() {
     let files: usize = std::env::var("KELP_BENCH_FILES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let (redis, kelp, mut c, root, mut vols) = bed("backup-cost", &["bk-cost"]).await;
+    let (redis, kelp, mut c, root, vol) = one_mounted("backup-cost", "bk-cost").await;
     let weed = shared_weed();
-    let vol = vols.remove(0);
-    mount(&mut c, &vol).await;
     let started = std::time::Instant::now();
-    for d in 0..100 {
-        let dir = vol.target.join(format!("d{d}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in 0..files / 100 {
-            std::fs::write(dir.join(format!("f{f}")), [d as u8; 4096]).unwrap();
+    // Four writers, 25 directories each: a FUSE round trip per call, not the CPU, is
+    // what bounds one writer.
+    std::thread::scope(|s| {
+        for w in 0..4 {
+            let target = &vol.target;
+            s.spawn(move || {
+                for d in (w..100).step_by(4) {
+                    let dir = target.join(format!("d{d}"));
+                    std::fs::create_dir_all(&dir).unwrap();
+                    for f in 0..files / 100 {
+                        std::fs::write(dir.join(format!("f{f}")), [d as u8; 4096]).unwrap();
+                    }
+                }
+            });
         }
-    }
+    });
     println!("wrote {files} files in {:.1} s", started.elapsed().as_secs_f64());
     unmount(&mut c, &vol).await;
 
@@ -317,6 +313,12 @@ async fn backup_cost() {
         println!("backup now: {secs:.2} s: {out}");
     }
     println!("longest PING of another client during the backups: {:.1} ms", worst.as_secs_f64() * 1000.0);
+    // The objects live inline in the filer's entries, so a listing carries them whole.
+    let t = std::time::Instant::now();
+    let (ok, out) = admin(&redis, weed, &["backup", "list", &vol.fs]);
+    assert!(ok, "{out}");
+    let listed = out.lines().filter(|l| l.contains("kelp-backups/")).count();
+    println!("backup list of {listed} objects: {:.2} s", t.elapsed().as_secs_f64());
 
     assert_eq!(redis.cli(0, &["FLUSHALL"]), "OK");
     let t = std::time::Instant::now();
@@ -325,17 +327,13 @@ async fn backup_cost() {
     println!("restore after FLUSHALL: {:.2} s\n{out}", t.elapsed().as_secs_f64());
     mount(&mut c, &vol).await;
     assert_eq!(std::fs::read_dir(vol.target.join("d99")).unwrap().count(), files / 100);
-    unmount(&mut c, &vol).await;
-    delete(&mut c, &vol.id).await;
-    force_cleanup(&root, &kelp.state_dir);
+    finish(&mut c, &vol, &root, &kelp).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_taken_while_a_writer_runs_is_a_consistent_point_in_time() {
-    let (redis, kelp, mut c, root, mut vols) = bed("backup-writer", &["bk-writer"]).await;
+    let (redis, kelp, mut c, root, vol) = one_mounted("backup-writer", "bk-writer").await;
     let weed = shared_weed();
-    let vol = vols.remove(0);
-    mount(&mut c, &vol).await;
     // The writer: files of up to 1.5 MiB, each fsynced; (name, sha256, unix time of
     // the fsync's return).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -388,18 +386,14 @@ async fn a_backup_taken_while_a_writer_runs_is_a_consistent_point_in_time() {
             ),
         }
     }
-    unmount(&mut c, &vol).await;
-    delete(&mut c, &vol.id).await;
-    force_cleanup(&root, &kelp.state_dir);
+    finish(&mut c, &vol, &root, &kelp).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_is_restored_as_a_new_volume_while_its_original_is_written() {
-    let (redis, kelp, mut c, root, mut vols) = bed("backup-clone", &["bk-orig"]).await;
+    let (redis, kelp, mut c, root, orig) = one_mounted("backup-clone", "bk-orig").await;
     let weed = shared_weed();
-    let orig = vols.remove(0);
-    mount(&mut c, &orig).await;
-    let before = write_files(&orig.target, "before", 6);
+    let before = write_summed(&orig.target, "before", 6);
     let (ok, out) = admin(&redis, weed, &["backup", "now", &orig.fs]);
     assert!(ok, "{out}");
     // After the backup the original grows (a file appended to, new files), and a
@@ -416,7 +410,7 @@ async fn a_backup_is_restored_as_a_new_volume_while_its_original_is_written() {
         std::thread::spawn(move || {
             let mut written = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                written.extend(write_files(&dir, &format!("live{}", written.len()), 1));
+                written.extend(write_summed(&dir, &format!("live{}", written.len()), 1));
             }
             written
         })
@@ -451,7 +445,7 @@ async fn a_backup_is_restored_as_a_new_volume_while_its_original_is_written() {
     };
     assert_eq!(names(&past.target).len(), before.len(), "{:?}", names(&past.target));
     // Both are independent: a write to the past is not in the original.
-    let only_past = write_files(&past.target, "only-past", 1);
+    let only_past = write_summed(&past.target, "only-past", 1);
     assert!(!orig.target.join(&only_past[0].0).exists());
     // The original is untouched: its later writes all whole.
     assert_eq!(checksum(&appended).as_deref(), Some(appended_sum.as_str()));

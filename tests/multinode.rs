@@ -48,7 +48,7 @@ fn masters() -> Masters {
 }
 
 struct Cluster {
-    _weed: Weed,
+    weed: Weed,
     /// Node `i`'s metadata master (KeyDB: deploy/swarm/kelp-keydb.sh, which runs it).
     redis: Vec<Proc>,
     /// Node `i`'s master's data directory and its peers (the delay proxies), to
@@ -152,9 +152,12 @@ impl Cluster {
         let registry_links: Vec<DelayProxy> = (0..3)
             .map(|_| DelayProxy::start(format!("{bridge}:0").parse().unwrap(), registry, delay))
             .collect();
+        // Backups only when a test asks (`kelp admin backup now`): a scheduled one
+        // between a test's backup and its later writes would hold those writes.
         let controller = KelpBuilder::new()
             .services("controller")
             .arg(format!("--meta-url={primary_url}"))
+            .arg("--backup-interval=0")
             .weed(&weed)
             .start();
         let nodes = (0..3)
@@ -173,7 +176,7 @@ impl Cluster {
             .collect();
         let controller_endpoint = controller.endpoint.clone();
         let c = Cluster {
-            _weed: weed,
+            weed,
             redis,
             master_setup,
             masters,
@@ -236,6 +239,26 @@ impl Cluster {
         assert!(wait_addr(&ip, META_PORT, Duration::from_secs(60)), "node {i}'s master never served again");
         let served = started.elapsed();
         wait_unquiesced(&self.net, &format!("node {i}'s master joined"));
+        served
+    }
+
+    /// Starts every master again at once from its data directory, as Swarm starts a
+    /// global service's tasks after all of them stopped, and returns once each serves.
+    fn restart_all_masters(&mut self) -> Duration {
+        let started = Instant::now();
+        for i in 0..self.redis.len() {
+            let (dir, peers) = self.master_setup[i].clone();
+            self.redis[i] = keydb_master(&self.net, i, &dir, &peers);
+        }
+        for (i, n) in self.net.nodes().iter().enumerate() {
+            let ip = n.ip.to_string();
+            assert!(
+                wait_addr(&ip, META_PORT, Duration::from_secs(60)),
+                "node {i}'s master never served again"
+            );
+        }
+        let served = started.elapsed();
+        wait_unquiesced(&self.net, "the masters started again");
         served
     }
 
@@ -1419,4 +1442,252 @@ async fn two_masters_crashing_one_after_the_other_lose_nothing() {
         assert_converged(&c, &[0, 1, 2], db);
         fsck_on_every_master(&c, db);
     }
+}
+
+/// A volume of [`a_lost_metadata_cluster_is_restored_from_its_backups`]: the files
+/// that must survive a restore (name, SHA-256) and those written after the last
+/// backup, which must not.
+struct Tracked {
+    id: String,
+    /// The family's fs name: its bucket, and how backups and restores name it.
+    family: String,
+    kept: Vec<(String, String)>,
+    lost: Vec<String>,
+}
+
+impl Tracked {
+    fn new(id: String) -> Tracked {
+        let family = kelp::volume::VolumeId::parse(&id).unwrap().fs_name;
+        Tracked { id, family, kept: Vec::new(), lost: Vec::new() }
+    }
+
+    /// Every kept file reads back whole through `dir` (node `i`'s mount), and no
+    /// file written after the backup is there.
+    fn check(&self, i: usize, dir: &Path) {
+        for (name, sum) in &self.kept {
+            assert_eq!(
+                checksum(&dir.join(name)).as_deref(),
+                Some(sum.as_str()),
+                "node {i}: {name} of {}",
+                self.id
+            );
+        }
+        for name in &self.lost {
+            assert!(!dir.join(name).exists(), "node {i}: {name} of {} was written after the backup", self.id);
+        }
+    }
+}
+
+/// How the metadata cluster is lost.
+#[derive(Debug, Clone, Copy)]
+enum Loss {
+    /// `FLUSHALL` on every master.
+    Flushall,
+    /// Every master stopped, its data directory emptied (its AOF, RDB and the files
+    /// a rejoin moved aside: a lost disk), and started again.
+    FilesDeleted,
+}
+
+/// `kelp admin backup ARGS` as docs/operations.md has an operator run it on a
+/// manager: the registry's master and the filer from the environment.
+fn admin_backup(c: &Cluster, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(kelp_bin())
+        .args(["admin", "backup"])
+        .args(args)
+        .env("KELP_META_URL", format!("redis://{}:{META_PORT}", c.net.nodes()[0].ip))
+        .env("KELP_FILER", c.weed.filer_addr())
+        .output()
+        .expect("kelp admin backup");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Issue 36 on the multi-master bed. Two volumes (one written by a single writer on
+/// node 1, with a clone; one shared by writers on nodes 0 and 2) get files, a backup
+/// (`kelp admin backup now`), and more files; the whole metadata cluster is lost,
+/// first by `FLUSHALL` on every master, then (after the first recovery, and more
+/// files and another backup) by every master losing its data files. Each time the
+/// documented recovery (`kelp admin backup restore --all`) brings back every file
+/// from before the backup, whole, on each node that mounts it, reports the later
+/// ones lost, leaves file systems `juicefs fsck` calls clean on every master, and the
+/// same volume ids list, stage and take writes again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_metadata_cluster_is_restored_from_its_backups() {
+    use csi::volume_content_source::{Type, VolumeSource};
+    let mut c = Cluster::start(Duration::from_millis(5), 20);
+    if !c.multi_master("a_lost_metadata_cluster_is_restored_from_its_backups") {
+        return;
+    }
+    let mut a = Tracked::new(c.create("mn-bk-a", Mode::SingleNodeWriter, &[]).await);
+    let mut b = Tracked::new(c.create("mn-bk-b", Mode::MultiNodeMultiWriter, &[]).await);
+    let mut clone: Option<Tracked> = None;
+    for (phase, loss) in [(1, Loss::Flushall), (2, Loss::FilesDeleted)] {
+        // Files before the backup: A's on node 1, B's on nodes 0 and 2.
+        let ta = first_mount(&c, &a.id, 1).await;
+        a.kept.extend(write_summed(&ta, &format!("p{phase}-a"), 6));
+        if clone.is_none() {
+            let mut req = kelp::volume::create_request("mn-bk-a-clone", GIB, Mode::SingleNodeWriter);
+            req.volume_content_source = Some(csi::VolumeContentSource {
+                r#type: Some(Type::Volume(VolumeSource { volume_id: a.id.clone() })),
+            });
+            let mut ctl = c.controller().await;
+            let id = ctl.ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap().volume_id;
+            let mut t = Tracked::new(id);
+            t.kept = a.kept.clone();
+            clone = Some(t);
+        }
+        let mut tb = Vec::new();
+        for i in [0, 2] {
+            let ctx = c.controller_publish(&b.id, i, Mode::MultiNodeMultiWriter).await.unwrap();
+            let t = c.mount(&b.id, i, Mode::MultiNodeMultiWriter, &ctx).await.unwrap();
+            b.kept.extend(write_summed(&t, &format!("p{phase}-n{i}"), 4));
+            tb.push(t);
+        }
+
+        let (ok, out) = admin_backup(&c, &["now"]);
+        assert!(ok, "{out}");
+        for v in [&a, &b] {
+            assert!(out.contains(&format!("{}: kelp-backups/", v.family)), "{out}");
+        }
+        eprintln!("phase {phase}: backed up:\n{out}");
+
+        // Files after it; then the tasks stop (step 1 of the recovery).
+        a.lost.extend(write_summed(&ta, &format!("p{phase}-after-a"), 3).into_iter().map(|(n, _)| n));
+        b.lost.extend(write_summed(&tb[1], &format!("p{phase}-after-b"), 3).into_iter().map(|(n, _)| n));
+        c.release(&a.id, 1).await;
+        for i in [0, 2] {
+            c.release(&b.id, i).await;
+        }
+        assert!(mounts_under(&c.root).is_empty(), "{:?}", mounts_under(&c.root));
+
+        // The loss.
+        let mut dbs: Vec<u32> = [&a, &b, clone.as_ref().unwrap()].iter().map(|v| db_of(&v.id)).collect();
+        dbs.sort_unstable();
+        dbs.dedup();
+        match loss {
+            Loss::Flushall => {
+                for n in c.net.nodes() {
+                    assert_eq!(redis_cli(&n.ip.to_string(), &["FLUSHALL"]).trim(), "OK");
+                }
+            }
+            Loss::FilesDeleted => {
+                for i in 0..3 {
+                    c.crash_master(i);
+                }
+                for (dir, _) in &c.master_setup {
+                    std::fs::remove_dir_all(dir).unwrap();
+                    std::fs::create_dir_all(dir).unwrap();
+                }
+                // Step 2: the masters come back empty, all at once as Swarm starts
+                // them: each that finds no peer up serves as a new cluster, and they
+                // replicate to one another.
+                let back = c.restart_all_masters();
+                eprintln!("phase {phase}: the masters, empty, all served after {:.2} s", back.as_secs_f64());
+                c.wait_replicas_up();
+            }
+        }
+        for n in c.net.nodes() {
+            for &db in &dbs {
+                let size = redis_cli(&n.ip.to_string(), &["-n", &db.to_string(), "dbsize"]);
+                assert_eq!(size.trim(), "0", "database {db} on {} after {loss:?}", n.ip);
+            }
+        }
+
+        // Step 3: the restore, exactly as documented.
+        let started = Instant::now();
+        let (ok, summary) = admin_backup(&c, &["restore", "--all"]);
+        eprintln!(
+            "phase {phase} ({loss:?}): restore --all took {:.2} s:\n{summary}",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(ok, "{summary}");
+        for v in [&a, &b] {
+            assert!(summary.contains(&format!("{}: restored from kelp-backups/", v.family)), "{summary}");
+            // Each later file is one object (under one block, written at once); the
+            // count also holds the earlier phase's, which stay in the bucket.
+            let lost: Option<usize> = summary
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{}: LOST: ", v.family)))
+                .and_then(|l| l.split_whitespace().next()?.parse().ok());
+            assert!(
+                lost.is_some_and(|n| n >= v.lost.len()),
+                "the {} files written after the backup must be reported lost: {summary}",
+                v.lost.len()
+            );
+        }
+        // Step 4: every master holds the same file systems, which JuiceFS calls clean.
+        for &db in &dbs {
+            assert_converged(&c, &[0, 1, 2], db);
+            fsck_on_every_master(&c, db);
+        }
+        c.wait_nodes_known();
+
+        // The same ids list, stage and take writes again (step 5).
+        let clone_v = clone.as_mut().unwrap();
+        let mut ctl = c.controller().await;
+        let listed = ctl.ctl.list_volumes(csi::ListVolumesRequest::default()).await.unwrap().into_inner();
+        for v in [&a, &b, &*clone_v] {
+            assert!(
+                listed.entries.iter().any(|e| e.volume.as_ref().unwrap().volume_id == v.id),
+                "{} not listed: {listed:?}",
+                v.id
+            );
+        }
+        let again = std::sync::Mutex::new(Vec::new());
+        check_on_every_node(&c, &a.id, &[1, 2], |i, t| {
+            a.check(i, t);
+            again.lock().unwrap().extend(write_summed(t, &format!("p{phase}-again-a-n{i}"), 1));
+        })
+        .await;
+        a.kept.extend(again.into_inner().unwrap());
+        let mut tb = Vec::new();
+        for i in [0, 2] {
+            let ctx = c.controller_publish(&b.id, i, Mode::MultiNodeMultiWriter).await.unwrap();
+            let t = c.mount(&b.id, i, Mode::MultiNodeMultiWriter, &ctx).await.unwrap();
+            b.check(i, &t);
+            tb.push(t);
+        }
+        // The volume's health names its last backup: the one restored from.
+        let mut n0 = c.node(0).await;
+        let st = n0
+            .node
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: b.id.clone(),
+                volume_path: tb[0].display().to_string(),
+                staging_target_path: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let condition = st.volume_condition.unwrap();
+        assert!(!condition.abnormal && condition.message.contains("last metadata backup "), "{condition:?}");
+        let again = write_summed(&tb[1], &format!("p{phase}-again-b"), 2);
+        for (name, sum) in &again {
+            assert_eq!(checksum(&tb[0].join(name)).as_deref(), Some(sum.as_str()), "{name}, seen on node 0");
+        }
+        b.kept.extend(again);
+        for i in [0, 2] {
+            c.release(&b.id, i).await;
+        }
+        let again = std::sync::Mutex::new(Vec::new());
+        check_on_every_node(&c, &clone_v.id, &[0], |i, t| {
+            clone_v.check(i, t);
+            again.lock().unwrap().extend(write_summed(t, &format!("p{phase}-again-clone"), 1));
+        })
+        .await;
+        clone_v.kept.extend(again.into_inner().unwrap());
+        eprintln!(
+            "phase {phase} ({loss:?}): {} + {} + {} files whole on every node that mounts them, {} + {} later ones absent",
+            a.kept.len(),
+            b.kept.len(),
+            clone_v.kept.len(),
+            a.lost.len(),
+            b.lost.len()
+        );
+    }
+    for db in [db_of(&a.id), db_of(&b.id)] {
+        assert_converged(&c, &[0, 1, 2], db);
+        fsck_on_every_master(&c, db);
+    }
+    assert!(mounts_under(&c.root).is_empty());
 }

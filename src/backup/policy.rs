@@ -54,6 +54,35 @@ pub fn stale(last: Option<i64>, now: i64, interval: u64) -> bool {
     interval > 0 && last.is_none_or(|t| now - t > 2 * interval as i64)
 }
 
+/// What a volume's health (NodeGetVolumeStats) says of its family's backups, and
+/// whether that is a fault: `None` when backups are off (`interval` 0). `last`: the
+/// last good backup's time; `created`: the family's, which gives a family that has
+/// none yet its first interval (it is due at once, and backed up within a tick).
+pub fn health(last: Option<i64>, created: Option<i64>, now: i64, interval: u64) -> Option<(bool, String)> {
+    if interval == 0 {
+        return None;
+    }
+    Some(match (last, created) {
+        (Some(t), _) if stale(last, now, interval) => (
+            true,
+            format!(
+                "metadata backup stale: the last good one is {} s old, more than twice the backup interval ({interval} s); losing the metadata cluster now loses every write since (`kelp admin volumes`, the controller's log)",
+                now - t
+            ),
+        ),
+        (Some(t), _) => (false, format!("last metadata backup {} s ago", now - t)),
+        (None, Some(c)) if now - c <= interval as i64 => {
+            (false, format!("no metadata backup yet (the first is due within {interval} s)"))
+        }
+        (None, _) => (
+            true,
+            format!(
+                "no metadata backup: none was taken within the backup interval ({interval} s); losing the metadata cluster now loses the volume (`kelp admin volumes`, the controller's log)"
+            ),
+        ),
+    })
+}
+
 /// The object name of a backup taken at `unix`: UTC time, sortable, readable.
 pub fn object_name(unix: i64) -> String {
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
@@ -144,6 +173,22 @@ mod tests {
         assert_eq!(kept, expected);
         assert!(10 * d + 2 * h > 10 * d + 11 * 600);
         assert!(prune(&[5], Retention { hourly: 0, daily: 0 }).is_empty(), "the newest always stays");
+    }
+
+    #[test]
+    fn the_health_line_faults_a_stale_or_missing_backup_only() {
+        let faulty = |last, created, now| health(last, created, now, 600).map(|(f, _)| f);
+        assert_eq!(faulty(Some(100), Some(0), 1300), Some(false));
+        assert_eq!(faulty(Some(100), Some(0), 1301), Some(true));
+        // None yet: fine for the first interval after the family was made, not after.
+        assert_eq!(faulty(None, Some(100), 700), Some(false));
+        assert_eq!(faulty(None, Some(100), 701), Some(true));
+        assert_eq!(faulty(None, None, 100), Some(true), "a family with no known birth and no backup");
+        assert_eq!(health(None, None, 100, 0), None, "backups off: nothing to say");
+        let (_, text) = health(Some(100), None, 2000, 600).unwrap();
+        assert!(text.contains("1900 s old") && text.contains("600 s"), "{text}");
+        let (_, text) = health(Some(100), None, 160, 600).unwrap();
+        assert_eq!(text, "last metadata backup 60 s ago");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use super::format::{self, Key, Kind, Manifest};
 use super::{take, Error, Result};
-use crate::meta::{MetaServer, COUNTER_JUMP};
+use crate::meta::{BackupRecord, MetaServer, COUNTER_JUMP};
 use crate::seaweedfs::Filer;
 use crate::volume::BUCKET_PREFIX;
 use std::collections::HashSet;
@@ -21,6 +21,8 @@ use tracing::info;
 /// A backup read back: its object name, manifest and keys.
 pub struct Fetched {
     pub object: String,
+    /// The object's size.
+    pub bytes: u64,
     pub manifest: Manifest,
     pub keys: Vec<Key>,
 }
@@ -54,7 +56,7 @@ pub async fn fetch(filer: &Filer, fs: &str, at: Option<&str>) -> Result<Fetched>
             manifest.family
         )));
     }
-    Ok(Fetched { object: object.clone(), manifest, keys })
+    Ok(Fetched { object: object.clone(), bytes: bytes.len() as u64, manifest, keys })
 }
 
 /// What the registry and the servers hold now, as far as a restore cares.
@@ -96,6 +98,19 @@ pub fn plan(m: &Manifest, now: &Current) -> std::result::Result<Plan, String> {
 
 fn spec_uuid(spec: &str) -> Option<String> {
     serde_json::from_str::<serde_json::Value>(spec).ok()?["uuid"].as_str().map(String::from)
+}
+
+/// Readies a backup's keys for loading under `plan`: the counters jumped
+/// ([`jump_counters`]), and the fence dropped when no holder record survives. Then
+/// the next publish starts the epochs again at 1, and a fence left from the lost
+/// registry's epochs would be ahead of every new one: the next handover would not
+/// wait for its releasing writer's fence at all. (With a surviving holder, the fence
+/// is raised to its epoch after the load instead.)
+pub fn prepare(keys: &mut Vec<Key>, plan: &Plan) {
+    jump_counters(keys);
+    if plan.fence.is_none() {
+        keys.retain(|k| k.name != crate::meta::FENCE_KEY.as_bytes());
+    }
 }
 
 /// Moves `nextchunk` past every slice id written since the backup, as a takeover's new
@@ -156,7 +171,7 @@ pub async fn restore(
             f.object
         )));
     }
-    jump_counters(&mut f.keys);
+    prepare(&mut f.keys, &plan);
     meta.load_database(plan.db, &f.keys).await?;
     if let Some(epoch) = plan.fence {
         meta.raise_fence(plan.db, epoch).await?;
@@ -172,6 +187,16 @@ pub async fn restore(
         })
         .collect();
     meta.restore_family_records(fs, &f.manifest.volumes, &snapshots).await?;
+    // The backup restored from is a good backup of what the family now holds: its age
+    // is what a new loss would cost, and the schedule takes the next when it is due.
+    let record = BackupRecord {
+        taken_unix: f.manifest.taken_unix,
+        object: f.object.clone(),
+        bytes: f.bytes,
+        keys: f.manifest.keys,
+        stall_ms: f.manifest.stall_ms,
+    };
+    meta.record_backup(fs, &record).await?;
     let name = setting_name(&f.keys).unwrap_or(fs.to_string());
     let (lost_objects, lost_bytes) =
         unreferenced_objects(filer, fs, &name, &referenced_slices(&f.keys)).await?;
@@ -318,6 +343,20 @@ mod tests {
         assert_eq!(keys[1].elements[0], b"7");
         assert_eq!(slice_id("1234_0_4096"), Some(1234));
         assert_eq!(slice_id("x_0_4096"), None);
+    }
+
+    #[test]
+    fn a_fence_of_a_lost_registrys_epochs_is_not_restored() {
+        let fence =
+            || Key { name: b"kelp:fence".to_vec(), kind: Kind::String, elements: vec![b"5".to_vec()] };
+        let setting = Key { name: b"setting".to_vec(), kind: Kind::String, elements: vec![b"{}".to_vec()] };
+        let mut keys = vec![fence(), setting.clone()];
+        prepare(&mut keys, &Plan { db: 4, fence: None });
+        assert_eq!(keys, vec![setting.clone()]);
+        // A surviving holder's epoch is raised over it after the load: kept.
+        let mut keys = vec![fence(), setting.clone()];
+        prepare(&mut keys, &Plan { db: 4, fence: Some(7) });
+        assert_eq!(keys, vec![fence(), setting]);
     }
 
     #[test]

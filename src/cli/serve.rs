@@ -270,6 +270,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
             advertise: advertise.public_url(),
             paths: PathPolicy::new(a.allowed_roots.clone()),
             log_cap: a.log_max_mib << 20,
+            backup_interval: a.backup_interval,
         };
         let core =
             Arc::new(NodeCore::new(cfg, meta.clone(), registry).map_err(super::io("reading node state"))?);

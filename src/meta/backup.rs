@@ -234,6 +234,12 @@ impl MetaServer {
         .await
     }
 
+    /// The last good backup of the family of `fs`, if it has one.
+    pub async fn last_backup(&self, fs: &str) -> Result<Option<BackupRecord>> {
+        let json: Option<String> = self.registry(|mut c| async move { c.hget(BACKUPS, fs).await }).await?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
     /// The last good backup of every family that has one.
     pub async fn last_backups(&self) -> Result<Vec<(String, BackupRecord)>> {
         let all: Vec<(String, String)> = self.hash_of(BACKUPS).await?;

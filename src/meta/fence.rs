@@ -6,7 +6,7 @@
 use super::{MetaServer, Result};
 
 /// Key in the volume's database; JuiceFS ignores keys it does not know.
-const FENCE_KEY: &str = "kelp:fence";
+pub const FENCE_KEY: &str = "kelp:fence";
 
 // Raise the fence to ARGV[1], never lower it.
 const RAISE: &str = r#"

@@ -20,6 +20,7 @@ mod url;
 pub use backup::{BackupRecord, Dump, SETTING};
 pub use checks::{findings, Finding, MasterConfig};
 pub use family::{Claim, SnapshotRecord};
+pub use fence::FENCE_KEY;
 pub use generation::{inode_of_key, Generation, Tail, TailFile, COUNTER_JUMP, TAIL_FILES};
 pub use mounts::local_mounts_key;
 pub use registry::{NodeRecord, Reservation, VolumeRecord, VolumeState};

@@ -40,6 +40,10 @@ pub struct NodeConfig {
     pub paths: PathPolicy,
     /// The size above which a helper's log is rotated (`logs`).
     pub log_cap: u64,
+    /// The controllers' `--backup-interval` (the same setting on every node): a
+    /// volume's health is faulty when its family's last backup is older than twice
+    /// this; 0: backups are off and its health says nothing of them.
+    pub backup_interval: u64,
 }
 
 pub struct NodeCore {

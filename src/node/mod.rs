@@ -204,7 +204,7 @@ impl Node for NodeService {
                 volume_condition: Some(condition),
             }));
         }
-        let (usage, condition) = self.core.stats(&path, home.as_deref()).await;
+        let (usage, condition) = self.core.stats(&path, home.as_deref(), &id.fs_name).await;
         Ok(Response::new(NodeGetVolumeStatsResponse { usage, volume_condition: Some(condition) }))
     }
 

@@ -3,6 +3,7 @@
 
 use super::core::{NodeCore, PROBE_TIMEOUT};
 use super::mount::{self, Health};
+use crate::backup::policy;
 use crate::error::{Error, Result};
 use crate::proto::csi::{volume_usage::Unit, VolumeCondition, VolumeUsage};
 use std::path::Path;
@@ -18,8 +19,14 @@ pub(super) async fn statfs(path: &Path) -> Option<nix::sys::statvfs::Statvfs> {
 
 impl NodeCore {
     /// Usage of the mount at `path` and its condition (abnormal when the mount or the
-    /// metadata server is gone).
-    pub async fn stats(&self, path: &Path, home: Option<&str>) -> (Vec<VolumeUsage>, VolumeCondition) {
+    /// metadata server is gone, and when the metadata backups of `family`, the volume's
+    /// file system, are missing or stale).
+    pub async fn stats(
+        &self,
+        path: &Path,
+        home: Option<&str>,
+        family: &str,
+    ) -> (Vec<VolumeUsage>, VolumeCondition) {
         let health = mount::health(path, PROBE_TIMEOUT).await;
         let server = self.server_for(home).unwrap_or_else(|_| self.meta.clone());
         let meta = server.ping().await;
@@ -56,7 +63,41 @@ impl NodeCore {
             )),
             _ => condition,
         };
+        let condition = match self.backup_health(family).await {
+            Some((faulty, note)) if faulty && !condition.abnormal => {
+                abnormal(format!("{note}; {}", condition.message))
+            }
+            Some((faulty, note)) => VolumeCondition {
+                abnormal: condition.abnormal || faulty,
+                message: format!("{}; {note}", condition.message),
+            },
+            None => condition,
+        };
         (stat.map(usage).unwrap_or_default(), condition)
+    }
+
+    /// What the family's backups add to its health ([`policy::health`]), from the
+    /// registry's record of its last good backup (one read; the volume record too
+    /// while it has none). Nothing when backups are off or the registry does not
+    /// answer within the probe timeout: the mount's own health is what the call is for.
+    async fn backup_health(&self, family: &str) -> Option<(bool, String)> {
+        let interval = self.cfg.backup_interval;
+        if interval == 0 {
+            return None;
+        }
+        let read = async {
+            let last = self.registry.last_backup(family).await.ok()?;
+            let created = match last {
+                Some(_) => None,
+                None => {
+                    let rec = self.registry.volume(family).await.ok()??;
+                    crate::volume::Spec::of(&rec).ok().map(|s| s.created_unix)
+                }
+            };
+            Some((last.map(|r| r.taken_unix), created))
+        };
+        let (last, created) = tokio::time::timeout(PROBE_TIMEOUT, read).await.ok()??;
+        policy::health(last, created, crate::unix_now(), interval)
     }
 }
 

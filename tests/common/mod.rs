@@ -28,7 +28,8 @@ pub use procs::*;
 pub use servers::*;
 pub use wait::*;
 
-use std::path::PathBuf;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub const S3_ACCESS_KEY: &str = "kelptestaccess";
@@ -53,6 +54,32 @@ pub fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes `count` files of distinct content named `<prefix>-<i>` into `dir` and
+/// fsyncs each; returns their names and SHA-256s. Sizes run from 100 bytes to past
+/// one 4 MiB block, so files span several slices and objects.
+pub fn write_summed(dir: &Path, prefix: &str, count: usize) -> Vec<(String, String)> {
+    (0..count)
+        .map(|i| {
+            let name = format!("{prefix}-{i}");
+            let len = 100 + i * 97_003 % (5 << 20);
+            let data: Vec<u8> = (0..len).map(|j| ((j * 31 + i * 7) % 251) as u8).collect();
+            let mut f = std::fs::File::create(dir.join(&name)).unwrap();
+            std::io::Write::write_all(&mut f, &data).unwrap();
+            f.sync_all().unwrap();
+            (name, hex(&Sha256::digest(&data)))
+        })
+        .collect()
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The SHA-256 of a file's content; `None` when it cannot be read.
+pub fn checksum(path: &Path) -> Option<String> {
+    std::fs::read(path).ok().map(|d| hex(&Sha256::digest(&d)))
 }
 
 /// Database number of a volume id `kelp1:<db>:<tag>:<name>`.
