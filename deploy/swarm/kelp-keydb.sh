@@ -8,7 +8,8 @@
 # (every master, "host" or "host:port" each, space-separated; the one named NODE is
 # this one and skipped), NODE (this node's host name and kelp node id),
 # KEYDB_RELEASE_WAIT (seconds, default 90), KEYDB_JOIN_MAX (seconds a join may keep
-# its peers quiesced waiting for their copies, default 60), REDISCLI_AUTH (the
+# its peers quiesced waiting for their copies, default 60), KEYDB_JOIN_REPL_TIMEOUT
+# (the masters' repl-timeout while a join lasts, default 15), REDISCLI_AUTH (the
 # password, if any; also in CONFIG-FILE as requirepass/masterauth). Needs sh, grep,
 # sed, tr, sleep, seq, date, timeout, keydb-server and keydb-cli.
 #
@@ -111,8 +112,17 @@ within() {
 
 # The quiesce. Held by a connection named kelp-quiesce-<node> that lives as long as
 # this script; lifted only when no other joiner holds one.
+#
+# While it lasts, every quiesced master (the joiner too) runs with repl-timeout
+# $join_repl_timeout. KeyDB starts one link's handshake at a time and gives up on a
+# handshake only after repl-timeout (default 60 s); a handshake a master leaves
+# unserved ("epoll_ctl failed", docs/notes.md) therefore held every copy of a join
+# past KEYDB_JOIN_MAX. Above the 10 s between a master's pings, so a quiet link is
+# not dropped. Each master gets its own value back when the quiesce is lifted.
+join_repl_timeout=${KEYDB_JOIN_REPL_TIMEOUT:-15}
 quiesced=
 holders=
+timeouts=
 quiesce() { # peer, or "self"
   if [ "$1" = self ]; then c="scli"; h="-s $sock"; else c="peer_cli $1"; h="-h ${1%:*} -p ${1##*:}"; fi
   (echo "client setname kelp-quiesce-$me"; while kill -0 $$ 2>/dev/null && [ ! -f "$dir/kelp-quiesce-done" ]; do sleep 1; done) | keydb-cli $h >/dev/null 2>&1 &
@@ -121,6 +131,10 @@ quiesce() { # peer, or "self"
     quiesced="$quiesced $1"
   else
     say "WARNING: could not quiesce $1 (CONFIG SET refused?): its clients' writes go on during the join"
+  fi
+  was=$($c config get repl-timeout 2>/dev/null | tr -d '\r' | sed -n 2p)
+  if [ -n "$was" ] && $c config set repl-timeout "$join_repl_timeout" >/dev/null 2>&1; then
+    timeouts="$timeouts $1=$was"
   fi
 }
 others_hold() { # peer or "self": another joiner's quiesce connection is there
@@ -142,7 +156,12 @@ lift() {
     if others_hold "$q"; then continue; fi
     if [ "$q" = self ]; then scli config set replica-read-only no >/dev/null 2>&1; else peer_cli "$q" config set replica-read-only no >/dev/null 2>&1; fi
   done
+  for t in $timeouts; do
+    if [ "${t%=*}" = self ]; then c="scli"; else c="peer_cli ${t%=*}"; fi
+    $c config set repl-timeout "${t##*=}" >/dev/null 2>&1
+  done
   quiesced=
+  timeouts=
 }
 # Every master: a quiesce whose holder is gone (its joiner died) is lifted.
 watchdog() {
