@@ -460,6 +460,16 @@ fn wait_unquiesced(net: &Net, after: &str) {
     };
     let lifted =
         poll_until(Duration::from_secs(120), Duration::from_millis(200), || (!quiesced()).then_some(()));
+    if lifted.is_none() {
+        for n in net.nodes() {
+            let ip = n.ip.to_string();
+            eprintln!(
+                "master {ip}: replica-read-only {:?}; clients:\n{}",
+                redis_cli(&ip, &["config", "get", "replica-read-only"]).lines().nth(1),
+                redis_cli(&ip, &["client", "list"])
+            );
+        }
+    }
     assert!(lifted.is_some(), "a master stayed quiesced after {after}");
 }
 
