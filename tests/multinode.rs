@@ -432,7 +432,9 @@ fn serve_master(net: &Net, i: usize, dir: &Path, peers: &[String]) -> Proc {
         });
         match served {
             Some(true) => return proc,
-            Some(false) => eprintln!("node {i}'s kelp-keydb.sh ended before its master served (start {start}); starting it again"),
+            Some(false) => eprintln!(
+                "node {i}'s kelp-keydb.sh ended before its master served (start {start}); starting it again"
+            ),
             None => panic!("node {i}'s master did not serve within 90 s of its start"),
         }
     }
@@ -1286,8 +1288,10 @@ async fn a_crashed_writers_master_rejoins_without_losing_the_previous_writers_fi
         if resumed.is_none() {
             // Where it stopped: the writer's kernel wait and what node 2 did about it.
             let log = c.nodes[2].as_ref().map(|n| n.log_text()).unwrap_or_default();
-            let wedge: Vec<&str> =
-                log.lines().filter(|l| l.contains("wedged") || l.contains("silent") || l.contains("juicefs")).collect();
+            let wedge: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("wedged") || l.contains("silent") || l.contains("juicefs"))
+                .collect();
             eprintln!(
                 "run {run}: A's writer did not resume; it waits in {}\nnode 2's log on its mount:\n{}",
                 wa.kernel_wait(),
