@@ -34,6 +34,13 @@ fi
 echo "== multi-node tests on KeyDB multi-master: $(keydb-server --version | cut -d' ' -f1-3)"
 # --no-fail-fast: one failing test binary must not hide the results of the ones after it.
 cargo test --locked --no-fail-fast -- --test-threads=2 || status=1
+# The master-crash tests of the multi-node bed, one at a time: each kills and rejoins
+# KeyDB masters, and a join quiesces every master for seconds, which the suite's
+# second test thread (another bed's servers on the same two cores) stretched past the
+# tests' bounds (docs/notes.md). They are #[ignore]d so that the step above skips them.
+started=$SECONDS
+cargo test --locked --test multinode -- --ignored --test-threads=1 || status=1
+echo "== master-crash tests: $((SECONDS - started)) s"
 tests/csi-sanity/run.sh || status=1
 # The same driver on Valkey 8: provisioning, the node service and conformance.
 echo "== on Valkey: $(valkey-server --version | cut -d' ' -f1-3)"

@@ -77,6 +77,15 @@ impl JournalWriter {
             .collect()
     }
 
+    /// Where the writer's process waits in the kernel (its `wchan` and stack), for
+    /// a report on a writer that stopped acknowledging.
+    pub fn kernel_wait(&self) -> String {
+        let pid = self.child.id();
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        let stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
+        format!("wchan {wchan}; stack:\n{stack}")
+    }
+
     /// Steps acknowledged so far.
     pub fn acks(&self) -> usize {
         self.acked().len()
