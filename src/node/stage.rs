@@ -181,17 +181,17 @@ impl NodeCore {
             };
             lease_spec
                 .map_err(|e| Error::Internal(format!("recording the lease of {id} in {spec_file:?}: {e}")))?;
-            // Without a holder the mount still works; it just does not survive its
-            // daemon (repair remounts it then). juicefs must not be told to dial the
-            // holder's socket, or it fails the whole stage (seen while the kelp binary
-            // was being replaced on disk: spawning the holder met ENOENT).
-            let held = match start.await.map_err(std::io::Error::other).and_then(|r| r) {
-                Ok(()) => true,
-                Err(e) => {
-                    warn!(volume_id = %id, error = %e, "cannot start the FUSE holder; this mount will not outlive its juicefs");
-                    false
+            // No mount without its holder: one would not survive its juicefs, and
+            // nothing would say so. Seen while the kelp binary was being replaced on
+            // disk (spawning the holder met ENOENT); a retry finds the new one.
+            if let Err(e) = start.await.map_err(std::io::Error::other).and_then(|r| r) {
+                if let Some(dir) = &dir {
+                    dir.seal(false);
                 }
-            };
+                return Err(Error::Unavailable(format!(
+                    "cannot start the FUSE holder of {id}: {e}; nothing was mounted, retry (the kelp binary must be in place at its path)"
+                )));
+            }
             let subdir = id.subdir();
             let mount_name = id.mount_name();
             let spec = MountSpec {
@@ -203,7 +203,7 @@ impl NodeCore {
                 read_only: req.read_only,
                 cache_size_mib: req.cache_size_mib,
                 cache_dir: req.cache_dir.as_deref(),
-                fuse_socket: held.then_some(socket.as_path()),
+                fuse_socket: Some(&socket),
                 sole_writer: req.epoch > 0 && !req.read_only,
             };
             let daemon = match self.cfg.juicefs.mount(&spec).await {
