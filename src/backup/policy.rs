@@ -1,6 +1,7 @@
 //! Decisions about backups, apart from taking them: when a family is due, which of its
 //! backups to keep, what an object is called, and whether the last one is too old.
 
+use crate::meta::VolumeState;
 use std::collections::HashSet;
 
 /// Where a family's backups live in its bucket: beside JuiceFS's data prefix
@@ -81,6 +82,35 @@ pub fn health(last: Option<i64>, created: Option<i64>, now: i64, interval: u64) 
             ),
         ),
     })
+}
+
+/// What a backup that has just been written must undo, seen from the founder's
+/// registry record read again afterwards. A DeleteVolume may have run while the
+/// backup was read and written: the filer makes the directories it writes into, so
+/// the object would bring the deleted bucket back, and the backup's record would
+/// outlive the volume. (A delete marks the record `Deleting` before it deletes the
+/// bucket, so a delete that started before this check is seen by it, and one that
+/// starts after it deletes the object with the bucket.)
+#[derive(Debug, PartialEq, Eq)]
+pub enum Afterwards {
+    /// The family is still there: keep the backup.
+    Keep,
+    /// The family is gone or going: drop the bucket (the delete drops it too) and the
+    /// backup's record.
+    DropBucket,
+    /// The name now belongs to another volume: drop only this backup's object.
+    DropObject,
+}
+
+/// `now`: the founder's record now, as (spec, state) (`None`: gone); `spec`: the one
+/// the backup was taken of.
+pub fn afterwards(now: Option<(&str, VolumeState)>, spec: &str) -> Afterwards {
+    match now {
+        Some((s, VolumeState::Ready | VolumeState::Retired)) if s == spec => Afterwards::Keep,
+        None => Afterwards::DropBucket,
+        Some((s, _)) if s == spec => Afterwards::DropBucket,
+        Some(_) => Afterwards::DropObject,
+    }
 }
 
 /// The object name of a backup taken at `unix`: UTC time, sortable, readable.
@@ -173,6 +203,18 @@ mod tests {
         assert_eq!(kept, expected);
         assert!(10 * d + 2 * h > 10 * d + 11 * 600);
         assert!(prune(&[5], Retention { hourly: 0, daily: 0 }).is_empty(), "the newest always stays");
+    }
+
+    #[test]
+    fn a_backup_of_a_volume_deleted_meanwhile_is_undone() {
+        use VolumeState::*;
+        assert_eq!(afterwards(Some(("a", Ready)), "a"), Afterwards::Keep);
+        assert_eq!(afterwards(Some(("a", Retired)), "a"), Afterwards::Keep);
+        assert_eq!(afterwards(Some(("a", Deleting)), "a"), Afterwards::DropBucket);
+        assert_eq!(afterwards(None, "a"), Afterwards::DropBucket);
+        // Deleted and made again under the same name: its bucket is the new volume's.
+        assert_eq!(afterwards(Some(("b", Ready)), "a"), Afterwards::DropObject);
+        assert_eq!(afterwards(Some(("b", Creating)), "a"), Afterwards::DropObject);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! object into its bucket, record it, prune what retention no longer keeps.
 
 use super::format::{self, Manifest};
-use super::policy::{self, Retention};
+use super::policy::{self, Afterwards, Retention};
 use super::{Error, Result};
 use crate::meta::{BackupRecord, MetaServer, SETTING};
 use crate::seaweedfs::Filer;
@@ -23,6 +23,7 @@ pub async fn take(meta: &MetaServer, filer: &Filer, fs: &str, keep: Retention) -
     let Some(founder) = volumes.first() else {
         return Err(Error::NotFound(format!("volume {fs} has no registry record")));
     };
+    let founder_spec = founder.spec.clone();
     let spec: Spec = serde_json::from_str(&founder.spec)
         .map_err(|e| Error::Refused(format!("volume {fs}: its registry record's spec is unreadable: {e}")))?;
     let family = spec.id(founder.db, fs);
@@ -71,6 +72,21 @@ pub async fn take(meta: &MetaServer, filer: &Filer, fs: &str, keep: Retention) -
         stall_ms: manifest.stall_ms,
     };
     meta.record_backup(fs, &record).await?;
+    let now = meta.volume(fs).await?;
+    match policy::afterwards(now.as_ref().map(|r| (r.spec.as_str(), r.state)), &founder_spec) {
+        Afterwards::Keep => {}
+        undo => {
+            if undo == Afterwards::DropBucket {
+                filer.delete_bucket(&bucket).await?;
+                meta.forget_backup(fs).await?;
+            } else {
+                filer.delete_file(&bucket, &object).await?;
+            }
+            return Err(Error::NotFound(format!(
+                "volume {fs} was deleted while its backup was taken; the backup was discarded"
+            )));
+        }
+    }
     info!(volume = %fs, object = %object, bytes = bytes.len(), keys = manifest.keys, inodes = manifest.inodes,
         stall_us = dump.stall_us, server = %server.url(), "metadata backed up");
     if let Err(e) = prune(filer, &bucket, keep).await {

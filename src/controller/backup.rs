@@ -64,6 +64,7 @@ pub async fn round(b: &Backends, s: &Schedule) -> crate::backup::Result<usize> {
         }
         match take::take(&b.meta, &b.filer, &fs, s.keep).await {
             Ok(_) => taken += 1,
+            Err(e @ crate::backup::Error::NotFound(_)) => debug!(volume = %fs, error = %e, "no backup"),
             Err(e) => warn!(volume = %fs, error = %e, "metadata backup failed; retrying on the next round"),
         }
     }

@@ -37,6 +37,7 @@ pub(super) async fn destroy(b: &Backends, id: &VolumeId) -> Result<()> {
     }
     b.meta.drop_holder(&id.fs_name).await?;
     b.meta.forget_family(&id.fs_name).await?;
+    b.meta.forget_backup(&id.fs_name).await?;
     b.meta.release_volume(&id.fs_name, id.db).await?;
     Ok(())
 }

@@ -234,6 +234,11 @@ impl MetaServer {
         .await
     }
 
+    /// Forgets the last good backup of the family of `fs`: the family is gone.
+    pub async fn forget_backup(&self, fs: &str) -> Result<()> {
+        self.registry(|mut c| async move { c.hdel::<_, _, ()>(BACKUPS, fs).await }).await
+    }
+
     /// The last good backup of the family of `fs`, if it has one.
     pub async fn last_backup(&self, fs: &str) -> Result<Option<BackupRecord>> {
         let json: Option<String> = self.registry(|mut c| async move { c.hget(BACKUPS, fs).await }).await?;
