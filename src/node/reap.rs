@@ -19,7 +19,7 @@ use super::mount::{self, MountEntry};
 use super::procs::{self, Process};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tracing::warn;
@@ -191,12 +191,10 @@ impl NodeCore {
             o
         };
         let now = Instant::now();
-        let termed: HashMap<Pid, Instant> = {
-            // Forget what is no longer an orphan (ended, or its pid reused since).
-            let mut termed = self.reap_termed.lock().expect("reaper's signals");
-            termed.retain(|pid, _| o.juicefs.contains(pid) || o.holders.contains(pid));
-            termed.clone()
-        };
+        // Held to the end of the pass, which awaits nothing more.
+        let mut termed = self.reap_termed.lock().expect("reaper's signals");
+        // Forget what is no longer an orphan (ended, or its pid reused since).
+        termed.retain(|pid, _| o.juicefs.contains(pid) || o.holders.contains(pid));
         if o.is_empty() {
             return;
         }
@@ -217,28 +215,29 @@ impl NodeCore {
         for (kind, pids) in [("juicefs", &o.juicefs), ("holder", &o.holders)] {
             for pid in pids {
                 let first = termed.get(pid).copied();
-                match signal_for(first, now) {
-                    Some(Signal::SIGTERM) => {
-                        let signalled = procs::signal(&[*pid], Signal::SIGTERM) == 1;
-                        warn!(pid = pid.as_raw(), kind, signalled, "reaped a process no staged volume owns");
-                        count(kind, 1);
-                        self.reap_termed.lock().expect("reaper's signals").insert(*pid, now);
-                    }
-                    Some(sig) => {
-                        let killed = procs::signal(&[*pid], sig) == 1;
+                let Some(sig) = signal_for(first, now) else { continue };
+                let sent = procs::signal(&[*pid], sig) == 1;
+                match first {
+                    None => {
                         warn!(
                             pid = pid.as_raw(),
                             kind,
-                            killed,
-                            after_secs = first.map_or(0, |t| now.duration_since(t).as_secs()),
-                            "a reaped process ignored SIGTERM; killed it"
+                            signalled = sent,
+                            "reaped a process no staged volume owns"
                         );
-                        // Once more only after another while (a process in D state
-                        // outlives SIGKILL until its I/O returns).
-                        self.reap_termed.lock().expect("reaper's signals").insert(*pid, now);
+                        count(kind, 1);
                     }
-                    None => {}
+                    Some(t) => warn!(
+                        pid = pid.as_raw(),
+                        kind,
+                        killed = sent,
+                        after_secs = now.duration_since(t).as_secs(),
+                        "a reaped process ignored SIGTERM; killed it"
+                    ),
                 }
+                // A SIGKILL is sent again only after another while too (a process in
+                // D state outlives it until its I/O returns).
+                termed.insert(*pid, now);
             }
         }
     }
