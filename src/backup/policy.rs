@@ -98,7 +98,8 @@ pub enum Afterwards {
     /// The family is gone or going: drop the bucket (the delete drops it too) and the
     /// backup's record.
     DropBucket,
-    /// The name now belongs to another volume: drop only this backup's object.
+    /// The name now belongs to another volume: drop only this backup's object (and
+    /// the record it wrote, as for `DropBucket`).
     DropObject,
 }
 

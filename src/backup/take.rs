@@ -76,12 +76,14 @@ pub async fn take(meta: &MetaServer, filer: &Filer, fs: &str, keep: Retention) -
     match policy::afterwards(now.as_ref().map(|r| (r.spec.as_str(), r.state)), &founder_spec) {
         Afterwards::Keep => {}
         undo => {
-            if undo == Afterwards::DropBucket {
-                filer.delete_bucket(&bucket).await?;
-                meta.forget_backup(fs).await?;
-            } else {
-                filer.delete_file(&bucket, &object).await?;
+            match undo {
+                Afterwards::DropBucket => filer.delete_bucket(&bucket).await?,
+                _ => filer.delete_file(&bucket, &object).await?,
             }
+            // The record just written goes too: it names an object that is gone. A
+            // new volume of the same name whose own record this drops is only backed
+            // up again at the next round.
+            meta.forget_backup(fs).await?;
             return Err(Error::NotFound(format!(
                 "volume {fs} was deleted while its backup was taken; the backup was discarded"
             )));
